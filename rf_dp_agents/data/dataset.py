@@ -1,0 +1,136 @@
+"""Training data for one agent: a zarr dataset held as tensors, split by episode, gathered in whole batches.
+
+``SequenceDataset`` loads ``img`` (uint8), ``state`` and ``action`` into tensors (move them to the GPU with
+:meth:`to`), builds train and validation windows with :class:`SequenceSampler`, and returns batches with
+:meth:`get_batch` by pure tensor indexing. It is also a ``torch.utils.data.Dataset`` over the training
+windows (one sample per item) for a standard ``DataLoader``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from rf_dp_agents.data.errors import DatasetError
+from rf_dp_agents.data.normalizer import Mode, Normalizer
+from rf_dp_agents.data.replay_buffer import ReplayBuffer
+from rf_dp_agents.data.sampler import SequenceSampler, episode_masks
+
+Batch = dict[str, torch.Tensor]
+
+
+class SequenceDataset(Dataset):
+    """Windows of ``pred_horizon`` steps; observations are the first ``obs_horizon`` steps of each window.
+
+    Padding follows the reference code: ``pad_before = obs_horizon - 1``, ``pad_after = action_horizon - 1``.
+    """
+
+    def __init__(
+        self,
+        zarr_path: str | Path | ReplayBuffer,
+        obs_horizon: int = 2,
+        pred_horizon: int = 16,
+        action_horizon: int = 8,
+        val_ratio: float = 0.1,
+        seed: int = 42,
+        max_train_episodes: int | None = None,
+        image_key: str | None = None,
+    ) -> None:
+        if isinstance(zarr_path, ReplayBuffer):
+            buffer = zarr_path
+        else:
+            buffer = ReplayBuffer.open(zarr_path, keys=("img", "state", "action"), image_key=image_key)
+        self.source = buffer.source
+        if not 0 < obs_horizon <= pred_horizon or action_horizon <= 0:
+            raise ValueError(
+                f"SequenceDataset: need 0 < obs_horizon <= pred_horizon and action_horizon > 0, got "
+                f"To={obs_horizon}, T={pred_horizon}, Ta={action_horizon}"
+            )
+        self.obs_horizon, self.pred_horizon, self.action_horizon = obs_horizon, pred_horizon, action_horizon
+        self.episode_ends = buffer.episode_ends
+        self.img = torch.from_numpy(np.ascontiguousarray(buffer["img"]))
+        self.state = torch.from_numpy(np.asarray(buffer["state"], dtype=np.float32))
+        self.action = torch.from_numpy(np.asarray(buffer["action"], dtype=np.float32))
+        for key, value in (("state", self.state), ("action", self.action)):
+            if not torch.isfinite(value).all():
+                step = int(torch.nonzero(~torch.isfinite(value).all(dim=1))[0])
+                raise DatasetError(f"{self.source}: data/{key} has NaN or inf at step {step}")
+        self.train_mask, self.val_mask = episode_masks(buffer.n_episodes, val_ratio, seed, max_train_episodes)
+        pad = dict(pad_before=obs_horizon - 1, pad_after=action_horizon - 1)
+        self.train_sampler = SequenceSampler(self.episode_ends, pred_horizon, episode_mask=self.train_mask, **pad)
+        self.val_sampler = SequenceSampler(self.episode_ends, pred_horizon, episode_mask=self.val_mask, **pad)
+        if len(self.train_sampler) == 0:
+            raise DatasetError(
+                f"{self.source}: no training windows (episodes shorter than "
+                f"{pred_horizon - obs_horizon - action_horizon + 2} steps, or none selected)"
+            )
+        self._hash: str | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the data tensors live."""
+        return self.img.device
+
+    def to(self, device: str | torch.device) -> "SequenceDataset":
+        """Move the data tensors (images stay uint8) to ``device``; returns self."""
+        self.img, self.state, self.action = (t.to(device) for t in (self.img, self.state, self.action))
+        return self
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-step shapes: ``img`` (C, H, W), ``state`` (D,), ``action`` (A,)."""
+        return {"img": tuple(self.img.shape[1:]), "state": tuple(self.state.shape[1:]), "action": tuple(self.action.shape[1:])}
+
+    @property
+    def n_train(self) -> int:
+        """Number of training windows."""
+        return len(self.train_sampler)
+
+    @property
+    def n_val(self) -> int:
+        """Number of validation windows."""
+        return len(self.val_sampler)
+
+    def get_batch(self, window_ids: torch.Tensor | np.ndarray, split: str = "train") -> Batch:
+        """Gather a batch of windows: ``img`` uint8 (B, To, C, H, W), ``state`` (B, To, D), ``action`` (B, T, A)."""
+        sampler = self.train_sampler if split == "train" else self.val_sampler
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        ids = torch.as_tensor(window_ids, dtype=torch.int64, device=self.device)
+        idx = sampler.indices(ids)
+        obs_idx = idx[:, : self.obs_horizon]
+        return {"img": self.img[obs_idx], "state": self.state[obs_idx], "action": self.action[idx]}
+
+    def __len__(self) -> int:
+        return self.n_train
+
+    def __getitem__(self, i: int) -> Batch:
+        batch = self.get_batch(torch.tensor([i]))
+        return {key: value[0] for key, value in batch.items()}
+
+    def fit_normalizer(self, mode: Mode = "minmax") -> Normalizer:
+        """Fit state and action statistics over the training episodes only."""
+        steps = np.concatenate(
+            [np.arange(s, e) for s, e, keep in zip(np.r_[0, self.episode_ends[:-1]], self.episode_ends, self.train_mask) if keep]
+        )
+        steps_t = torch.from_numpy(steps).to(self.device)
+        return Normalizer.fit({"state": self.state[steps_t].cpu(), "action": self.action[steps_t].cpu()}, mode=mode)
+
+    @property
+    def content_hash(self) -> str:
+        """blake2b digest of the episode ends and every array's bytes (identifies the data a run trained on)."""
+        if self._hash is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(self.episode_ends.tobytes())
+            for t in (self.img, self.state, self.action):
+                h.update(str(tuple(t.shape)).encode())
+                h.update(t.cpu().numpy().tobytes())
+            self._hash = h.hexdigest()
+        return self._hash
+
+
+__all__ = ["SequenceDataset", "Batch"]
