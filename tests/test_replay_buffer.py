@@ -1,0 +1,153 @@
+"""Reading datasets: zarr formats 2 and 3, directory and zip stores, RoboFactory's head_camera, bad input."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numcodecs
+import numpy as np
+import pytest
+import zarr
+
+from rf_dp_agents.data import DatasetError, ReplayBuffer, ZarrWriter
+
+
+def make_episodes(lengths, hw=(6, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "img": rng.integers(0, 256, (n, 3, *hw), dtype=np.uint8),
+            "state": rng.standard_normal((n, 8)).astype(np.float32),
+            "action": rng.standard_normal((n, 8)).astype(np.float32),
+        }
+        for n in lengths
+    ]
+
+
+def write_raw_format2(path: Path, arrays: dict, ends, image_name="head_camera"):
+    """Write a store the way RoboFactory's zarr 2.x converter lays it out (format 2, Blosc zstd)."""
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    data = root.create_group("data")
+    comp = numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.NOSHUFFLE)
+    for key, value in arrays.items():
+        name = image_name if key == "img" else key
+        data.create_array(name, data=value, chunks=(100, *value.shape[1:]), compressors=comp)
+    root.create_group("meta").create_array("episode_ends", data=np.asarray(ends, dtype=np.int64), chunks=(len(ends),))
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_round_trip(tmp_path, fmt):
+    episodes = make_episodes([5, 9, 3])
+    path = tmp_path / "d.zarr"
+    with ZarrWriter(path, zarr_format=fmt) as writer:
+        for ep in episodes:
+            writer.add_episode(ep)
+    root = zarr.open_group(str(path), mode="r")
+    assert root.metadata.zarr_format == fmt
+    for in_memory in (True, False):
+        buf = ReplayBuffer.open(path, in_memory=in_memory)
+        assert buf.n_episodes == 3 and buf.n_steps == 17
+        np.testing.assert_array_equal(buf.episode_ends, [5, 14, 17])
+        np.testing.assert_array_equal(buf.episode_lengths, [5, 9, 3])
+        assert isinstance(buf["img"], np.ndarray) == in_memory
+        for i, ep in enumerate(episodes):
+            got = buf.get_episode(i)
+            for key in ("img", "state", "action"):
+                np.testing.assert_array_equal(got[key], ep[key])
+
+
+def test_format2_head_camera_and_zip(tmp_path):
+    eps = make_episodes([4, 6], hw=(5, 7))
+    arrays = {k: np.concatenate([e[k] for e in eps]) for k in eps[0]}
+    path = tmp_path / "LiftBarrier-rf_Agent0_2.zarr"
+    write_raw_format2(path, arrays, [4, 10])
+    buf = ReplayBuffer.open(path)
+    assert set(buf.keys) == {"img", "state", "action"}
+    np.testing.assert_array_equal(buf["img"], arrays["img"])
+    # The same store zipped, as .zarr.zip.
+    zpath = tmp_path / "d.zarr.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in path.rglob("*"):
+            if f.is_file():
+                zf.write(f, f.relative_to(path).as_posix())
+    zbuf = ReplayBuffer.open(zpath)
+    np.testing.assert_array_equal(zbuf["state"], arrays["state"])
+    np.testing.assert_array_equal(zbuf.get_episode(1)["img"], eps[1]["img"])
+
+
+def test_channel_last_images_are_exposed_channel_first(tmp_path):
+    eps = make_episodes([3])
+    arrays = dict(eps[0])
+    arrays["img"] = np.ascontiguousarray(arrays["img"].transpose(0, 2, 3, 1))
+    write_raw_format2(tmp_path / "d.zarr", arrays, [3], image_name="img")
+    buf = ReplayBuffer.open(tmp_path / "d.zarr")
+    np.testing.assert_array_equal(buf["img"], eps[0]["img"])
+
+
+def _store_with(tmp_path, arrays, ends, name="bad.zarr"):
+    path = tmp_path / name
+    write_raw_format2(path, arrays, ends, image_name="img")
+    return path
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda a: a.pop("state"), "missing array data/state"),
+        (lambda a: a.pop("img"), r"data/img \(or data/head_camera\)"),
+        (lambda a: a.__setitem__("action", a["action"][:-1]), "disagree in length"),
+        (lambda a: a.__setitem__("img", a["img"].astype(np.float32)), "must be uint8"),
+        (lambda a: a.__setitem__("state", a["state"][:, :, None]), r"must be float \(N, D\)"),
+    ],
+)
+def test_bad_arrays_name_key(tmp_path, mutate, message):
+    arrays = {k: np.concatenate([e[k] for e in make_episodes([4, 4])]) for k in ("img", "state", "action")}
+    mutate(arrays)
+    path = _store_with(tmp_path, arrays, [4, 8])
+    with pytest.raises(DatasetError, match=message) as info:
+        ReplayBuffer.open(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "ends, message",
+    [([4, 4], "strictly increasing"), ([5, 3], "strictly increasing"), ([4, 7], "ends at 7"), ([], "empty")],
+)
+def test_bad_episode_ends(tmp_path, ends, message):
+    arrays = {k: np.concatenate([e[k] for e in make_episodes([4, 4])]) for k in ("img", "state", "action")}
+    path = tmp_path / "e.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    data = root.create_group("data")
+    for key, value in arrays.items():
+        data.create_array(key, data=value)
+    root.create_group("meta").create_array("episode_ends", data=np.asarray(ends, dtype=np.int64))
+    with pytest.raises(DatasetError, match=message):
+        ReplayBuffer.open(path)
+
+
+def test_missing_meta_and_not_a_store(tmp_path):
+    root = zarr.open_group(str(tmp_path / "m.zarr"), mode="w")
+    root.create_group("data").create_array("img", data=np.zeros((2, 3, 4, 4), np.uint8))
+    with pytest.raises(DatasetError, match="meta/episode_ends"):
+        ReplayBuffer.open(tmp_path / "m.zarr")
+    with pytest.raises(DatasetError, match="no such file"):
+        ReplayBuffer.open(tmp_path / "absent.zarr")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(DatasetError, match="not a zarr store"):
+        ReplayBuffer.open(tmp_path / "plain")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DatasetError, match="not a zarr store"):
+        ReplayBuffer.open(tmp_path / "notes.txt")
+
+
+def test_empty_dataset(tmp_path):
+    arrays = {"img": np.zeros((0, 3, 4, 4), np.uint8), "state": np.zeros((0, 8), np.float32), "action": np.zeros((0, 8), np.float32)}
+    path = tmp_path / "empty.zarr"
+    root = zarr.open_group(str(path), mode="w")
+    data = root.create_group("data")
+    for key, value in arrays.items():
+        data.create_array(key, shape=value.shape, dtype=value.dtype, chunks=(1, *value.shape[1:]))
+    root.create_group("meta").create_array("episode_ends", shape=(0,), dtype=np.int64, chunks=(1,))
+    with pytest.raises(DatasetError, match="empty"):
+        ReplayBuffer.open(path)
