@@ -1,0 +1,209 @@
+"""DiffusionPolicy: vision encoder + conditional U-Net + diffusers noise schedulers + normalizer.
+
+Training (:meth:`DiffusionPolicy.compute_loss`) noises normalised action chunks with a DDPM schedule and
+regresses the noise (or the clean sample). Inference (:meth:`DiffusionPolicy.predict_action`) denoises
+Gaussian noise with the sampler named in the config (DDPM, DDIM or DPM-Solver++) and returns raw actions.
+Both take raw tensors: uint8 images ``(B, To, C, H, W)`` per camera and raw state ``(B, To, D)``;
+normalisation happens inside, with the :class:`Normalizer` submodule whose buffers live in the state dict.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from rf_dp_agents.config import ModelConfig
+from rf_dp_agents.data.normalizer import Normalizer
+from rf_dp_agents.model.unet import ConditionalUnet1D
+from rf_dp_agents.model.vision import FEATURE_DIM, ResNet18Encoder
+
+Generator = torch.Generator | Sequence[torch.Generator] | None
+"""One generator for the whole batch, one per batch row (row-wise reproducible), or None."""
+
+ACTION_KEY = "action"
+"""Batch key (and normalizer key) of the action chunk."""
+STATE_NORM_KEY = "state"
+"""Normalizer key used for the state when the normalizer has no key named ``config.state_key``."""
+
+
+def make_scheduler(config: ModelConfig, sampler: str = "ddpm") -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
+    """Build the diffusers scheduler ``sampler`` ('ddpm', 'ddim', 'dpmsolver') with the config's noise schedule."""
+    common = dict(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_schedule=config.beta_schedule,
+        prediction_type=config.prediction_type,
+    )
+    if sampler == "ddpm":
+        return DDPMScheduler(clip_sample=config.clip_sample, **common)
+    if sampler == "ddim":
+        return DDIMScheduler(clip_sample=config.clip_sample, set_alpha_to_one=True, steps_offset=0, **common)
+    if sampler == "dpmsolver":
+        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **common)
+    raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm', 'ddim' or 'dpmsolver'")
+
+
+class DiffusionPolicy(nn.Module):
+    """Chi et al.'s CNN Diffusion Policy with a GroupNorm ResNet18 per camera (or one shared).
+
+    Global condition = concatenation over the To observation frames of [512-d features per camera,
+    normalised state]; it FiLM-conditions every residual block of the U-Net.
+    """
+
+    def __init__(self, config: ModelConfig, normalizer: Normalizer | None = None) -> None:
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"DiffusionPolicy needs a ModelConfig, got {type(config).__name__}")
+        self.config = config
+        if normalizer is None:
+            normalizer = Normalizer({STATE_NORM_KEY: config.state_dim, ACTION_KEY: config.action_dim})
+        self.state_norm_key = config.state_key if config.state_key in normalizer.keys else STATE_NORM_KEY
+        for key, dim in ((self.state_norm_key, config.state_dim), (ACTION_KEY, config.action_dim)):
+            if key not in normalizer.keys:
+                raise ValueError(
+                    f"normalizer needs keys {config.state_key!r} (or {STATE_NORM_KEY!r}) and {ACTION_KEY!r}, "
+                    f"it holds {list(normalizer.keys)}"
+                )
+            got = getattr(normalizer, f"{key}_scale").shape[0]
+            if got != dim:
+                raise ValueError(f"normalizer key {key!r} has dimension {got}, config expects {dim}")
+        self.normalizer = normalizer
+        n_encoders = 1 if config.share_encoder else len(config.camera_keys)
+        self.encoders = nn.ModuleList(
+            ResNet18Encoder(config.image_shape[0], config.crop_shape) for _ in range(n_encoders)
+        )
+        obs_feature_dim = FEATURE_DIM * len(config.camera_keys) + config.state_dim
+        self.global_cond_dim = obs_feature_dim * config.obs_horizon
+        self.noise_pred_net = ConditionalUnet1D(
+            input_dim=config.action_dim,
+            global_cond_dim=self.global_cond_dim,
+            diffusion_step_embed_dim=config.diffusion_step_embed_dim,
+            down_dims=config.down_dims,
+            kernel_size=config.kernel_size,
+            n_groups=config.n_groups,
+        )
+        self.noise_scheduler = make_scheduler(config, "ddpm")
+        self._samplers: dict[str, DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler] = {}
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.parameters()).device
+
+    # ----------------------------------------------------------------------------------------- checks
+    def _check_tensor(self, where: str, key: str, value: object, shape: tuple[int, ...], uint8: bool) -> torch.Tensor:
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{where}[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
+        if uint8 and value.dtype != torch.uint8:
+            raise ValueError(f"{where}[{key!r}] must be uint8 images, got dtype {value.dtype}")
+        if not uint8 and not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
+            raise ValueError(f"{where}[{key!r}] must be a float tensor, got dtype {value.dtype}")
+        ok = value.ndim == len(shape) and all(e < 0 or e == g for e, g in zip(shape, value.shape))
+        if not ok:
+            want = "(" + ", ".join("B" if e < 0 else str(e) for e in shape) + ")"
+            raise ValueError(f"{where}[{key!r}] must have shape {want}, got {tuple(value.shape)}")
+        return value
+
+    def _check_obs(self, obs: Mapping[str, torch.Tensor], where: str) -> int:
+        """Validate camera and state entries of ``obs``; return the batch size."""
+        cfg = self.config
+        needed = [*cfg.camera_keys, cfg.state_key]
+        missing = [k for k in needed if k not in obs]
+        if missing:
+            raise KeyError(f"{where} is missing keys {missing}; expected {needed}, got {sorted(obs)}")
+        to = cfg.obs_horizon
+        state = self._check_tensor(where, cfg.state_key, obs[cfg.state_key], (-1, to, cfg.state_dim), uint8=False)
+        batch = state.shape[0]
+        for key in cfg.camera_keys:
+            self._check_tensor(where, key, obs[key], (batch, to, *cfg.image_shape), uint8=True)
+        return batch
+
+    # ------------------------------------------------------------------------------------ conditioning
+    def encode_obs(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Global condition ``(B, To * (512 * cameras + D))`` from raw uint8 images and raw state."""
+        cfg = self.config
+        device = self.device
+        state = obs[cfg.state_key].to(device, torch.float32, non_blocking=True)
+        batch, to = state.shape[:2]
+        images = [obs[k].to(device, non_blocking=True).flatten(0, 1) for k in cfg.camera_keys]
+        if cfg.share_encoder:
+            feats = self.encoders[0](torch.cat(images, dim=0)).view(len(images), batch, to, FEATURE_DIM)
+            feats = feats.permute(1, 2, 0, 3).reshape(batch, to, -1)
+        else:
+            feats = torch.cat([enc(img).view(batch, to, FEATURE_DIM) for enc, img in zip(self.encoders, images)], -1)
+        state = self.normalizer.normalize(self.state_norm_key, state)
+        return torch.cat([feats, state], dim=-1).reshape(batch, -1)
+
+    # ---------------------------------------------------------------------------------------- training
+    def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Diffusion loss (MSE on noise for 'epsilon', on the clean actions for 'sample') of a raw batch.
+
+        ``batch``: each camera key uint8 ``(B, To, C, H, W)``, the state key ``(B, To, D)`` and
+        ``"action"`` ``(B, T, A)``, all unnormalised.
+        """
+        cfg = self.config
+        size = self._check_obs(batch, "batch")
+        if ACTION_KEY not in batch:
+            raise KeyError(f"batch is missing key {ACTION_KEY!r}; got {sorted(batch)}")
+        action = self._check_tensor(
+            "batch", ACTION_KEY, batch[ACTION_KEY], (size, cfg.pred_horizon, cfg.action_dim), uint8=False
+        )
+        device = self.device
+        action = self.normalizer.normalize(ACTION_KEY, action.to(device, torch.float32, non_blocking=True))
+        cond = self.encode_obs(batch)
+        noise = torch.randn_like(action)
+        timesteps = torch.randint(0, cfg.num_train_timesteps, (size,), device=device)
+        noisy = self.noise_scheduler.add_noise(action, noise, timesteps)
+        pred = self.noise_pred_net(noisy, timesteps, cond)
+        target = noise if cfg.prediction_type == "epsilon" else action
+        return F.mse_loss(pred, target)
+
+    # --------------------------------------------------------------------------------------- inference
+    def _sampler(self) -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
+        sampler = self.config.sampler
+        if sampler not in self._samplers:
+            self._samplers[sampler] = make_scheduler(self.config, sampler)
+        return self._samplers[sampler]
+
+    @torch.no_grad()
+    def predict_action(
+        self,
+        obs: Mapping[str, torch.Tensor],
+        generator: Generator = None,
+        num_inference_steps: int | None = None,
+    ) -> torch.Tensor:
+        """Sample raw action chunks ``(B, T, A)`` for raw observations (uint8 images, raw state).
+
+        ``generator`` (one, or a list of one per batch row) makes the sampling reproducible;
+        ``num_inference_steps`` overrides ``config.num_inference_steps``.
+        """
+        cfg = self.config
+        size = self._check_obs(obs, "obs")
+        steps = cfg.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
+        if steps <= 0 or (cfg.sampler != "dpmsolver" and steps > cfg.num_train_timesteps):
+            raise ValueError(
+                f"num_inference_steps must be in [1, {cfg.num_train_timesteps}] for sampler {cfg.sampler!r}, got {steps}"
+            )
+        if isinstance(generator, Sequence):
+            generator = list(generator)
+            if len(generator) != size:
+                raise ValueError(f"got {len(generator)} generators for a batch of {size}")
+        device = self.device
+        cond = self.encode_obs(obs)
+        scheduler = self._sampler()
+        scheduler.set_timesteps(steps)
+        timesteps = scheduler.timesteps
+        timesteps_dev = timesteps.to(device)
+        sample = randn_tensor((size, cfg.pred_horizon, cfg.action_dim), generator=generator, device=device)
+        sample = sample * scheduler.init_noise_sigma
+        for i, t in enumerate(timesteps):
+            model_out = self.noise_pred_net(sample, timesteps_dev[i], cond)
+            sample = scheduler.step(model_out, t, sample, generator=generator).prev_sample
+        return self.normalizer.unnormalize(ACTION_KEY, sample)
+
+
+__all__ = ["ACTION_KEY", "DiffusionPolicy", "Generator", "STATE_NORM_KEY", "make_scheduler"]

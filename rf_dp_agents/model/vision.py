@@ -1,0 +1,75 @@
+"""Image encoder: torchvision ResNet18 (no pretrained weights) with GroupNorm, plus uint8 preprocessing.
+
+Pixels arrive as uint8 ``(N, C, H, W)``; they are cropped (random offsets per image in training, the
+centre in eval mode, when a crop is configured), converted to float on the model's device and mapped
+from [0, 255] to [-1, 1]. No ImageNet statistics are used: the encoder is trained from scratch.
+BatchNorm is replaced by GroupNorm (``channels // 16`` groups) because EMA weights break BatchNorm.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+FEATURE_DIM = 512
+"""Size of one camera's feature vector (ResNet18's pooled output)."""
+
+
+def replace_batchnorm_with_groupnorm(module: nn.Module, group_size: int = 16) -> nn.Module:
+    """Replace every ``BatchNorm2d`` under ``module`` (in place) by ``GroupNorm(channels // group_size)``."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            groups = max(1, child.num_features // group_size)
+            setattr(module, name, nn.GroupNorm(groups, child.num_features))
+        else:
+            replace_batchnorm_with_groupnorm(child, group_size)
+    return module
+
+
+def crop_images(images: torch.Tensor, crop_shape: tuple[int, int], random: bool) -> torch.Tensor:
+    """Crop ``(N, C, H, W)`` images to ``crop_shape``: per-image random offsets, or the centre.
+
+    Vectorised over the batch with two gathers (no per-image Python loop); works on uint8 or float.
+    """
+    n, c, h, w = images.shape
+    ch, cw = crop_shape
+    if ch > h or cw > w:
+        raise ValueError(f"crop {crop_shape} is larger than images of size {(h, w)}")
+    if (ch, cw) == (h, w):
+        return images
+    if not random:
+        top, left = (h - ch) // 2, (w - cw) // 2
+        return images[:, :, top : top + ch, left : left + cw]
+    device = images.device
+    top = torch.randint(0, h - ch + 1, (n, 1), device=device)
+    left = torch.randint(0, w - cw + 1, (n, 1), device=device)
+    rows = (top + torch.arange(ch, device=device)).view(n, 1, ch, 1).expand(n, c, ch, w)
+    out = torch.gather(images, 2, rows)
+    cols = (left + torch.arange(cw, device=device)).view(n, 1, 1, cw).expand(n, c, ch, cw)
+    return torch.gather(out, 3, cols)
+
+
+class ResNet18Encoder(nn.Module):
+    """uint8 images ``(N, C, H, W)`` -> features ``(N, 512)`` with a GroupNorm ResNet18 trunk."""
+
+    def __init__(self, in_channels: int = 3, crop_shape: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        net = torchvision.models.resnet18(weights=None)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        net.fc = nn.Identity()
+        self.backbone = replace_batchnorm_with_groupnorm(net)
+        self.crop_shape = tuple(crop_shape) if crop_shape is not None else None
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Crop (train: random, eval: centre) and scale uint8 pixels to float in [-1, 1]."""
+        if self.crop_shape is not None:
+            images = crop_images(images, self.crop_shape, random=self.training)
+        return images.float().mul(2.0 / 255.0).sub(1.0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.preprocess(images))
+
+
+__all__ = ["FEATURE_DIM", "ResNet18Encoder", "crop_images", "replace_batchnorm_with_groupnorm"]
