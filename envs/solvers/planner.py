@@ -135,7 +135,7 @@ class MultiArmPlanner:
             items = list(agent.agents_dict.items())
         else:
             self.multi_agent = False
-            items = [(agent.uid, agent)]
+            items = [("panda-0", agent)]
         self.refine_steps = refine_steps
         self.arms: list[Arm] = []
         for key, ag in items:
@@ -258,11 +258,17 @@ class MultiArmPlanner:
             return False
         return True
 
-    def follow(self, paths: dict[int, np.ndarray]) -> dict[str, Any]:
-        """Step all arms together along ``paths`` (arm id -> (K, 7)); shorter paths hold their last point."""
+    def follow(self, paths: dict[int, np.ndarray], sync: bool = False) -> dict[str, Any]:
+        """Step all arms together along ``paths`` (arm id -> (K, 7)).
+
+        Shorter paths hold their last point, or with ``sync`` are stretched in time to the longest one
+        so that arms carrying one object together start and stop together.
+        """
         if not paths:
             return self.last_info
         n = max(len(p) for p in paths.values())
+        if sync:
+            paths = {i: resample_path(p, n) for i, p in paths.items()}
         info = self.last_info
         for t in range(n + self.refine_steps):
             info = self._step({i: p[min(t, len(p) - 1)] for i, p in paths.items()})
@@ -271,11 +277,14 @@ class MultiArmPlanner:
         return info
 
     def move(
-        self, poses: dict[int, PoseLike], method: Literal["screw", "rrt", "auto"] = "auto"
+        self,
+        poses: dict[int, PoseLike],
+        method: Literal["screw", "rrt", "auto"] = "auto",
+        sync: bool = False,
     ) -> dict[str, Any]:
         """Plan every arm in ``poses`` (arm id -> TCP pose), then execute all paths in lock step."""
         paths = {i: self.plan(i, pose, method) for i, pose in poses.items()}
-        return self.follow(paths)
+        return self.follow(paths, sync=sync)
 
     def move_joints(self, targets: dict[int, np.ndarray], steps: int | None = None) -> dict[str, Any]:
         """Interpolate arms linearly in joint space to ``targets`` (arm id -> 7 joints) over ``steps`` steps."""
@@ -338,6 +347,18 @@ class MultiArmPlanner:
         self.move({arm_id: lifted(arm.tcp_pose(), release_lift)})
 
 
+def resample_path(path: np.ndarray, n: int) -> np.ndarray:
+    """``path`` (K, D) linearly re-timed to ``n`` >= K points with the same start and end."""
+    path = np.asarray(path, dtype=np.float64)
+    if len(path) == n:
+        return path
+    if len(path) == 1:
+        return np.repeat(path, n, axis=0)
+    src = np.linspace(0.0, 1.0, len(path))
+    dst = np.linspace(0.0, 1.0, n)
+    return np.stack([np.interp(dst, src, path[:, j]) for j in range(path.shape[1])], axis=1)
+
+
 def success_flag(info: dict[str, Any], key: str = "success") -> bool:
     """The boolean ``info[key]`` of env 0 (False when the key is missing)."""
     if key not in info:
@@ -357,5 +378,6 @@ __all__ = [
     "as_pose",
     "pose_vector",
     "lifted",
+    "resample_path",
     "success_flag",
 ]
