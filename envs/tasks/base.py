@@ -1,0 +1,255 @@
+"""Shared scene for the RoboFactory-style tasks: table, Panda arm placement, cameras and seeded sampling.
+
+Every task in ``envs.tasks`` subclasses :class:`RFTableTaskEnv`. The base class owns what RoboFactory's
+tasks share:
+
+* ManiSkill's table scene (table top at z = 0) with N Panda arms standing on it at fixed world poses
+  (:attr:`RFTableTaskEnv.arm_placements`), reset every episode to RoboFactory's initial joint
+  configuration ``[0, pi/8, 0, -5pi/8, 0, 3pi/4, pi/4, 0.04, 0.04]`` plus small Gaussian noise.
+* Control: ``pd_joint_pos`` by default. Per arm the action is 8-d: 7 absolute arm joint targets (rad,
+  not normalised, bounded by the joint limits) and one gripper command in [-1, 1]. ManiSkill's Panda
+  gripper is a mimic-joint PD controller with ``normalize_action=True`` over the finger range
+  [-0.01, 0.04] m, so -1 commands each finger to -0.01 m (closed, squeezing thin objects) and +1 to
+  0.04 m (fully open); 0 is 0.015 m. This is RoboFactory's [-1, 1] gripper convention, and the action
+  stored in the datasets is exactly this env action.
+* Agent keys: with two or more arms ManiSkill builds a ``MultiAgent`` keyed ``panda-0``, ``panda-1``...
+  (observation ``obs["agent"]["panda-i"]``, action dict ``{"panda-i": a}``). A one-arm task is a plain
+  single agent (``obs["agent"]["qpos"]``, action of shape (8,)); :mod:`envs.router` names it ``panda-0``.
+* Cameras: one fixed world-frame camera per arm, ``head_camera_agent<i>``, looking at that arm's
+  workspace from across the table (RoboFactory's placement, expressed in the arm's frame), plus
+  ``head_camera_global`` over the whole scene. All have fov pi/2 and 320x240 pixels by default; pass
+  ``camera_width=`` / ``camera_height=`` to ``gym.make`` to change the size of every sensor camera
+  (ManiSkill's generic ``sensor_configs=dict(width=..., height=...)`` works as well).
+* Randomisation: all task randomness is drawn from ManiSkill's per-environment episode generator
+  ``self._batched_episode_rng`` (one NumPy generator per parallel env, seeded by ``reset(seed=...)``), so a
+  seed gives the same layout on the CPU backend and for the same env index on the GPU backend.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import sapien
+import torch
+
+from mani_skill.envs.sapien_env import BaseEnv
+from mani_skill.sensors.camera import CameraConfig
+from mani_skill.utils import sapien_utils
+from mani_skill.utils.scene_builder.table import TableSceneBuilder
+from mani_skill.utils.structs.actor import Actor
+from mani_skill.utils.structs.pose import Pose
+from mani_skill.utils.structs.types import GPUMemoryConfig, SimConfig
+
+PANDA_INIT_QPOS = np.array(
+    [0.0, np.pi / 8, 0.0, -np.pi * 5 / 8, 0.0, np.pi * 3 / 4, np.pi / 4, 0.04, 0.04], dtype=np.float32
+)
+"""RoboFactory's initial Panda joint configuration (7 arm joints + 2 finger joints, open)."""
+
+CAMERA_FOV = math.pi / 2
+"""Field of view of every task camera (RoboFactory's value)."""
+
+DEFAULT_CAMERA_WIDTH = 320
+DEFAULT_CAMERA_HEIGHT = 240
+
+AGENT_CAMERA_EYE_LOCAL = (0.865, 0.5, 0.4)
+"""Agent camera position in the arm's frame (x forward, y left, z up), from RoboFactory's LiftBarrier."""
+AGENT_CAMERA_TARGET_LOCAL = (0.515, 0.0, 0.1)
+"""Point the agent camera looks at, in the arm's frame."""
+
+
+@dataclass(frozen=True)
+class ArmPlacement:
+    """World pose of one Panda base on the table: position (x, y) and heading yaw (rad) about +z."""
+
+    x: float
+    y: float
+    yaw: float
+
+    @property
+    def quat(self) -> np.ndarray:
+        """Base orientation as a SAPIEN (w, x, y, z) quaternion."""
+        return yaw_quat(self.yaw)
+
+    def to_world(self, local: Sequence[float]) -> np.ndarray:
+        """Map a point (forward, left, up) in the arm's frame to world coordinates."""
+        c, s = math.cos(self.yaw), math.sin(self.yaw)
+        fx, ly, uz = local
+        return np.array([self.x + c * fx - s * ly, self.y + s * fx + c * ly, uz], dtype=np.float64)
+
+    def sapien_pose(self) -> sapien.Pose:
+        """The base pose as a ``sapien.Pose``."""
+        return sapien.Pose(p=[self.x, self.y, 0.0], q=self.quat.tolist())
+
+
+def yaw_quat(yaw: float | np.ndarray) -> np.ndarray:
+    """(w, x, y, z) quaternion(s) of a rotation by ``yaw`` radians about +z; shape (..., 4)."""
+    yaw = np.asarray(yaw, dtype=np.float64)
+    return np.stack([np.cos(yaw / 2), np.zeros_like(yaw), np.zeros_like(yaw), np.sin(yaw / 2)], axis=-1)
+
+
+class RFTableTaskEnv(BaseEnv):
+    """Base class of the ``-rf`` tasks: table scene, N Pandas at :attr:`arm_placements`, cameras, sampling.
+
+    Subclasses set :attr:`arm_placements` (and optionally :attr:`global_camera_eye` /
+    :attr:`global_camera_target`), build their objects in :meth:`_load_objects`, place them in
+    :meth:`_initialize_objects` and implement ``evaluate``.
+    """
+
+    SUPPORTED_REWARD_MODES = ("sparse", "none")
+
+    arm_placements: tuple[ArmPlacement, ...] = ()
+    """World placement of each arm, in agent order (``panda-0`` first)."""
+    global_camera_eye: tuple[float, float, float] = (0.55, 0.0, 0.75)
+    global_camera_target: tuple[float, float, float] = (-0.15, 0.0, 0.05)
+
+    def __init__(
+        self,
+        *args: Any,
+        robot_uids: str | tuple[str, ...] | None = None,
+        robot_init_qpos_noise: float = 0.02,
+        camera_width: int = DEFAULT_CAMERA_WIDTH,
+        camera_height: int = DEFAULT_CAMERA_HEIGHT,
+        **kwargs: Any,
+    ) -> None:
+        n = len(self.arm_placements)
+        if n == 0:
+            raise TypeError(f"{type(self).__name__} defines no arm_placements")
+        if robot_uids is None:
+            robot_uids = "panda" if n == 1 else ("panda",) * n
+        n_given = 1 if isinstance(robot_uids, str) else len(robot_uids)
+        if n_given != n:
+            raise ValueError(f"{type(self).__name__} places {n} arm(s) but robot_uids={robot_uids!r} names {n_given}")
+        if int(camera_width) <= 0 or int(camera_height) <= 0:
+            raise ValueError(f"camera_width/camera_height must be positive, got {camera_width}x{camera_height}")
+        self.robot_init_qpos_noise = float(robot_init_qpos_noise)
+        self.camera_width = int(camera_width)
+        self.camera_height = int(camera_height)
+        kwargs.setdefault("control_mode", "pd_joint_pos")
+        super().__init__(*args, robot_uids=robot_uids, **kwargs)
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def num_arms(self) -> int:
+        """Number of Panda arms in the task."""
+        return len(self.arm_placements)
+
+    @property
+    def arms(self) -> list:
+        """The per-arm ManiSkill agents, in agent order (a one-element list for one-arm tasks)."""
+        return list(self.agent.agents) if self.num_arms > 1 else [self.agent]
+
+    @property
+    def _default_sim_config(self) -> SimConfig:
+        return SimConfig(
+            gpu_memory_config=GPUMemoryConfig(
+                found_lost_pairs_capacity=2**25, max_rigid_patch_count=2**19, max_rigid_contact_count=2**21
+            )
+        )
+
+    def agent_camera_pose(self, i: int) -> Pose:
+        """World pose of ``head_camera_agent<i>``: across the table from arm i, looking at its workspace."""
+        placement = self.arm_placements[i]
+        return sapien_utils.look_at(
+            eye=placement.to_world(AGENT_CAMERA_EYE_LOCAL).tolist(),
+            target=placement.to_world(AGENT_CAMERA_TARGET_LOCAL).tolist(),
+        )
+
+    @property
+    def _default_sensor_configs(self) -> list[CameraConfig]:
+        w, h = self.camera_width, self.camera_height
+        cams = [
+            CameraConfig(f"head_camera_agent{i}", self.agent_camera_pose(i), w, h, CAMERA_FOV, 0.01, 10)
+            for i in range(self.num_arms)
+        ]
+        global_pose = sapien_utils.look_at(eye=list(self.global_camera_eye), target=list(self.global_camera_target))
+        cams.append(CameraConfig("head_camera_global", global_pose, w, h, CAMERA_FOV, 0.01, 10))
+        return cams
+
+    @property
+    def _default_human_render_camera_configs(self) -> CameraConfig:
+        eye = np.array(self.global_camera_eye) + np.array([0.35, 0.6, 0.1])
+        pose = sapien_utils.look_at(eye=eye.tolist(), target=list(self.global_camera_target))
+        return CameraConfig("render_camera", pose, 512, 512, 1.0, 0.01, 100)
+
+    # ------------------------------------------------------------------ building
+    def _load_agent(self, options: dict) -> None:
+        super()._load_agent(options, [p.sapien_pose() for p in self.arm_placements])
+
+    def _load_scene(self, options: dict) -> None:
+        self.table_scene = TableSceneBuilder(env=self, robot_init_qpos_noise=self.robot_init_qpos_noise)
+        self.table_scene.build()
+        self._load_objects(options)
+
+    def _load_objects(self, options: dict) -> None:
+        """Build the task's actors (called once per reconfiguration)."""
+        raise NotImplementedError
+
+    def build_box(
+        self, name: str, half_size: Sequence[float], color: Sequence[float], density: float = 1000.0
+    ) -> Actor:
+        """A dynamic box actor (primitive shape), parked out of the way until the episode places it."""
+        builder = self.scene.create_actor_builder()
+        builder.add_box_collision(half_size=list(half_size), density=density)
+        builder.add_box_visual(half_size=list(half_size), material=sapien.render.RenderMaterial(base_color=list(color)))
+        builder.initial_pose = sapien.Pose(p=[0.0, 0.0, 2.0 + 0.2 * len(self.scene.actors)])
+        return builder.build(name=name)
+
+    # ------------------------------------------------------------------ episodes
+    def _initialize_episode(self, env_idx: torch.Tensor, options: dict) -> None:
+        with torch.device(self.device):
+            self._initialize_arms(env_idx)
+            self._initialize_objects(env_idx, options)
+
+    def _initialize_arms(self, env_idx: torch.Tensor) -> None:
+        b = len(env_idx)
+        for placement, arm in zip(self.arm_placements, self.arms):
+            noise = self.sample_normal(env_idx, 0.0, self.robot_init_qpos_noise, len(PANDA_INIT_QPOS))
+            qpos = torch.as_tensor(PANDA_INIT_QPOS, device=self.device) + noise
+            qpos[:, -2:] = 0.04
+            arm.reset(qpos)
+            p = torch.tensor([[placement.x, placement.y, 0.0]], device=self.device).repeat(b, 1)
+            q = torch.as_tensor(placement.quat, dtype=torch.float32, device=self.device)[None].repeat(b, 1)
+            arm.robot.set_pose(Pose.create_from_pq(p=p, q=q))
+
+    def _initialize_objects(self, env_idx: torch.Tensor, options: dict) -> None:
+        """Place the task's actors for the envs in ``env_idx`` using :meth:`sample_uniform`."""
+        raise NotImplementedError
+
+    def sample_uniform(self, env_idx: torch.Tensor, low: Sequence[float], high: Sequence[float]) -> torch.Tensor:
+        """Per-env uniform samples in [low, high) from the seeded episode generators; shape (len(env_idx), d)."""
+        low_a, high_a = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+        x = self._batched_episode_rng[env_idx].uniform(low=low_a, high=high_a, size=low_a.shape)
+        return torch.as_tensor(np.asarray(x, dtype=np.float32).reshape(len(env_idx), -1), device=self.device)
+
+    def sample_normal(self, env_idx: torch.Tensor, mean: float, std: float, d: int) -> torch.Tensor:
+        """Per-env Gaussian samples from the seeded episode generators; shape (len(env_idx), d)."""
+        x = self._batched_episode_rng[env_idx].normal(mean, std, size=(d,))
+        return torch.as_tensor(np.asarray(x, dtype=np.float32).reshape(len(env_idx), d), device=self.device)
+
+    def place_on_table(self, actor: Actor, xy: torch.Tensor, z: float, yaw: torch.Tensor | None = None) -> None:
+        """Set ``actor`` at (x, y, z) per env with an optional yaw (rad) about +z."""
+        b = xy.shape[0]
+        p = torch.cat([xy, torch.full((b, 1), float(z), device=xy.device)], dim=1)
+        if yaw is None:
+            yaw = torch.zeros(b, device=xy.device)
+        half = yaw.reshape(b) / 2
+        zeros = torch.zeros_like(half)
+        q = torch.stack([torch.cos(half), zeros, zeros, torch.sin(half)], dim=1)
+        actor.set_pose(Pose.create_from_pq(p=p, q=q))
+
+    # ------------------------------------------------------------------ observations
+    def task_actors(self) -> dict[str, Actor]:
+        """Actors whose poses appear in state observations, by name."""
+        return {}
+
+    def _get_obs_extra(self, info: dict) -> dict:
+        obs: dict[str, torch.Tensor] = {}
+        for i, arm in enumerate(self.arms):
+            obs[f"tcp_pose_{i}"] = arm.tcp.pose.raw_pose
+        if "state" in self.obs_mode:
+            for name, actor in self.task_actors().items():
+                obs[f"{name}_pose"] = actor.pose.raw_pose
+        return obs
