@@ -1,0 +1,30 @@
+"""Rollout and evaluation of trained agents in the simulator: the evaluation loop, metrics and videos.
+
+:mod:`~rf_dp_agents.rollout.metrics` and :mod:`~rf_dp_agents.rollout.video` import neither mani_skill nor
+torch; :mod:`~rf_dp_agents.rollout.runner`, :mod:`~rf_dp_agents.rollout.execution` and
+:mod:`~rf_dp_agents.rollout.sb3` meet the simulator (and the ``envs`` package) and are imported on use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "RolloutConfig": "rf_dp_agents.rollout.runner",
+    "run_rollout": "rf_dp_agents.rollout.runner",
+    "load_task_policies": "rf_dp_agents.rollout.runner",
+    "SingleArmPolicyEnv": "rf_dp_agents.rollout.sb3",
+    "EpisodeResult": "rf_dp_agents.rollout.metrics",
+    "summarize": "rf_dp_agents.rollout.metrics",
+    "wilson_interval": "rf_dp_agents.rollout.metrics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rf_dp_agents.rollout' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)
