@@ -1,0 +1,665 @@
+"""The training loop: one code path for 1 process and for N torchrun/DDP processes.
+
+Per epoch, a permutation of the training windows seeded by (seed, epoch) is cut into global batches of
+``batch_size * world_size * grad_accum_steps`` windows (the last partial one is dropped). Global batch k is
+split into shards of ``batch_size``; shard ``s = rank * grad_accum_steps + micro`` is gathered by pure tensor
+indexing (``SequenceDataset.get_batch``) and trained with the global torch RNG seeded by (seed, step, s), so
+the noise, timesteps and crops of every sample depend on its place in the global batch, not on which process
+holds it: N processes reproduce a 1-process run with N-fold gradient accumulation.
+
+:func:`train_step` is the whole optimiser step (forward, backward, clip, AdamW, LR schedule, EMA) as a
+separate function that returns device tensors and never synchronises with the host. Metrics are fetched
+every ``log_flush_every`` steps in one transfer; a NaN or inf loss stops the run there, before any later
+checkpoint is written. Rank 0 alone logs and writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import logging
+import math
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from rf_dp_agents.config import ModelConfig
+from rf_dp_agents.data import SequenceDataset
+from rf_dp_agents.training.config import (
+    TrainConfig,
+    default_output_dir,
+    find_datasets,
+    missing_dataset_message,
+    resolve_dataset,
+)
+from rf_dp_agents.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
+from rf_dp_agents.training.ema import EMA
+from rf_dp_agents.training.metrics import MetricsLogger, epoch_loss_stats
+from rf_dp_agents.training.state import (
+    CheckpointError,
+    capture_rng,
+    flatten,
+    load_state_strict,
+    load_training_state,
+    load_weights,
+    restore_rng,
+    save_training_state,
+    unflatten,
+    write_json_atomic,
+    write_snapshot,
+)
+
+log = logging.getLogger("rf_dp_agents.train")
+
+Batch = dict[str, torch.Tensor]
+VAL_STREAM = 1 << 20
+"""Offset of the validation RNG streams (kept apart from training steps)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training or validation loss became NaN or inf; the run stopped without writing a checkpoint."""
+
+
+class LossModule(nn.Module):
+    """``forward(batch) = policy.compute_loss(batch)``, so DDP sees the loss computation as a forward pass."""
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.policy.compute_loss(batch)
+
+
+@dataclass
+class StepParts:
+    """Everything :func:`train_step` touches."""
+
+    loss_module: nn.Module
+    """The policy's loss as a module (DDP-wrapped when there are several processes)."""
+    policy: nn.Module
+    """The bare policy (its parameters are optimised, its weights averaged by the EMA)."""
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: EMA | None
+    grad_clip_norm: float | None
+    params: list[nn.Parameter]
+
+
+def step_seed(seed: int, step: int, shard: int) -> int:
+    """Seed of the RNG stream of ``shard`` at optimiser step ``step`` (independent of the process count)."""
+    return int(np.random.SeedSequence([seed, step, shard]).generate_state(1, dtype=np.uint64)[0]) >> 1
+
+
+def train_step(parts: StepParts, micro_batches: Sequence[Batch], micro_seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step over ``micro_batches`` (gradients averaged over them and over ranks).
+
+    Each micro-batch runs with the global torch RNG seeded by its entry of ``micro_seeds``. Returns the
+    mean loss of this process's micro-batches and the global gradient norm, as device tensors (no host sync).
+    """
+    parts.optimizer.zero_grad(set_to_none=True)
+    n = len(micro_batches)
+    total: torch.Tensor | None = None
+    for i, (batch, seed) in enumerate(zip(micro_batches, micro_seeds)):
+        torch.manual_seed(seed)
+        sync_later = isinstance(parts.loss_module, DistributedDataParallel) and i < n - 1
+        with parts.loss_module.no_sync() if sync_later else contextlib.nullcontext():
+            loss = parts.loss_module(batch)
+            (loss / n).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    assert total is not None
+    max_norm = parts.grad_clip_norm if parts.grad_clip_norm is not None else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(parts.params, max_norm)
+    parts.optimizer.step()
+    parts.scheduler.step()
+    if parts.ema is not None:
+        parts.ema.update(parts.policy)
+    return total / n, grad_norm
+
+
+@torch.no_grad()
+def validate(model: nn.Module, dataset: SequenceDataset, info: DistInfo, batch_size: int, seed: int) -> float | None:
+    """Mean diffusion loss over every validation window (None when there are none).
+
+    Batch j uses the RNG stream (seed, VAL_STREAM + j) and ranks take batches round-robin, so the value does
+    not depend on the process count. The global RNG state is left as it was.
+    """
+    n_val = dataset.n_val
+    if n_val == 0:
+        return None
+    was_training = model.training
+    model.eval()
+    n_batches = math.ceil(n_val / batch_size)
+    totals = torch.zeros(2, dtype=torch.float64, device=info.device)
+    devices = [info.device] if info.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        for j in range(info.rank, n_batches, info.world_size):
+            ids = torch.arange(j * batch_size, min((j + 1) * batch_size, n_val))
+            batch = to_device(dataset.get_batch(ids, "val"), info.device)
+            torch.manual_seed(step_seed(seed, VAL_STREAM + j, 0))
+            loss = model.compute_loss(batch)
+            totals[0] += loss.double() * len(ids)
+            totals[1] += len(ids)
+    all_reduce_sum(info, totals)
+    model.train(was_training)
+    return float(totals[0] / totals[1])
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move a batch to ``device`` (asynchronously from pinned memory where possible)."""
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages a run depends on."""
+    out = {"python": platform.python_version()}
+    for name in ("rf_dp_agents", "torch", "torchvision", "diffusers", "numpy", "zarr", "safetensors", "tyro", "wandb"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+# ---- jobs ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One agent to train: its dataset and its run directory."""
+
+    zarr_path: Path
+    run_dir: Path
+    agent_id: int | None
+
+
+def plan_jobs(cfg: TrainConfig) -> list[Job]:
+    """The (dataset, run directory) pairs that ``cfg`` asks for; a missing dataset is a clear error."""
+    cfg.check_data_source()
+    if cfg.zarr_path is not None:
+        if not cfg.zarr_path.exists():
+            raise FileNotFoundError(
+                f"--zarr-path {cfg.zarr_path} does not exist.\n"
+                + (missing_dataset_message(cfg.data_root, cfg.task, cfg.agent_id, cfg.num_demos) if cfg.task else "")
+            )
+        run_dir = cfg.output_dir or default_output_dir(cfg.task, cfg.agent_id, cfg.zarr_path)
+        return [Job(cfg.zarr_path, run_dir, cfg.agent_id if cfg.task else None)]
+    assert cfg.task is not None
+    if not cfg.all_agents:
+        path = resolve_dataset(cfg.data_root, cfg.task, cfg.agent_id, cfg.num_demos)
+        return [Job(path, cfg.output_dir or default_output_dir(cfg.task, cfg.agent_id, None), cfg.agent_id)]
+    agents = sorted(find_datasets(cfg.data_root, cfg.task))
+    if not agents:
+        raise FileNotFoundError(missing_dataset_message(cfg.data_root, cfg.task, None, cfg.num_demos))
+    jobs = []
+    for agent in agents:
+        path = resolve_dataset(cfg.data_root, cfg.task, agent, cfg.num_demos)
+        run_dir = (cfg.output_dir / f"{cfg.task}_Agent{agent}") if cfg.output_dir else default_output_dir(cfg.task, agent, None)
+        jobs.append(Job(path, run_dir, agent))
+    return jobs
+
+
+def train(cfg: TrainConfig) -> list[Path]:
+    """Train every job of ``cfg`` in turn (joining the torchrun process group if launched by torchrun)."""
+    jobs = plan_jobs(cfg)
+    info = init_distributed(cfg.device, cfg.dist_backend, cfg.dist_timeout_s)
+    try:
+        if info.is_main and len(jobs) > 1:
+            log.info("training %d agents: %s", len(jobs), ", ".join(str(j.zarr_path) for j in jobs))
+        return [Trainer(cfg, job, info).run() for job in jobs]
+    finally:
+        shutdown_distributed()
+
+
+# ---- one run ------------------------------------------------------------------------------------------------
+
+
+def adopt_dataset_shapes(model_cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], source: str) -> ModelConfig:
+    """``model_cfg`` with the dataset's image shape; state or action sizes that disagree are an error."""
+    (state_dim,), (action_dim,) = shapes["state"], shapes["action"]
+    if action_dim != model_cfg.action_dim:
+        raise ValueError(
+            f"{source}: data/action has {action_dim} dims per step but the model expects action_dim="
+            f"{model_cfg.action_dim} (pass --model.action-dim {action_dim} if the data is right)"
+        )
+    if state_dim != model_cfg.state_dim:
+        raise ValueError(
+            f"{source}: data/state has {state_dim} dims per step but the model expects state_dim="
+            f"{model_cfg.state_dim} (pass --model.state-dim {state_dim} if the data is right)"
+        )
+    image_shape = tuple(int(v) for v in shapes["img"])
+    if image_shape == tuple(model_cfg.image_shape):
+        return model_cfg
+    changes: dict[str, Any] = {"image_shape": image_shape}
+    crop = model_cfg.crop_shape
+    if crop is not None:
+        old_h, old_w = model_cfg.image_shape[1:]
+        new_crop = (
+            max(1, min(image_shape[1], round(crop[0] * image_shape[1] / old_h))),
+            max(1, min(image_shape[2], round(crop[1] * image_shape[2] / old_w))),
+        )
+        changes["crop_shape"] = new_crop
+    log.warning(
+        "%s: images are %s but the model config says %s; using the dataset's shape%s",
+        source,
+        image_shape,
+        tuple(model_cfg.image_shape),
+        f" and scaling crop_shape {crop} -> {changes['crop_shape']}" if crop is not None and changes["crop_shape"] != crop else "",
+    )
+    return dataclasses.replace(model_cfg, **changes)
+
+
+class Trainer:
+    """Trains one agent: builds data, model, optimiser; runs epochs; validates; writes snapshots."""
+
+    def __init__(self, cfg: TrainConfig, job: Job, info: DistInfo) -> None:
+        self.cfg, self.job, self.info = cfg, job, info
+        self.run_dir = job.run_dir
+        self.global_step = 0
+        self.epoch = 0
+        self.best_val: float | None = None
+        self.bad_validations = 0
+        self.wandb_run_id: str | None = None
+        self.logger: MetricsLogger | None = None
+        self._file_handler: logging.Handler | None = None
+
+    # ---- set-up -----------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg, info = self.cfg, self.info
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=False)
+            torch.backends.cudnn.benchmark = False
+        seed_everything(cfg.seed)
+        mcfg = cfg.model
+        self.dataset = SequenceDataset(
+            self.job.zarr_path,
+            obs_horizon=mcfg.obs_horizon,
+            pred_horizon=mcfg.pred_horizon,
+            action_horizon=mcfg.action_horizon,
+            val_ratio=cfg.val_ratio,
+            seed=cfg.seed,
+            max_train_episodes=cfg.max_train_episodes,
+            image_key=cfg.image_key,
+        )
+        self.model_cfg = adopt_dataset_shapes(mcfg, self.dataset.shapes, str(self.job.zarr_path))
+        self.shard_batch = cfg.batch_size
+        self.n_shards = info.world_size * cfg.grad_accum_steps
+        self.global_batch = self.shard_batch * self.n_shards
+        if self.global_batch > self.dataset.n_train:
+            raise ValueError(
+                f"{self.job.zarr_path}: the global batch ({cfg.batch_size} per process x {info.world_size} processes x "
+                f"{cfg.grad_accum_steps} accumulation = {self.global_batch}) is larger than the {self.dataset.n_train} "
+                f"training windows; lower --batch-size or use more data"
+            )
+        self.steps_per_epoch = self.dataset.n_train // self.global_batch
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+
+        normalizer = self.dataset.fit_normalizer()
+        torch.manual_seed(cfg.seed)
+        from rf_dp_agents.model import DiffusionPolicy
+
+        self.policy = DiffusionPolicy(self.model_cfg, normalizer).to(info.device)
+        self.policy.train()
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
+        )
+        self.scheduler = self._make_scheduler()
+        self.ema = (
+            EMA(self.policy, cfg.ema_power, cfg.ema_inv_gamma, cfg.ema_min_decay, cfg.ema_max_decay) if cfg.use_ema else None
+        )
+        loss_module: nn.Module = LossModule(self.policy)
+        if info.distributed:
+            device_ids = [info.device.index] if info.device.type == "cuda" else None
+            loss_module = DistributedDataParallel(loss_module, device_ids=device_ids, broadcast_buffers=False)
+        self.parts = StepParts(loss_module, self.policy, self.optimizer, self.scheduler, self.ema, cfg.grad_clip_norm, params)
+
+    def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        cfg = self.cfg
+        if cfg.lr_scheduler == "cosine":
+            from diffusers.optimization import get_cosine_schedule_with_warmup
+
+            return get_cosine_schedule_with_warmup(self.optimizer, cfg.lr_warmup_steps, self.total_steps)
+        from diffusers.optimization import get_constant_schedule_with_warmup
+
+        return get_constant_schedule_with_warmup(self.optimizer, cfg.lr_warmup_steps)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated and saved: the EMA copy, or the raw policy without EMA."""
+        return self.ema.averaged if self.ema is not None else self.policy
+
+    # ---- resume -------------------------------------------------------------------------------------------
+    def _resume_or_start(self) -> None:
+        last = self.run_dir / "last"
+        if not self.cfg.resume:
+            if last.exists() or last.is_symlink():
+                raise FileExistsError(
+                    f"{self.run_dir} already holds a run (last/ exists); pass --resume to continue it "
+                    f"or choose another --output-dir"
+                )
+            return
+        if not (last.exists() or last.is_symlink()):
+            if self.info.is_main:
+                log.info("--resume: %s has no last/ checkpoint yet; starting from scratch", self.run_dir)
+            return
+        if not last.exists():
+            raise CheckpointError(f"cannot resume: {last} points at {last.resolve()}, which does not exist")
+        self._load_state(last)
+
+    def _load_state(self, last: Path) -> None:
+        tensors, meta = load_training_state(last)
+        dataset_hash = meta.get("dataset_hash")
+        if dataset_hash != self.dataset.content_hash:
+            raise CheckpointError(
+                f"cannot resume from {last}: it was trained on a dataset with hash {dataset_hash}, "
+                f"but {self.job.zarr_path} has hash {self.dataset.content_hash}"
+            )
+        saved_model = meta.get("model", {})
+        ignore = {"sampler", "num_inference_steps"}
+        current = self.model_cfg.to_dict()
+        differ = sorted(k for k in current if k not in ignore and _jsonish(current[k]) != _jsonish(saved_model.get(k)))
+        if differ:
+            raise CheckpointError(
+                f"cannot resume from {last}: model settings differ from the saved run: "
+                + ", ".join(f"{k} saved {saved_model.get(k)!r} now {current[k]!r}" for k in differ)
+            )
+        load_state_strict(last / "training_state.safetensors", self.policy, tensors, prefix="model.")
+        if self.ema is not None:
+            load_weights(last / "model.safetensors", self.ema.averaged)
+            self.ema.load_state(meta["ema"])
+        try:
+            self.optimizer.load_state_dict(unflatten(meta["optimizer"], tensors))
+            # The schedule function itself is rebuilt from the current --epochs; only its counters load.
+            self.scheduler.load_state_dict(unflatten(meta["scheduler"], tensors))
+            restore_rng(unflatten(meta["rng"], tensors), self.info.device)
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"cannot resume from {last}: optimiser/scheduler/RNG state is damaged ({exc})") from exc
+        self.epoch = int(meta["epoch"])
+        self.global_step = int(meta["global_step"])
+        self.best_val = meta.get("best_val_loss")
+        self.bad_validations = int(meta.get("bad_validations", 0))
+        self.wandb_run_id = meta.get("wandb_run_id")
+        if self.info.is_main:
+            log.info("resumed from %s: epoch %d, global step %d", last, self.epoch, self.global_step)
+
+    # ---- writing ----------------------------------------------------------------------------------------
+    def _checkpoint_metadata(self, val_loss: float | None, train_loss: float | None) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "val_loss": val_loss,
+            "train_loss": train_loss,
+            "weights": "ema" if self.ema is not None else "raw",
+            "dataset_hash": self.dataset.content_hash,
+            "dataset": str(self.job.zarr_path),
+            "agent_id": self.job.agent_id,
+            "task": self.cfg.task,
+        }
+
+    def _save_last(self, val_loss: float | None, train_loss: float | None) -> None:
+        from rf_dp_agents.checkpoint import save_checkpoint
+
+        tensors: dict[str, torch.Tensor] = {
+            f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in self.policy.state_dict().items()
+        }
+        meta = {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "best_val_loss": self.best_val,
+            "bad_validations": self.bad_validations,
+            "dataset_hash": self.dataset.content_hash,
+            "model": self.model_cfg.to_dict(),
+            "ema": self.ema.state() if self.ema is not None else None,
+            "optimizer": flatten(self.optimizer.state_dict(), "optimizer", tensors),
+            "scheduler": flatten(self.scheduler.state_dict(), "scheduler", tensors),
+            "rng": flatten(capture_rng(self.info.device), "rng", tensors),
+            "wandb_run_id": self.wandb_run_id,
+            "config": self.cfg.to_dict(),
+        }
+        metadata = self._checkpoint_metadata(val_loss, train_loss)
+
+        def fill(directory: Path) -> None:
+            save_checkpoint(directory, self.eval_model, metadata)
+            save_training_state(directory, tensors, meta)
+
+        write_snapshot(self.run_dir, "last", f"last-e{self.epoch:05d}", fill)
+
+    def _save_best(self, val_loss: float | None, train_loss: float | None) -> None:
+        from rf_dp_agents.checkpoint import save_checkpoint
+
+        metadata = self._checkpoint_metadata(val_loss, train_loss)
+        write_snapshot(self.run_dir, "best", f"best-e{self.epoch:05d}", lambda d: save_checkpoint(d, self.eval_model, metadata))
+
+    def _write_run_json(self, resumed: bool) -> None:
+        path = self.run_dir / "run.json"
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        doc: dict[str, Any] = {}
+        if resumed and path.exists():
+            try:
+                import json
+
+                doc = json.loads(path.read_text())
+            except ValueError:
+                doc = {}
+        starts = doc.get("starts", [])
+        starts.append({"time": now, "global_step": self.global_step, "epoch": self.epoch, "argv": sys.argv[1:],
+                       "world_size": self.info.world_size})
+        ds = self.dataset
+        doc.update(
+            {
+                "config": self.cfg.to_dict(),
+                "model": self.model_cfg.to_dict(),
+                "dataset": {
+                    "path": str(self.job.zarr_path),
+                    "hash": ds.content_hash,
+                    "shapes": {k: list(v) for k, v in ds.shapes.items()},
+                    "episodes": int(len(ds.episode_ends)),
+                    "train_episodes": int(ds.train_mask.sum()),
+                    "val_episodes": int(ds.val_mask.sum()),
+                    "train_windows": ds.n_train,
+                    "val_windows": ds.n_val,
+                },
+                "agent_id": self.job.agent_id,
+                "world_size": self.info.world_size,
+                "global_batch": self.global_batch,
+                "steps_per_epoch": self.steps_per_epoch,
+                "versions": package_versions(),
+                "starts": starts,
+            }
+        )
+        write_json_atomic(path, doc)
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Train to the end (or early stop); return the run directory."""
+        cfg, info = self.cfg, self.info
+        self._setup()
+        self._resume_or_start()
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._file_handler = logging.FileHandler(self.run_dir / "train.log")
+            self._file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            log.addHandler(self._file_handler)
+            self._write_run_json(resumed=self.global_step > 0)
+            wandb_settings = None
+            if cfg.wandb:
+                wandb_settings = dict(
+                    project=cfg.wandb_project, entity=cfg.wandb_entity, mode=cfg.wandb_mode,
+                    name=self.run_dir.name, config=self.cfg.to_dict(), run_id=self.wandb_run_id,
+                )
+            self.logger = MetricsLogger(self.run_dir, self.global_step if self.global_step > 0 else None, wandb_settings)
+            self.wandb_run_id = self.logger.wandb_run_id
+            n_params = sum(p.numel() for p in self.policy.parameters())
+            log.info(
+                "run %s: %s, %d train / %d val windows, %d params, %d process(es) on %s, global batch %d, "
+                "%d steps/epoch, epochs %d..%d",
+                self.run_dir, self.job.zarr_path, self.dataset.n_train, self.dataset.n_val, n_params,
+                info.world_size, info.device, self.global_batch, self.steps_per_epoch, self.epoch + 1, cfg.epochs,
+            )
+        try:
+            self._loop()
+        finally:
+            if self.logger is not None:
+                self.logger.close()
+            if self._file_handler is not None:
+                log.removeHandler(self._file_handler)
+                self._file_handler.close()
+        return self.run_dir
+
+    def _loop(self) -> None:
+        cfg, info = self.cfg, self.info
+        bar = None
+        if info.is_main and cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True)
+        try:
+            while self.epoch < cfg.epochs:
+                stop = self._run_epoch(bar)
+                if stop:
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        barrier(info)
+
+    def _run_epoch(self, bar: Any) -> bool:
+        """Train one epoch, then validate/save as scheduled; return True to stop early."""
+        cfg, info, ds = self.cfg, self.info, self.dataset
+        epoch = self.epoch
+        perm = torch.randperm(ds.n_train, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        epoch_losses: list[float] = []
+        pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
+        data_wait = 0.0
+        t_epoch = time.perf_counter()
+        shards = [info.rank * cfg.grad_accum_steps + m for m in range(cfg.grad_accum_steps)]
+        for k in range(self.steps_per_epoch):
+            t0 = time.perf_counter()
+            base = k * self.global_batch
+            micro = [
+                to_device(ds.get_batch(perm[base + s * self.shard_batch : base + (s + 1) * self.shard_batch], "train"), info.device)
+                for s in shards
+            ]
+            data_wait += time.perf_counter() - t0
+            seeds = [step_seed(cfg.seed, self.global_step, s) for s in shards]
+            lr = float(self.scheduler.get_last_lr()[0])
+            loss, grad_norm = train_step(self.parts, micro, seeds)
+            self.global_step += 1
+            pending.append((self.global_step, loss, grad_norm, lr))
+            if len(pending) >= cfg.log_flush_every or k == self.steps_per_epoch - 1:
+                epoch_losses += self._flush(pending, epoch)
+                if bar is not None:
+                    bar.update(len(pending))
+                    elapsed = max(time.perf_counter() - t_epoch, 1e-9)
+                    bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{epoch_losses[-1]:.4f}",
+                                    samples_per_s=f"{(k + 1) * self.global_batch / elapsed:.0f}")
+                pending = []
+        if info.device.type == "cuda":
+            torch.cuda.synchronize(info.device)
+        epoch_time = time.perf_counter() - t_epoch
+        self.epoch = epoch + 1
+        train_loss = sum(epoch_losses) / len(epoch_losses)
+        if self.logger is not None:
+            self.logger.log_many([{
+                "train/epoch": self.epoch,
+                "train/global_step": self.global_step,
+                **epoch_loss_stats(epoch_losses),
+                "train/samples_per_s": self.steps_per_epoch * self.global_batch / epoch_time,
+                "train/data_wait_s": data_wait,
+            }])
+        last_epoch = self.epoch == cfg.epochs
+        val_loss = None
+        stop = False
+        if self.epoch % cfg.val_every == 0 or last_epoch:
+            val_loss = validate(self.eval_model, ds, info, cfg.batch_size, cfg.seed)
+            score = val_loss if val_loss is not None else train_loss
+            if not math.isfinite(score):
+                raise NonFiniteLossError(
+                    f"validation loss is {score} after epoch {self.epoch} (global step {self.global_step}); "
+                    f"stopped; the last good checkpoint is {self.run_dir / 'last'}"
+                )
+            improved = self.best_val is None or score < self.best_val
+            if improved:
+                self.best_val = score
+                self.bad_validations = 0
+            else:
+                self.bad_validations += 1
+            if self.logger is not None:
+                if val_loss is not None:
+                    self.logger.log_many([{"train/epoch": self.epoch, "train/global_step": self.global_step, "val/loss": val_loss}])
+                else:
+                    log.warning("no validation windows (val_ratio=%s): best/ follows the epoch's mean train loss", cfg.val_ratio)
+                self.logger.plot()
+                log.info("epoch %d: train loss %.5f, val loss %s%s", self.epoch, train_loss,
+                         "n/a" if val_loss is None else f"{val_loss:.5f}", " (best)" if improved else "")
+            if improved and info.is_main:
+                self._save_best(val_loss, train_loss)
+            patience = cfg.early_stopping_patience
+            if patience is not None and self.bad_validations >= patience:
+                stop = True
+                if info.is_main:
+                    log.info("early stopping after epoch %d: no better val loss in %d validations", self.epoch, patience)
+        if info.is_main and (self.epoch % cfg.save_every == 0 or last_epoch or stop):
+            self._save_last(val_loss, train_loss)
+        return stop
+
+    def _flush(self, pending: list[tuple[int, torch.Tensor, torch.Tensor, float]], epoch: int) -> list[float]:
+        """Fetch the pending steps' losses (averaged over ranks) and grad norms; log them; stop on NaN/inf."""
+        losses = torch.stack([p[1] for p in pending]).float()
+        all_reduce_sum(self.info, losses)
+        losses = (losses / self.info.world_size).tolist()
+        norms = torch.stack([p[2] for p in pending]).float().tolist()
+        for (step, _, _, _), value in zip(pending, losses):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"training loss became {value} at global step {step} (epoch {epoch + 1}); stopped without "
+                    f"saving; the last good checkpoint is {self.run_dir / 'last'}"
+                )
+        if self.logger is not None:
+            self.logger.log_many(
+                {"train/loss": value, "train/learning_rate": lr, "train/grad_norm": norm,
+                 "train/epoch": epoch + 1, "train/global_step": step}
+                for (step, _, _, lr), value, norm in zip(pending, losses, norms)
+            )
+        return losses
+
+
+def _jsonish(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonish(v) for v in value]
+    return value
+
+
+__all__ = [
+    "Job",
+    "LossModule",
+    "NonFiniteLossError",
+    "StepParts",
+    "Trainer",
+    "adopt_dataset_shapes",
+    "plan_jobs",
+    "seed_everything",
+    "step_seed",
+    "train",
+    "train_step",
+    "validate",
+]
