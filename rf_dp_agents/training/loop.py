@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import datetime
 import importlib.metadata
+import inspect
 import logging
 import math
 import platform
@@ -280,13 +281,11 @@ class Trainer:
         self.wandb_run_id: str | None = None
         self.logger: MetricsLogger | None = None
         self._file_handler: logging.Handler | None = None
+        self._deterministic_before = False
 
     # ---- set-up -----------------------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg, info = self.cfg, self.info
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=False)
-            torch.backends.cudnn.benchmark = False
         seed_everything(cfg.seed)
         mcfg = cfg.model
         self.dataset = SequenceDataset(
@@ -329,7 +328,9 @@ class Trainer:
         loss_module: nn.Module = LossModule(self.policy)
         if info.distributed:
             device_ids = [info.device.index] if info.device.type == "cuda" else None
-            loss_module = DistributedDataParallel(loss_module, device_ids=device_ids, broadcast_buffers=False)
+            # The normalizer's buffers are constants: synced once at construction, never per forward.
+            sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False}
+            loss_module = DistributedDataParallel(loss_module, device_ids=device_ids, **sync)
         self.parts = StepParts(loss_module, self.policy, self.optimizer, self.scheduler, self.ema, cfg.grad_clip_norm, params)
 
     def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
@@ -491,7 +492,15 @@ class Trainer:
     # ---- the loop ---------------------------------------------------------------------------------------
     def run(self) -> Path:
         """Train to the end (or early stop); return the run directory."""
+        self.prepare()
+        return self.fit()
+
+    def prepare(self) -> None:
+        """Load the data, build model and optimiser, resume if asked, open the run directory and logs."""
         cfg, info = self.cfg, self.info
+        self._deterministic_before = torch.are_deterministic_algorithms_enabled()
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
         self._setup()
         self._resume_or_start()
         if info.is_main:
@@ -515,6 +524,9 @@ class Trainer:
                 self.run_dir, self.job.zarr_path, self.dataset.n_train, self.dataset.n_val, n_params,
                 info.world_size, info.device, self.global_batch, self.steps_per_epoch, self.epoch + 1, cfg.epochs,
             )
+
+    def fit(self) -> Path:
+        """Run the remaining epochs (after :meth:`prepare`); return the run directory."""
         try:
             self._loop()
         finally:
@@ -523,6 +535,7 @@ class Trainer:
             if self._file_handler is not None:
                 log.removeHandler(self._file_handler)
                 self._file_handler.close()
+            torch.use_deterministic_algorithms(self._deterministic_before)
         return self.run_dir
 
     def _loop(self) -> None:

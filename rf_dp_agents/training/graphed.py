@@ -1,0 +1,152 @@
+"""One whole optimiser step captured in a CUDA graph and replayed: the fast path on a single GPU.
+
+The captured step gathers the batch from the GPU-resident dataset, runs the policy's loss forward and
+backward, computes the gradient norm (and clips), applies AdamW and moves the EMA weights, with no host
+synchronisation. Per step the host only writes the window ids, reseeds the CUDA generator, steps the
+learning-rate schedule (a ``fill_`` of the tensor learning rate) and writes the EMA decay.
+
+Requirements, checked at construction: a CUDA device, one process, one micro-batch per step, an AdamW built
+with ``capturable=True`` and a tensor learning rate (see :func:`make_optimizer`), and the dataset on the
+same device. Anything else uses the eager :func:`rf_dp_agents.training.loop.train_step`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from rf_dp_agents.data.dataset import SequenceDataset
+from rf_dp_agents.training.ema import EMA
+
+
+def make_optimizer(
+    params: Iterable[nn.Parameter],
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+    device: torch.device,
+    graph_safe: bool,
+) -> torch.optim.AdamW:
+    """AdamW; on CUDA the fused kernel, and when ``graph_safe`` a tensor learning rate and capturable state."""
+    if device.type != "cuda":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    if graph_safe:
+        return torch.optim.AdamW(
+            params,
+            lr=torch.tensor(lr, device=device),
+            betas=betas,
+            weight_decay=weight_decay,
+            capturable=True,
+            fused=True,
+        )
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
+
+
+class GraphedTrainStep:
+    """Callable ``step(window_ids, seed) -> (loss, grad_norm)`` replaying one captured optimiser step.
+
+    ``window_ids`` is an int64 CUDA tensor of ``batch_size`` training-window ids. The learning-rate
+    scheduler is stepped by the caller as usual (it fills the optimiser's tensor learning rate in place).
+    Building the object runs ``warmup`` real steps to let cuDNN choose kernels, then captures; the
+    weights, optimiser state and EMA are restored afterwards, so the run is the same as without warm-up.
+    """
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ema: EMA | None,
+        dataset: SequenceDataset,
+        batch_size: int,
+        grad_clip_norm: float | None = None,
+        warmup: int = 3,
+    ) -> None:
+        device = next(policy.parameters()).device
+        if device.type != "cuda":
+            raise ValueError("GraphedTrainStep needs the policy on a CUDA device")
+        if dataset.device != device:
+            raise ValueError(f"GraphedTrainStep needs the dataset on {device}, it is on {dataset.device}")
+        for group in optimizer.param_groups:
+            if not (isinstance(group["lr"], torch.Tensor) and group.get("capturable", False)):
+                raise ValueError("GraphedTrainStep needs an optimiser with capturable=True and a tensor lr")
+        self.policy, self.optimizer, self.ema, self.dataset = policy, optimizer, ema, dataset
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.max_norm = math.inf if grad_clip_norm is None else float(grad_clip_norm)
+        self.static_ids = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        self.decay = torch.zeros((), device=device)
+        self.one_minus_decay = torch.ones((), device=device)
+        self._ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        if ema is not None:
+            avg = dict(ema.averaged.named_parameters())
+            cur = dict(policy.named_parameters())
+            names = [n for n in avg if avg[n].dtype.is_floating_point]
+            self._ema_pairs = ([avg[n] for n in names], [cur[n] for n in names])
+        self._capture(warmup)
+
+    def _body(self) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.dataset.get_batch(self.static_ids)
+        loss = self.policy.compute_loss(batch)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm, foreach=True)
+        self.optimizer.step()
+        if self._ema_pairs is not None:
+            averaged, current = self._ema_pairs
+            torch._foreach_mul_(averaged, self.decay)
+            torch._foreach_add_(averaged, torch._foreach_mul(current, self.one_minus_decay))
+        return loss.detach(), grad_norm.detach()
+
+    def _snapshot(self) -> dict[str, list[torch.Tensor]]:
+        tensors = {"params": [p.detach().clone() for p in self.params]}
+        if self._ema_pairs is not None:
+            tensors["ema"] = [p.detach().clone() for p in self._ema_pairs[0]]
+        return tensors
+
+    @torch.no_grad()
+    def _restore(self, snap: dict[str, list[torch.Tensor]]) -> None:
+        for p, saved in zip(self.params, snap["params"]):
+            p.copy_(saved)
+        if self._ema_pairs is not None:
+            for p, saved in zip(self._ema_pairs[0], snap["ema"]):
+                p.copy_(saved)
+        for state in self.optimizer.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    value.zero_()
+
+    def _capture(self, warmup: int) -> None:
+        snap = self._snapshot()
+        rng = torch.cuda.get_rng_state()
+        self.static_ids.copy_(torch.arange(self.static_ids.numel(), device=self.static_ids.device) % self.dataset.n_train)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(max(warmup, 1)):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._body()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_loss, self.static_grad_norm = self._body()
+        torch.cuda.synchronize()
+        self._restore(snap)
+        torch.cuda.set_rng_state(rng)
+
+    def __call__(self, window_ids: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run one optimiser step on ``window_ids``; returns device tensors (loss, grad_norm)."""
+        self.static_ids.copy_(window_ids, non_blocking=True)
+        torch.cuda.manual_seed(seed)
+        if self.ema is not None:
+            decay = self.ema.decay(self.ema.optimization_step)
+            self.decay.fill_(decay)
+            self.one_minus_decay.fill_(1.0 - decay)
+        self.graph.replay()
+        if self.ema is not None:
+            self.ema.optimization_step += 1
+        return self.static_loss.clone(), self.static_grad_norm.clone()
+
+
+__all__ = ["GraphedTrainStep", "make_optimizer"]

@@ -1,0 +1,184 @@
+"""The trainer end to end on CPU: a tiny run on a synthetic zarr, its outputs, the CLI and its errors."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rf_dp_agents import load_policy
+from rf_dp_agents.training import NonFiniteLossError, TrainConfig, preset_config
+from rf_dp_agents.training.cli import main, parse_args
+from rf_dp_agents.training.config import resolve_dataset
+from rf_dp_agents.training.distributed import DistInfo
+from rf_dp_agents.training.loop import Trainer, plan_jobs
+from rf_dp_agents.training.metrics import ALL_METRICS, read_metrics
+from rf_dp_agents.training.synthetic import write_synthetic_dataset
+
+TINY = ["--preset", "tiny", "--device", "cpu", "--batch-size", "8", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def zarr_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "Synthetic-rf_Agent0_4.zarr")
+
+
+@pytest.fixture(scope="module")
+def run_dir(zarr_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main([*TINY, "--zarr-path", str(zarr_path), "--output-dir", str(out), "--epochs", "3"]) == 0
+    return out
+
+
+def test_tiny_run_lowers_the_loss_and_logs_every_metric(run_dir: Path) -> None:
+    records = read_metrics(run_dir / "metrics.jsonl")
+    names = set().union(*records)
+    assert set(ALL_METRICS) <= names, f"missing metrics: {set(ALL_METRICS) - names}"
+    steps = [r["train/global_step"] for r in records if "train/loss" in r]
+    assert steps == list(range(1, len(steps) + 1))  # every step logged once, in order
+    val = [r["val/loss"] for r in records if "val/loss" in r]
+    assert len(val) == 3 and all(math.isfinite(v) for v in val)
+    assert val[-1] < val[0]
+    epoch_means = {}
+    for r in records:
+        if "train/loss" in r:
+            epoch_means.setdefault(r["train/epoch"], []).append(r["train/loss"])
+    assert np.mean(epoch_means[3]) < np.mean(epoch_means[1])
+    assert (run_dir / "loss.png").stat().st_size > 1000
+
+
+def test_best_last_and_run_record(run_dir: Path, zarr_path: Path) -> None:
+    for name in ("best", "last"):
+        ckpt = run_dir / name
+        assert ckpt.is_symlink() and ckpt.is_dir()
+        assert (ckpt / "config.json").is_file() and (ckpt / "model.safetensors").is_file()
+    assert (run_dir / "last" / "training_state.safetensors").is_file()
+    last_meta = json.loads((run_dir / "last" / "config.json").read_text())
+    assert last_meta["epoch"] == 3 and last_meta["weights"] == "ema"
+    assert last_meta["model"]["image_shape"] == [3, 32, 32]
+    run = json.loads((run_dir / "run.json").read_text())
+    from rf_dp_agents.data import SequenceDataset
+
+    assert run["dataset"]["hash"] == SequenceDataset(zarr_path).content_hash
+    assert run["config"]["epochs"] == 3 and run["config"]["batch_size"] == 8
+    assert run["versions"]["torch"] == importlib.metadata.version("torch")
+    # Only the snapshots the links point at are kept.
+    kept = sorted(p.name for p in (run_dir / "snapshots").iterdir())
+    assert kept == sorted({os.readlink(run_dir / "best").split("/")[-1], os.readlink(run_dir / "last").split("/")[-1]})
+
+
+def test_load_policy_on_the_run_directory(run_dir: Path) -> None:
+    policy = load_policy(run_dir, device="cpu")
+    obs = {"img": np.zeros((2, 32, 32, 3), np.uint8), "state": np.zeros((2, 8), np.float32)}
+    action, _ = policy.predict(obs, deterministic=True)
+    assert action.shape == (2, 8) and np.isfinite(action).all()
+
+
+def test_preset_then_flags_override(zarr_path: Path) -> None:
+    cfg = parse_args(["--preset", "tiny", "--zarr-path", str(zarr_path), "--epochs", "7", "--model.down-dims", "16", "32"])
+    assert cfg.preset == "tiny" and cfg.epochs == 7 and cfg.batch_size == 16
+    assert cfg.model.down_dims == (16, 32) and cfg.model.image_shape == (3, 32, 32)
+    default = parse_args(["--task", "LiftBarrier-rf"])
+    assert (default.epochs, default.batch_size, default.lr, default.seed) == (300, 64, 1e-4, 100)
+    assert default.adam_betas == (0.95, 0.999) and default.weight_decay == 1e-6 and default.lr_warmup_steps == 500
+    assert default.ema_power == 0.75 and default.val_every == 10
+    m = default.model
+    assert (m.obs_horizon, m.action_horizon, m.pred_horizon, m.image_shape) == (2, 8, 16, (3, 240, 320))
+
+
+def test_dataset_discovery(tmp_path: Path, zarr_path: Path) -> None:
+    root = tmp_path / "zarr"
+    root.mkdir()
+    for name in ("Lift-rf_Agent0_50.zarr", "Lift-rf_Agent0_150.zarr", "Lift-rf_Agent1_150.zarr"):
+        shutil.copytree(zarr_path, root / name)
+    os.utime(root / "Lift-rf_Agent0_50.zarr", (1, 1))
+    assert resolve_dataset(root, "Lift-rf", 0).name == "Lift-rf_Agent0_150.zarr"
+    assert resolve_dataset(root, "Lift-rf", 0, num_demos=50).name == "Lift-rf_Agent0_50.zarr"
+    cfg = preset_config("tiny", task="Lift-rf", all_agents=True, data_root=root, output_dir=tmp_path / "ck")
+    jobs = plan_jobs(cfg)
+    assert [j.agent_id for j in jobs] == [0, 1]
+    assert [j.run_dir for j in jobs] == [tmp_path / "ck" / "Lift-rf_Agent0", tmp_path / "ck" / "Lift-rf_Agent1"]
+    assert plan_jobs(preset_config("tiny", task="Lift-rf", agent_id=1, data_root=root))[0].run_dir == Path(
+        "checkpoints/Lift-rf_Agent1"
+    )
+
+
+def test_missing_dataset_says_where_and_how(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--task", "Nothing-rf", "--agent-id", "2", "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{tmp_path}/Nothing-rf_Agent2_<n>.zarr" in err
+    assert "python scripts/generate_data.py --task Nothing-rf --num 150" in err
+    assert "python scripts/convert_to_zarr.py --task Nothing-rf --all-agents" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--model.state-dim", "7"], "data/state has 8 dims per step but the model expects state_dim=7"),
+        (["--model.action-dim", "7"], "data/action has 8 dims per step but the model expects action_dim=7"),
+        (["--batch-size", "64"], "is larger than the 39 training windows"),
+    ],
+)
+def test_bad_shapes_are_clear_errors(flags: list[str], message: str, zarr_path: Path, tmp_path: Path, capsys) -> None:
+    assert main([*TINY, "--zarr-path", str(zarr_path), "--output-dir", str(tmp_path / "r"), *flags]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_existing_run_needs_resume(run_dir: Path, zarr_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*TINY, "--zarr-path", str(zarr_path), "--output-dir", str(run_dir)]) == 1
+    assert "pass --resume" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_on_resume(run_dir: Path, zarr_path: Path, tmp_path: Path, capsys) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    state = copy / "last" / "training_state.safetensors"
+    state.write_bytes(state.read_bytes()[: 1000])
+    assert main([*TINY, "--zarr-path", str(zarr_path), "--output-dir", str(copy), "--resume", "--epochs", "4"]) == 1
+    err = capsys.readouterr().err
+    assert "training_state.safetensors is corrupt" in err and "cannot resume" in err
+
+
+def test_image_shape_is_adopted_from_the_dataset(zarr_path: Path, tmp_path: Path) -> None:
+    cfg = parse_args([*TINY, "--zarr-path", str(zarr_path), "--model.image-shape", "3", "48", "48",
+                      "--model.crop-shape", "42", "42", "--output-dir", str(tmp_path / "r")])
+    trainer = Trainer(cfg, plan_jobs(cfg)[0], DistInfo(0, 0, 1, torch.device("cpu")))
+    trainer._setup()
+    assert trainer.model_cfg.image_shape == (3, 32, 32) and trainer.model_cfg.crop_shape == (28, 28)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(run_dir: Path, zarr_path: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "nan"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    good = os.readlink(copy / "last")
+    cfg = parse_args([*TINY, "--zarr-path", str(zarr_path), "--output-dir", str(copy), "--resume", "--epochs", "4",
+                      "--log-flush-every", "1"])
+    trainer = Trainer(cfg, plan_jobs(cfg)[0], DistInfo(0, 0, 1, torch.device("cpu")))
+    trainer.prepare()
+    assert trainer.global_step == 12
+    with torch.no_grad():
+        next(trainer.policy.noise_pred_net.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="at global step 13"):
+        trainer.fit()
+    assert os.readlink(copy / "last") == good
+    action, _ = load_policy(copy, device="cpu").predict(
+        {"img": np.zeros((1, 32, 32, 3), np.uint8), "state": np.zeros((1, 8), np.float32)}, deterministic=True
+    )
+    assert np.isfinite(action).all()
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        TrainConfig(task="x", batch_size=0)
+    with pytest.raises(ValueError, match="--all-agents"):
+        TrainConfig(zarr_path=Path("a.zarr"), all_agents=True)
+    with pytest.raises(ValueError, match="pass --task"):
+        TrainConfig().check_data_source()
