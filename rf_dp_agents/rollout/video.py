@@ -70,7 +70,9 @@ def tile_frames(images: Mapping[str, np.ndarray], columns: int | None = None, la
         canvas[y : y + img.shape[0], x : x + img.shape[1]] = img
         if label:
             scale = _fit_scale(name, tile_w, 24, max_scale=0.45)
-            _put_text(canvas, name, (x + 4, y + 16), scale, (255, 255, 255))
+            (tw, th), base = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, int(round(scale * 1.5))))
+            canvas[y : y + th + base + 6, x : x + min(tw + 8, tile_w)] //= 3  # darken behind the label
+            _put_text(canvas, name, (x + 4, y + th + 3), scale, (255, 255, 255))
     return canvas
 
 

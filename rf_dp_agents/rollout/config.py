@@ -1,0 +1,93 @@
+"""``RolloutConfig``: every setting of an evaluation run, validated on construction (tyro reads it as the CLI).
+
+Importing this module does not import mani_skill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+
+@dataclass
+class RolloutConfig:
+    """Evaluate one trained Diffusion Policy per agent of a task in the simulator: metrics, results JSON, videos."""
+
+    task: str
+    """Task id, e.g. LiftBarrier-rf (one policy per arm of the task)."""
+    checkpoint_dir: str = "checkpoints"
+    """Directory of training runs, one per agent: <checkpoint-dir>/<task>_Agent<i>/ (best/ is used, else last/)."""
+    checkpoints: tuple[str, ...] = ()
+    """Explicit checkpoint (or run) directories, one per agent in agent order; overrides --checkpoint-dir."""
+    num_episodes: int = 10
+    """Number of evaluation episodes; episode k uses seed seed+k."""
+    seed: int = 10000
+    """Seed of the first episode."""
+    num_envs: int = 1
+    """Parallel envs: worker processes (one env each) on the CPU backend, vectorised envs on the GPU backend."""
+    sim_backend: Literal["cpu", "gpu"] = "cpu"
+    """ManiSkill simulation backend."""
+    execution: Literal["direct", "topp"] = "direct"
+    """'direct' sends each predicted joint target to the controller; 'topp' re-times each target with mplib's
+    TOPP as RoboFactory's evaluation does (and reports the motion-planning failure rate)."""
+    record_video: bool = False
+    """Write one mp4 per episode: global + per-agent cameras tiled, with step count and success state."""
+    video_dir: str = "videos"
+    """Videos go to <video-dir>/<task>/."""
+    output: str = "results.json"
+    """Where the results JSON is written (through a temporary file and a rename)."""
+    camera_width: int | None = None
+    """Camera width in pixels; default: the width the policies were trained on (their image_shape)."""
+    camera_height: int | None = None
+    """Camera height in pixels; default: the height the policies were trained on."""
+    max_episode_steps: int | None = None
+    """Step cap per episode; default: the task's own cap."""
+    sampler: Literal["ddpm", "ddim", "dpmsolver"] | None = None
+    """Override the policies' inference sampler."""
+    num_inference_steps: int | None = None
+    """Override the policies' number of denoising steps."""
+    deterministic: bool = False
+    """Sample the diffusion noise from each policy's fixed seed (equal observations give equal actions)."""
+    device: str = "auto"
+    """Torch device of the policies: auto (cuda if available), cpu, cuda, cuda:1..."""
+    torch_threads: int | None = None
+    """Torch CPU threads per process; default: the CPU count divided among the worker processes."""
+    progress: bool = True
+    """Show a progress bar over episodes."""
+
+    def __post_init__(self) -> None:
+        self.checkpoints = tuple(str(c) for c in self.checkpoints)
+        if not self.task:
+            raise ValueError("RolloutConfig.task must name a task, e.g. LiftBarrier-rf")
+        for name in ("num_episodes", "num_envs"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"RolloutConfig.{name} must be positive, got {getattr(self, name)}")
+        for name in ("camera_width", "camera_height", "max_episode_steps", "num_inference_steps", "torch_threads"):
+            value = getattr(self, name)
+            if value is not None and int(value) <= 0:
+                raise ValueError(f"RolloutConfig.{name} must be positive, got {value}")
+        if (self.camera_width is None) != (self.camera_height is None):
+            raise ValueError("RolloutConfig: give both camera_width and camera_height, or neither")
+        if self.sim_backend not in ("cpu", "gpu"):
+            raise ValueError(f"RolloutConfig.sim_backend must be 'cpu' or 'gpu', got {self.sim_backend!r}")
+        if self.execution not in ("direct", "topp"):
+            raise ValueError(f"RolloutConfig.execution must be 'direct' or 'topp', got {self.execution!r}")
+        if self.sampler not in (None, "ddpm", "ddim", "dpmsolver"):
+            raise ValueError(f"RolloutConfig.sampler must be 'ddpm', 'ddim' or 'dpmsolver', got {self.sampler!r}")
+        if not self.output.endswith(".json"):
+            raise ValueError(f"RolloutConfig.output must be a .json path, got {self.output!r}")
+
+    @property
+    def seeds(self) -> list[int]:
+        """The episode seeds, seed .. seed+num_episodes-1."""
+        return list(range(self.seed, self.seed + self.num_episodes))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict."""
+        out = dataclasses.asdict(self)
+        out["checkpoints"] = list(self.checkpoints)
+        return out
+
+
+__all__ = ["RolloutConfig"]
