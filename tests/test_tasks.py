@@ -12,11 +12,24 @@ import pytest
 import torch
 
 import envs  # noqa: F401  (registers the -rf tasks)
-from envs.tasks.base import PANDA_INIT_QPOS
+from envs.tasks import TASK_IDS
+from envs.tasks.base import CUBE_HALF_SIZE, PANDA_INIT_QPOS, ArmPlacement
+from envs.tasks.lift_barrier import LiftBarrierEnv
+from envs.tasks.long_pipeline_delivery import CUBE_START_RANGE, GOAL_RANGE, RELAY_XY, LongPipelineDeliveryEnv
+from envs.tasks.stack_cube import StackCubeEnv
+from envs.tasks.three_robots_stack_cube import ThreeRobotsStackCubeEnv
+from envs.tasks.two_robots_stack_cube import TwoRobotsStackCubeEnv
+from mani_skill.agents.robots.panda.panda import Panda
 from mani_skill.utils.structs.pose import Pose
 
 CAM_W, CAM_H = 32, 24
-TASK_ARMS = {"LiftBarrier-rf": 2}
+TASK_ARMS = {
+    "StackCube-rf": 1,
+    "LiftBarrier-rf": 2,
+    "TwoRobotsStackCube-rf": 2,
+    "ThreeRobotsStackCube-rf": 3,
+    "LongPipelineDelivery-rf": 4,
+}
 
 
 def make(task: str, **kwargs) -> gym.Env:
@@ -28,6 +41,15 @@ def make(task: str, **kwargs) -> gym.Env:
 def hold_action(gripper: float) -> np.ndarray:
     """Hold RoboFactory's initial arm pose with the given gripper command."""
     return np.concatenate([PANDA_INIT_QPOS[:7], [gripper]]).astype(np.float32)
+
+
+def hold_all(env: gym.Env, steps: int) -> dict:
+    """Step ``steps`` times with every arm holding its initial pose, gripper open; return the last info."""
+    n = env.unwrapped.num_arms
+    action = hold_action(1.0) if n == 1 else {f"panda-{i}": hold_action(1.0) for i in range(n)}
+    for _ in range(steps):
+        _, _, _, _, info = env.step(action)
+    return info
 
 
 def set_pose(actor, xyz, quat=(1.0, 0.0, 0.0, 0.0)) -> None:
@@ -99,6 +121,12 @@ def test_arms_are_placed_as_documented(task_env):
         assert torch.allclose(p, torch.tensor([placement.x, placement.y, 0.0]), atol=1e-5)
 
 
+def test_task_ids_are_registered():
+    assert set(TASK_IDS) == set(TASK_ARMS)
+    for task in TASK_IDS:
+        assert task in gym.registry
+
+
 def test_camera_size_defaults_to_robofactory():
     env = gym.make("LiftBarrier-rf", obs_mode="rgb")
     try:
@@ -158,3 +186,189 @@ class TestLiftBarrierSuccess:
             _, _, _, _, info = env.step({"panda-0": hold_action(-1.0), "panda-1": hold_action(1.0)})
         assert not info["is_grasped_1"].item()
         assert not info["success_strict"].item()
+
+
+@pytest.fixture(scope="module")
+def stack_env():
+    env = make("StackCube-rf", obs_mode="state_dict")
+    yield env
+    env.close()
+
+
+class TestStackCubeSuccess:
+    def test_initial_layout_fails(self, stack_env):
+        stack_env.reset(seed=0)
+        assert not stack_env.unwrapped.evaluate()["success"].item()
+
+    def test_cube_resting_on_cube_succeeds(self, stack_env):
+        stack_env.reset(seed=0)
+        u = stack_env.unwrapped
+        b = u.cubeB.pose.p[0]
+        set_pose(u.cubeA, [b[0].item(), b[1].item(), b[2].item() + 2 * CUBE_HALF_SIZE])
+        info = hold_all(stack_env, 5)
+        assert info["is_cubeA_on_cubeB"].item() and info["success"].item()
+
+    def test_cube_beside_or_moving_fails(self, stack_env):
+        stack_env.reset(seed=0)
+        u = stack_env.unwrapped
+        b = u.cubeB.pose.p[0]
+        set_pose(u.cubeA, [b[0].item() + 0.05, b[1].item(), CUBE_HALF_SIZE])
+        assert not hold_all(stack_env, 2)["success"].item()
+        set_pose(u.cubeA, [b[0].item(), b[1].item(), b[2].item() + 2 * CUBE_HALF_SIZE])
+        u.cubeA.set_linear_velocity(torch.tensor([[0.0, 0.0, 0.5]]))
+        info = u.evaluate()
+        assert info["is_cubeA_on_cubeB"].item() and not info["is_cubeA_static"].item()
+        assert not info["success"].item()
+
+
+@pytest.mark.parametrize("task", ["TwoRobotsStackCube-rf", "ThreeRobotsStackCube-rf"])
+def test_tower_on_goal_success_rule(task):
+    env = make(task, obs_mode="state_dict")
+    try:
+        env.reset(seed=0)
+        u = env.unwrapped
+        assert not u.evaluate()["success"].item()
+        goal = u.goal_region.pose.p[0]
+        names = list(u.cubes)
+
+        def build_tower(dx: float, n_cubes: int) -> None:
+            for level, name in enumerate(names[:n_cubes]):
+                z = CUBE_HALF_SIZE * (2 * level + 1)
+                set_pose(u.cubes[name], [goal[0].item() + dx, goal[1].item(), z])
+
+        build_tower(0.0, len(names))
+        info = hold_all(env, 5)
+        assert info[f"{names[0]}_on_goal"].item() and info["success"].item()
+        env.reset(seed=0)
+        build_tower(0.0, len(names) - 1)  # top cube missing
+        assert not hold_all(env, 2)["success"].item()
+        env.reset(seed=0)
+        build_tower(0.15, len(names))  # complete tower beside the goal
+        info = hold_all(env, 2)
+        assert not info[f"{names[0]}_on_goal"].item() and not info["success"].item()
+    finally:
+        env.close()
+
+
+def test_pipeline_success_and_stage():
+    env = make("LongPipelineDelivery-rf", obs_mode="state_dict")
+    try:
+        env.reset(seed=0)
+        u = env.unwrapped
+        info = u.evaluate()
+        assert not info["success"].item() and info["stage"].item() == 0
+        stages = []
+        for x, y in RELAY_XY:
+            set_pose(u.cube, [x, y, CUBE_HALF_SIZE])
+            info = u.evaluate()
+            assert not info["success"].item()
+            stages.append(info["stage"].item())
+        assert stages == [1, 2, 3]
+        goal = u.goal_region.pose.p[0]
+        set_pose(u.cube, [goal[0].item(), goal[1].item(), 0.2])  # above the goal, not put down
+        assert not u.evaluate()["success"].item()
+        set_pose(u.cube, [goal[0].item(), goal[1].item(), CUBE_HALF_SIZE])
+        info = hold_all(env, 5)
+        assert info["cube_in_goal"].item() and info["success"].item()
+    finally:
+        env.close()
+
+
+# ---------------------------------------------------------------------------------------------- reachability
+def corners(box, zs) -> list[tuple[float, float, float]]:
+    """The four xy corners of ((x_lo, y_lo), (x_hi, y_hi)) at each height in ``zs``."""
+    (x0, y0), (x1, y1) = box
+    return [(x, y, z) for x in (x0, x1) for y in (y0, y1) for z in zs]
+
+
+def lift_barrier_targets() -> dict[int, list]:
+    """Both bar grasp points at the extremes of the bar's position and yaw, on the table and lifted."""
+    env = LiftBarrierEnv
+    targets: dict[int, list] = {0: [], 1: []}
+    d = env.bar_half_size[1] - env.grasp_inset
+    for xc, yc, _ in corners(env.bar_xy_range, [0.0]):
+        for yaw in (-env.bar_max_yaw, env.bar_max_yaw):
+            axis = np.array([-np.sin(yaw), np.cos(yaw), 0.0])
+            closing = (np.cos(yaw), np.sin(yaw), 0.0)
+            for arm, sign in ((0, -1.0), (1, 1.0)):
+                for z in (0.02, 0.25):
+                    p = np.array([xc, yc, z]) + sign * d * axis
+                    targets[arm].append((tuple(p), [closing]))
+    return targets
+
+
+def any_closing(points) -> list:
+    return [(p, [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0)]) for p in points]
+
+
+def stack_targets(env_cls) -> dict[int, list]:
+    """Each cube picked anywhere in its start range; each placed on the tower at its level, anywhere on the goal."""
+    targets = {}
+    ranges = list(env_cls.cube_ranges.values())
+    goal = getattr(env_cls, "goal_range", None)
+    for arm, box in enumerate(ranges):
+        place = corners(goal, [CUBE_HALF_SIZE * (2 * arm + 1)]) if goal else corners(ranges[1], [0.06])
+        targets[arm] = any_closing(corners(box, (0.02, 0.12)) + place)
+        if goal is None:  # one arm: it picks A and places on B
+            break
+    return targets
+
+
+def pipeline_targets() -> dict[int, list]:
+    """Arm i picks on the pad (or start area) on its +y side and puts down on its -y side (or the goal)."""
+    pads = [(x, y, z) for x, y in RELAY_XY for z in (0.02, 0.12)]
+    return {
+        3: any_closing(corners(CUBE_START_RANGE, (0.02, 0.12)) + pads[0:2]),
+        2: any_closing(pads[0:4]),
+        1: any_closing(pads[2:6]),
+        0: any_closing(pads[4:6] + corners(GOAL_RANGE, (0.02, 0.12))),
+    }
+
+
+REACH_TARGETS = {
+    "StackCube-rf": (StackCubeEnv, lambda: stack_targets(StackCubeEnv)),
+    "LiftBarrier-rf": (LiftBarrierEnv, lift_barrier_targets),
+    "TwoRobotsStackCube-rf": (TwoRobotsStackCubeEnv, lambda: stack_targets(TwoRobotsStackCubeEnv)),
+    "ThreeRobotsStackCube-rf": (ThreeRobotsStackCubeEnv, lambda: stack_targets(ThreeRobotsStackCubeEnv)),
+    "LongPipelineDelivery-rf": (LongPipelineDeliveryEnv, pipeline_targets),
+}
+
+
+def top_down_grasp(center, closing) -> np.ndarray:
+    """[x, y, z, qw, qx, qy, qz] of a TCP pointing straight down with fingers closing along ``closing``."""
+    from transforms3d.quaternions import mat2quat
+
+    z = np.array([0.0, 0.0, -1.0])
+    y = np.asarray(closing, dtype=float)
+    y = y / np.linalg.norm(y)
+    x = np.cross(y, z)
+    return np.concatenate([np.asarray(center, dtype=float), mat2quat(np.stack([x, y, z], axis=1))])
+
+
+@pytest.mark.parametrize("task", sorted(REACH_TARGETS))
+def test_every_arm_reaches_what_it_must_touch(task):
+    """mplib IK (self-collision checked) finds a top-down grasp at every extreme of the task's randomisation."""
+    import mplib
+
+    env_cls, targets_fn = REACH_TARGETS[task]
+    targets = targets_fn()
+    assert set(targets) <= set(range(len(env_cls.arm_placements)))
+    planner = mplib.Planner(
+        urdf=Panda.urdf_path, srdf=Panda.urdf_path.replace(".urdf", ".srdf"), move_group="panda_hand_tcp"
+    )
+    start = PANDA_INIT_QPOS.astype(np.float64)
+    unreachable = []
+    for arm, points in targets.items():
+        placement: ArmPlacement = env_cls.arm_placements[arm]
+        planner.set_base_pose(np.concatenate([[placement.x, placement.y, 0.0], placement.quat]))
+        for center, closings in points:
+            ok = False
+            for closing in closings:
+                goal = planner.transform_goal_to_wrt_base(top_down_grasp(center, closing))
+                status, _ = planner.IK(goal, start, n_init_qpos=40)
+                if status == "Success":
+                    ok = True
+                    break
+            if not ok:
+                unreachable.append((arm, tuple(round(float(v), 3) for v in center)))
+    assert not unreachable, f"{task}: arm/point pairs with no top-down IK solution: {unreachable}"

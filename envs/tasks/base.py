@@ -38,6 +38,7 @@ import torch
 from mani_skill.envs.sapien_env import BaseEnv
 from mani_skill.sensors.camera import CameraConfig
 from mani_skill.utils import sapien_utils
+from mani_skill.utils.building import actors
 from mani_skill.utils.scene_builder.table import TableSceneBuilder
 from mani_skill.utils.structs.actor import Actor
 from mani_skill.utils.structs.pose import Pose
@@ -58,6 +59,42 @@ AGENT_CAMERA_EYE_LOCAL = (0.865, 0.5, 0.4)
 """Agent camera position in the arm's frame (x forward, y left, z up), from RoboFactory's LiftBarrier."""
 AGENT_CAMERA_TARGET_LOCAL = (0.515, 0.0, 0.1)
 """Point the agent camera looks at, in the arm's frame."""
+
+GOAL_DISC_QUAT = (math.sqrt(0.5), 0.0, math.sqrt(0.5), 0.0)
+"""Rotation laying ManiSkill's red/white target (a cylinder along x) flat on the table."""
+
+CUBE_HALF_SIZE = 0.02
+"""Half edge of the cubes of the stacking and delivery tasks (m), as in RoboFactory."""
+STACK_TOLERANCE = 0.005
+"""Slack (m) of the cube-on-cube test, RoboFactory's value."""
+
+STATIC_LIN_THRESH = 0.03
+"""Largest speed (m/s) of a resting object: PhysX keeps a stack of cubes jittering at up to ~0.02 m/s."""
+STATIC_ANG_THRESH = 0.5
+"""Largest angular speed (rad/s) of a resting object."""
+
+
+def is_static(actor: Actor) -> torch.Tensor:
+    """True where ``actor`` is at rest (within :data:`STATIC_LIN_THRESH` and :data:`STATIC_ANG_THRESH`)."""
+    return actor.is_static(lin_thresh=STATIC_LIN_THRESH, ang_thresh=STATIC_ANG_THRESH)
+
+
+def is_stacked_on(top: Actor, bottom: Actor, half_size: float = CUBE_HALF_SIZE) -> torch.Tensor:
+    """RoboFactory's cube-on-cube test: centres within one half diagonal (+5 mm) in xy, one edge (+-5 mm) apart in z."""
+    offset = top.pose.p - bottom.pose.p
+    xy_ok = torch.linalg.norm(offset[..., :2], dim=-1) <= math.sqrt(2) * half_size + STACK_TOLERANCE
+    z_ok = (offset[..., 2] - 2 * half_size).abs() <= STACK_TOLERANCE
+    return xy_ok & z_ok
+
+
+def is_released(arms: Sequence[Any], actors_: Sequence[Actor]) -> torch.Tensor:
+    """True where no arm grasps any of ``actors_``."""
+    held = None
+    for arm in arms:
+        for actor in actors_:
+            g = arm.is_grasping(actor)
+            held = g if held is None else held | g
+    return ~held
 
 
 @dataclass(frozen=True)
@@ -93,7 +130,8 @@ def yaw_quat(yaw: float | np.ndarray) -> np.ndarray:
 class RFTableTaskEnv(BaseEnv):
     """Base class of the ``-rf`` tasks: table scene, N Pandas at :attr:`arm_placements`, cameras, sampling.
 
-    Subclasses set :attr:`arm_placements` (and optionally :attr:`global_camera_eye` /
+    Subclasses set :attr:`arm_placements` (and optionally the camera placements
+    :attr:`agent_camera_eye_local`, :attr:`agent_camera_target_local`, :attr:`global_camera_eye`,
     :attr:`global_camera_target`), build their objects in :meth:`_load_objects`, place them in
     :meth:`_initialize_objects` and implement ``evaluate``.
     """
@@ -102,6 +140,10 @@ class RFTableTaskEnv(BaseEnv):
 
     arm_placements: tuple[ArmPlacement, ...] = ()
     """World placement of each arm, in agent order (``panda-0`` first)."""
+    agent_camera_eye_local: tuple[float, float, float] = AGENT_CAMERA_EYE_LOCAL
+    """Where ``head_camera_agent<i>`` sits, in arm i's frame (x forward, y left, z up)."""
+    agent_camera_target_local: tuple[float, float, float] = AGENT_CAMERA_TARGET_LOCAL
+    """The point ``head_camera_agent<i>`` looks at, in arm i's frame."""
     global_camera_eye: tuple[float, float, float] = (0.55, 0.0, 0.75)
     global_camera_target: tuple[float, float, float] = (-0.15, 0.0, 0.05)
 
@@ -153,8 +195,8 @@ class RFTableTaskEnv(BaseEnv):
         """World pose of ``head_camera_agent<i>``: across the table from arm i, looking at its workspace."""
         placement = self.arm_placements[i]
         return sapien_utils.look_at(
-            eye=placement.to_world(AGENT_CAMERA_EYE_LOCAL).tolist(),
-            target=placement.to_world(AGENT_CAMERA_TARGET_LOCAL).tolist(),
+            eye=placement.to_world(self.agent_camera_eye_local).tolist(),
+            target=placement.to_world(self.agent_camera_target_local).tolist(),
         )
 
     @property
@@ -228,6 +270,20 @@ class RFTableTaskEnv(BaseEnv):
         """Per-env Gaussian samples from the seeded episode generators; shape (len(env_idx), d)."""
         x = self._batched_episode_rng[env_idx].normal(mean, std, size=(d,))
         return torch.as_tensor(np.asarray(x, dtype=np.float32).reshape(len(env_idx), d), device=self.device)
+
+    def build_goal(self, name: str, radius: float) -> Actor:
+        """A flat red/white target disc on the table (visual only, kinematic), placed by :meth:`place_goal`."""
+        return actors.build_red_white_target(
+            self.scene, radius=radius, thickness=1e-5, name=name, add_collision=False, body_type="kinematic",
+            initial_pose=sapien.Pose(p=[0.0, 0.0, -1.0]),
+        )
+
+    def place_goal(self, goal: Actor, xy: torch.Tensor) -> None:
+        """Lay a target disc from :meth:`build_goal` flat on the table at ``xy`` (per env)."""
+        b = xy.shape[0]
+        p = torch.cat([xy, torch.full((b, 1), 1e-3, device=xy.device)], dim=1)
+        q = torch.as_tensor(GOAL_DISC_QUAT, dtype=torch.float32, device=xy.device)[None].repeat(b, 1)
+        goal.set_pose(Pose.create_from_pq(p=p, q=q))
 
     def place_on_table(self, actor: Actor, xy: torch.Tensor, z: float, yaw: torch.Tensor | None = None) -> None:
         """Set ``actor`` at (x, y, z) per env with an optional yaw (rad) about +z."""

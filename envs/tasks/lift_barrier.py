@@ -44,17 +44,31 @@ class LiftBarrierEnv(RFTableTaskEnv):
     bar_density = 300.0
     """kg/m^3: a 0.24 kg bar."""
     bar_color = (0.15, 0.35, 0.8, 1.0)
+    bar_xy_range = ((-0.15, -0.03), (0.05, 0.03))
+    """((x_low, y_low), (x_high, y_high)) of the bar centre."""
+    bar_max_yaw = math.radians(10)
+    """The bar's yaw about +z is uniform in [-bar_max_yaw, bar_max_yaw] (rad)."""
+    grasp_inset = 0.05
+    """Suggested grasp points lie this far (m) in from each end of the bar."""
 
     def _load_objects(self, options: dict) -> None:
         self.barrier: Actor = self.build_box("barrier", self.bar_half_size, self.bar_color, self.bar_density)
 
     def _initialize_objects(self, env_idx: torch.Tensor, options: dict) -> None:
-        xy = self.sample_uniform(env_idx, [-0.15, -0.03], [0.05, 0.03])
-        yaw = self.sample_uniform(env_idx, [-math.radians(10)], [math.radians(10)])
+        xy = self.sample_uniform(env_idx, *self.bar_xy_range)
+        yaw = self.sample_uniform(env_idx, [-self.bar_max_yaw], [self.bar_max_yaw])
         self.place_on_table(self.barrier, xy, self.bar_half_size[2], yaw)
 
     def task_actors(self) -> dict[str, Actor]:
         return {"barrier": self.barrier}
+
+    def grasp_points(self) -> torch.Tensor:
+        """World points (num_envs, 2, 3) on the bar's axis ``grasp_inset`` in from its -y end (for ``panda-0``)
+        and its +y end (for ``panda-1``)."""
+        axis = self.barrier.pose.to_transformation_matrix()[..., :3, 1]
+        d = self.bar_half_size[1] - self.grasp_inset
+        c = self.barrier.pose.p
+        return torch.stack([c - d * axis, c + d * axis], dim=1)
 
     def bar_tilt_deg(self) -> torch.Tensor:
         """Angle (deg) between the bar's long axis and the horizontal plane, per env."""
