@@ -1,0 +1,298 @@
+"""Demonstration h5 files (ManiSkill-style layout) and their conversion to one zarr dataset per agent.
+
+Layout of one demonstration file (``demos/<task>/<name>.h5``, written by ``envs.demo_io``); an episode of
+``L`` env steps is the group ``traj_<k>`` holding::
+
+    actions/<agent>                      float32 (L, 8)      7 joint targets + gripper command
+    obs/agent/<agent>/qpos               float32 (L+1, 9)    measured joints (+ both fingers)
+    obs/agent/<agent>/state              float32 (L+1, 8)    7 arm joints + gripper opening (the policy state)
+    obs/sensor_data/<camera>/rgb         uint8   (L+1, H, W, 3)
+    success, success_strict (optional)   bool    (L,)
+
+with attributes ``seed``, ``elapsed_steps``, ``agents`` and ``cameras`` (JSON lists) on the group. Step ``t``
+pairs observation ``t`` with action ``t``; the observation after the last action is dropped on conversion.
+
+This module reads that layout (h5py only; no simulator) and streams it, one episode at a time, through
+:class:`~rf_dp_agents.data.writer.ZarrWriter`. Any structural problem is a
+:class:`~rf_dp_agents.data.errors.DatasetError` naming the file, the episode and the key, raised before a
+dataset appears under its final name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Literal, Sequence
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from rf_dp_agents.data.errors import DatasetError
+from rf_dp_agents.data.writer import ZarrWriter
+
+TRAJ_PREFIX = "traj_"
+ACTION_DIM = 8
+STATE_DIM = 8
+StateSource = Literal["measured", "action"]
+
+
+def action_key(agent: str) -> str:
+    """h5 key of an agent's actions inside an episode group."""
+    return f"actions/{agent}"
+
+
+def qpos_key(agent: str) -> str:
+    """h5 key of an agent's measured joint positions."""
+    return f"obs/agent/{agent}/qpos"
+
+
+def state_key(agent: str) -> str:
+    """h5 key of an agent's policy state (7 arm joints + gripper opening)."""
+    return f"obs/agent/{agent}/state"
+
+
+def rgb_key(camera: str) -> str:
+    """h5 key of a camera's RGB frames."""
+    return f"obs/sensor_data/{camera}/rgb"
+
+
+def agent_camera(agent_id: int) -> str:
+    """Name of agent ``agent_id``'s head camera in the -rf tasks."""
+    return f"head_camera_agent{agent_id}"
+
+
+GLOBAL_CAMERA = "head_camera_global"
+"""Name of the fixed camera that sees the whole scene."""
+
+
+def zarr_name(task: str, agent_id: int, n_episodes: int) -> str:
+    """File name of an agent's dataset: ``<task>_Agent<i>_<n>.zarr`` (RoboFactory's naming)."""
+    return f"{task}_Agent{agent_id}_{n_episodes}.zarr"
+
+
+@dataclass(frozen=True)
+class EpisodeRef:
+    """One episode: the h5 file and the ``traj_<k>`` group inside it."""
+
+    path: Path
+    traj: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.traj}"
+
+
+def _traj_index(name: str) -> int:
+    match = re.fullmatch(rf"{TRAJ_PREFIX}(\d+)", name)
+    return int(match.group(1)) if match else -1
+
+
+def _open(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the h5 file (truncated or not HDF5): {exc}") from exc
+
+
+def list_episodes(sources: str | Path | Iterable[str | Path]) -> list[EpisodeRef]:
+    """Episodes of a directory of ``*.h5`` files (sorted by name) or of the given files, in order."""
+    if isinstance(sources, (str, Path)) and Path(sources).is_dir():
+        files = sorted(Path(sources).glob("*.h5"))
+        if not files:
+            raise DatasetError(f"{sources}: no .h5 demonstration files")
+    elif isinstance(sources, (str, Path)):
+        files = [Path(sources)]
+    else:
+        files = [Path(s) for s in sources]
+    refs: list[EpisodeRef] = []
+    for path in files:
+        if not path.is_file():
+            raise DatasetError(f"{path}: no such demonstration file")
+        with _open(path) as f:
+            trajs = sorted((k for k in f.keys() if _traj_index(k) >= 0), key=_traj_index)
+        if not trajs:
+            raise DatasetError(f"{path}: holds no '{TRAJ_PREFIX}<k>' episode groups")
+        refs.extend(EpisodeRef(path, t) for t in trajs)
+    return refs
+
+
+def _json_attr(group: h5py.Group, name: str, where: str) -> list[str]:
+    if name not in group.attrs:
+        raise DatasetError(f"{where}: attribute {name!r} missing")
+    try:
+        value = json.loads(group.attrs[name])
+    except (TypeError, ValueError) as exc:
+        raise DatasetError(f"{where}: attribute {name!r} is not a JSON list ({exc})") from exc
+    return [str(v) for v in value]
+
+
+def episode_agents(ref: EpisodeRef) -> list[str]:
+    """Agent keys recorded in an episode, in agent-id order."""
+    with _open(ref.path) as f:
+        if ref.traj not in f:
+            raise DatasetError(f"episode {ref}: group {ref.traj!r} missing")
+        return _json_attr(f[ref.traj], "agents", f"episode {ref}")
+
+
+def _dataset(group: h5py.Group, key: str, where: str) -> h5py.Dataset:
+    try:
+        node = group[key]
+    except KeyError:
+        parent = key.rsplit("/", 1)[0] if "/" in key else ""
+        have = sorted(group[parent].keys()) if parent and parent in group else sorted(group.keys())
+        raise DatasetError(f"{where}: key {key!r} missing (found {have})") from None
+    except OSError as exc:
+        raise DatasetError(f"{where}: key {key!r} cannot be read (truncated file?): {exc}") from exc
+    if not isinstance(node, h5py.Dataset):
+        raise DatasetError(f"{where}: key {key!r} is a group, expected an array")
+    return node
+
+
+def _read(ds: h5py.Dataset, where: str, key: str) -> np.ndarray:
+    try:
+        return ds[()]
+    except OSError as exc:
+        raise DatasetError(f"{where}: key {key!r} cannot be read (truncated file?): {exc}") from exc
+
+
+def read_agent_episode(
+    ref: EpisodeRef,
+    agent_id: int,
+    state_source: StateSource = "measured",
+    camera: str | None = None,
+    extra_cameras: Sequence[str] = (),
+    shapes_only: bool = False,
+) -> dict[str, np.ndarray | tuple[int, ...]]:
+    """One agent's training arrays of an episode: ``img`` (L,3,H,W) uint8, ``state`` (L,8), ``action`` (L,8).
+
+    ``camera`` defaults to the agent's head camera; each of ``extra_cameras`` adds ``img_<camera>``.
+    With ``shapes_only`` the arrays are checked but not read, and their shapes are returned instead.
+    """
+    if state_source not in ("measured", "action"):
+        raise ValueError(f"state_source must be 'measured' or 'action', got {state_source!r}")
+    where = f"episode {ref}"
+    with _open(ref.path) as f:
+        if ref.traj not in f:
+            raise DatasetError(f"{where}: group {ref.traj!r} missing")
+        group = f[ref.traj]
+        agents = _json_attr(group, "agents", where)
+        if not 0 <= agent_id < len(agents):
+            raise DatasetError(f"{where}: agent {agent_id} missing (the episode has agents {agents})")
+        agent = agents[agent_id]
+        camera = camera or agent_camera(agent_id)
+        keys = {"action": action_key(agent)}
+        if state_source == "measured":
+            keys["state"] = state_key(agent)
+        keys["img"] = rgb_key(camera)
+        for extra in extra_cameras:
+            keys[f"img_{extra}"] = rgb_key(extra)
+        datasets = {name: _dataset(group, key, where) for name, key in keys.items()}
+
+        act = datasets["action"]
+        if act.ndim != 2 or act.shape[1] != ACTION_DIM or act.shape[0] < 1:
+            raise DatasetError(f"{where}: key {keys['action']!r} has shape {act.shape}, expected (L>=1, {ACTION_DIM})")
+        length = act.shape[0]
+        for name, ds in datasets.items():
+            if name == "action":
+                continue
+            if ds.shape[0] not in (length, length + 1):
+                raise DatasetError(
+                    f"{where}: key {keys[name]!r} has {ds.shape[0]} steps but {keys['action']!r} has {length} "
+                    f"(expected {length} or {length + 1})"
+                )
+            if name == "state" and (ds.ndim != 2 or ds.shape[1] != STATE_DIM):
+                raise DatasetError(f"{where}: key {keys[name]!r} has shape {ds.shape}, expected (L, {STATE_DIM})")
+            if name.startswith("img") and (ds.ndim != 4 or ds.shape[3] != 3 or ds.dtype != np.uint8):
+                raise DatasetError(
+                    f"{where}: key {keys[name]!r} has {ds.dtype} {ds.shape}, expected uint8 (L, H, W, 3)"
+                )
+        if shapes_only:
+            out: dict[str, np.ndarray | tuple[int, ...]] = {
+                name: (length, *ds.shape[1:]) for name, ds in datasets.items()
+            }
+            if state_source == "action":
+                out["state"] = (length, ACTION_DIM)
+            return out
+        arrays = {name: _read(ds, where, keys[name])[:length] for name, ds in datasets.items()}
+    result: dict[str, np.ndarray | tuple[int, ...]] = {"action": arrays["action"].astype(np.float32)}
+    if state_source == "action":
+        result["state"] = arrays["action"].astype(np.float32).copy()
+    else:
+        result["state"] = arrays["state"].astype(np.float32)
+    for name, arr in arrays.items():
+        if name.startswith("img"):
+            result[name] = np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+    for name, arr in result.items():
+        if name != "img" and not name.startswith("img") and not np.all(np.isfinite(arr)):
+            raise DatasetError(f"{where}: {name} of agent {agent} holds NaN or inf")
+    return result
+
+
+def iter_agent_episodes(
+    refs: Sequence[EpisodeRef], agent_id: int, **kwargs
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yield :func:`read_agent_episode` for each episode in turn (one episode in memory at a time)."""
+    for ref in refs:
+        yield read_agent_episode(ref, agent_id, **kwargs)  # type: ignore[misc]
+
+
+def convert_agent(
+    refs: Sequence[EpisodeRef],
+    out_path: str | Path,
+    agent_id: int,
+    state_source: StateSource = "measured",
+    include_global_camera: bool = False,
+    camera: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write agent ``agent_id``'s episodes to a zarr dataset at ``out_path``; returns the path.
+
+    Every episode's keys and lengths are checked first, then episodes are streamed one at a time. The
+    dataset holds ``img`` (and ``img_head_camera_global`` with ``include_global_camera``), ``state``,
+    ``action`` and ``meta/episode_ends``; nothing appears at ``out_path`` if any episode is bad.
+    """
+    if not refs:
+        raise DatasetError(f"{out_path}: no episodes to convert")
+    extra = (GLOBAL_CAMERA,) if include_global_camera else ()
+    options = dict(state_source=state_source, camera=camera, extra_cameras=extra)
+    image_shape = None
+    for ref in refs:
+        shapes = read_agent_episode(ref, agent_id, shapes_only=True, **options)  # type: ignore[arg-type]
+        if image_shape is None:
+            image_shape = shapes["img"][1:]
+        elif shapes["img"][1:] != image_shape:
+            raise DatasetError(f"episode {ref}: camera image shape {shapes['img'][1:]} differs from {image_shape}")
+    attributes = {
+        "agent_id": agent_id,
+        "agent": episode_agents(refs[0])[agent_id],
+        "camera": camera or agent_camera(agent_id),
+        "state_source": state_source,
+        "state_definition": "action" if state_source == "action" else "qpos[:7] + gripper opening (qpos[7]+qpos[8])",
+        "episodes": [str(r) for r in refs],
+    }
+    out_path = Path(out_path)
+    bar = tqdm(refs, desc=f"agent {agent_id} -> {out_path.name}", unit="ep", disable=not progress)
+    with ZarrWriter(out_path, overwrite=overwrite, attributes=attributes) as writer:
+        for ref in bar:
+            writer.add_episode(read_agent_episode(ref, agent_id, **options))  # type: ignore[arg-type]
+    return out_path
+
+
+__all__ = [
+    "EpisodeRef",
+    "GLOBAL_CAMERA",
+    "action_key",
+    "qpos_key",
+    "state_key",
+    "rgb_key",
+    "agent_camera",
+    "zarr_name",
+    "list_episodes",
+    "episode_agents",
+    "read_agent_episode",
+    "iter_agent_episodes",
+    "convert_agent",
+]
