@@ -12,6 +12,7 @@ same device. Anything else uses the eager :func:`rf_dp_agents.training.loop.trai
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Iterable
 
@@ -63,6 +64,7 @@ class GraphedTrainStep:
         batch_size: int,
         grad_clip_norm: float | None = None,
         warmup: int = 3,
+        autocast_dtype: torch.dtype | None = None,
     ) -> None:
         device = next(policy.parameters()).device
         if device.type != "cuda":
@@ -75,6 +77,7 @@ class GraphedTrainStep:
         self.policy, self.optimizer, self.ema, self.dataset = policy, optimizer, ema, dataset
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.max_norm = math.inf if grad_clip_norm is None else float(grad_clip_norm)
+        self.autocast_dtype = autocast_dtype
         self.static_ids = torch.zeros(batch_size, dtype=torch.int64, device=device)
         self.decay = torch.zeros((), device=device)
         self.one_minus_decay = torch.ones((), device=device)
@@ -88,7 +91,9 @@ class GraphedTrainStep:
 
     def _body(self) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.dataset.get_batch(self.static_ids)
-        loss = self.policy.compute_loss(batch)
+        amp = torch.autocast("cuda", dtype=self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext()
+        with amp:
+            loss = self.policy.compute_loss(batch)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm, foreach=True)
         self.optimizer.step()

@@ -282,6 +282,7 @@ class Trainer:
         self.logger: MetricsLogger | None = None
         self._file_handler: logging.Handler | None = None
         self._deterministic_before = False
+        self.resumed_from: Path | None = None
 
     # ---- set-up -----------------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -399,8 +400,7 @@ class Trainer:
         self.best_val = meta.get("best_val_loss")
         self.bad_validations = int(meta.get("bad_validations", 0))
         self.wandb_run_id = meta.get("wandb_run_id")
-        if self.info.is_main:
-            log.info("resumed from %s: epoch %d, global step %d", last, self.epoch, self.global_step)
+        self.resumed_from = last
 
     # ---- writing ----------------------------------------------------------------------------------------
     def _checkpoint_metadata(self, val_loss: float | None, train_loss: float | None) -> dict[str, Any]:
@@ -517,6 +517,8 @@ class Trainer:
                 )
             self.logger = MetricsLogger(self.run_dir, self.global_step if self.global_step > 0 else None, wandb_settings)
             self.wandb_run_id = self.logger.wandb_run_id
+            if self.resumed_from is not None:
+                log.info("resumed from %s: epoch %d, global step %d", self.resumed_from, self.epoch, self.global_step)
             n_params = sum(p.numel() for p in self.policy.parameters())
             log.info(
                 "run %s: %s, %d train / %d val windows, %d params, %d process(es) on %s, global batch %d, "

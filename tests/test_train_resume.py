@@ -1,0 +1,66 @@
+"""A run killed with SIGKILL mid-training and resumed with --resume ends with the weights of an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from rf_dp_agents.training.metrics import read_metrics
+from rf_dp_agents.training.synthetic import write_synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = str(REPO / "scripts" / "train.py")
+
+
+def command(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, SCRIPT, "--preset", "tiny", "--device", "cpu", "--zarr-path", str(data), "--output-dir", str(out),
+        "--epochs", "3", "--batch-size", "8", "--save-every", "1", "--log-flush-every", "1", "--deterministic",
+        "--no-progress", *extra,
+    ]
+
+
+def final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    weights = {f"ema.{k}": v for k, v in load_file(run_dir / "last" / "model.safetensors").items()}
+    state = load_file(run_dir / "last" / "training_state.safetensors")
+    return {**weights, **state}
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    data = write_synthetic_dataset(tmp_path / "resume.zarr")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+
+    done = subprocess.run(command(data, straight), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    proc = subprocess.Popen(command(data, killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not (killed / "last").is_symlink():  # the first snapshot (epoch 1 of 3) is in place
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = int(read_metrics(killed / "metrics.jsonl")[-1]["train/global_step"])
+    assert 4 <= killed_at < 12  # killed after epoch 1's snapshot, before the end
+
+    resumed = subprocess.run(command(data, killed, "--resume"), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "resumed from" in (killed / "train.log").read_text()
+
+    a, b = final_tensors(straight), final_tensors(killed)
+    rng_keys = {k for k in a if k.startswith("rng.")}
+    assert a.keys() == b.keys() and any(k.startswith("optimizer.") for k in a) and rng_keys
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+    loss = lambda d: [(r["train/global_step"], r["train/loss"]) for r in read_metrics(d / "metrics.jsonl") if "train/loss" in r]
+    assert loss(straight) == loss(killed) and len(loss(killed)) == 12
