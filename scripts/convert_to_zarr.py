@@ -1,0 +1,92 @@
+"""Convert motion-planned demos (``demos/<task>/*.h5``) into one zarr dataset per agent.
+
+Writes ``<out>/<task>_Agent<i>_<n>.zarr`` with ``data/img`` (agent i's head camera, uint8 (L,3,H,W)),
+``data/state`` (measured 7 arm joints + gripper opening, or the action with ``--state-source action``,
+RoboFactory's convention), ``data/action`` (L,8) and ``meta/episode_ends``. Episodes stream one at a time;
+a bad episode stops the run with an error naming the file, episode and key, and leaves no dataset behind.
+
+Example::
+
+    python scripts/convert_to_zarr.py --task LiftBarrier-rf --all-agents --num 150
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rf_dp_agents.data.convert import convert_agent, episode_agents, list_episodes, zarr_name  # noqa: E402
+from rf_dp_agents.data.errors import DatasetError  # noqa: E402
+
+
+@dataclass
+class Args:
+    """h5 demonstrations -> one zarr dataset per agent."""
+
+    task: str = "LiftBarrier-rf"
+    """Task id; episodes are read from ``<demos>/<task>/*.h5`` in name (seed) order."""
+    agent_id: int = 0
+    """Agent to convert (ignored with --all-agents)."""
+    all_agents: bool = False
+    """Convert every agent of the task, one dataset each."""
+    num: int | None = None
+    """Use the first N episodes (default: all)."""
+    state_source: Literal["measured", "action"] = "measured"
+    """'measured': 7 arm joints + gripper opening as measured; 'action': the commanded action (RoboFactory)."""
+    include_global_camera: bool = False
+    """Also store head_camera_global as data/img_head_camera_global."""
+    demos: Path = Path("demos")
+    """Root of the demonstrations."""
+    out: Path = Path("data/zarr")
+    """Output folder of the zarr datasets."""
+    overwrite: bool = False
+    """Replace an existing dataset of the same name."""
+
+
+def convert(args: Args) -> list[Path]:
+    """Run the conversion; returns the written dataset paths."""
+    refs = list_episodes(args.demos / args.task)
+    if args.num is not None:
+        if args.num < 1:
+            raise ValueError(f"--num must be >= 1, got {args.num}")
+        if args.num > len(refs):
+            raise DatasetError(f"{args.demos / args.task}: --num {args.num} asked but only {len(refs)} episodes exist")
+        refs = refs[: args.num]
+    n_agents = len(episode_agents(refs[0]))
+    agent_ids = list(range(n_agents)) if args.all_agents else [args.agent_id]
+    for i in agent_ids:
+        if not 0 <= i < n_agents:
+            raise ValueError(f"--agent-id {i} out of range: {args.task} demos have {n_agents} agents")
+    written = []
+    for i in agent_ids:
+        path = args.out / zarr_name(args.task, i, len(refs))
+        convert_agent(
+            refs,
+            path,
+            agent_id=i,
+            state_source=args.state_source,
+            include_global_camera=args.include_global_camera,
+            overwrite=args.overwrite,
+        )
+        print(f"agent {i}: {len(refs)} episodes -> {path}")
+        written.append(path)
+    return written
+
+
+def main() -> None:
+    """CLI entry point."""
+    try:
+        convert(tyro.cli(Args))
+    except (DatasetError, ValueError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
