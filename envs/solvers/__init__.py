@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from envs.solvers import lift_barrier
+from envs.solvers import lift_barrier, pipeline, stacking
 from envs.solvers.planner import GraspFailed, MultiArmPlanner, PlanningFailed, TaskNotSolved
 
 Solver = Callable[[Any, MultiArmPlanner], dict]
 
 SOLVERS: dict[str, Solver] = {
+    "StackCube-rf": stacking.solve_stack_cube,
     "LiftBarrier-rf": lift_barrier.solve,
+    "TwoRobotsStackCube-rf": stacking.solve_stack_on_goal,
+    "ThreeRobotsStackCube-rf": stacking.solve_stack_on_goal,
+    "LongPipelineDelivery-rf": pipeline.solve_long_pipeline,
 }
 """Task id -> solver."""
 

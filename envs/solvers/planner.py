@@ -89,6 +89,7 @@ class Arm:
     planner: mplib.Planner
     target: np.ndarray
     gripper: float
+    home: np.ndarray | None = None
 
     @property
     def robot(self) -> Any:
@@ -165,6 +166,7 @@ class MultiArmPlanner:
             arm.planner.set_base_pose(np.concatenate([base.p, base.q]))
             qpos = arm.measured_qpos()
             arm.target = qpos[:ARM_DOF].copy()
+            arm.home = arm.target.copy()
             arm.gripper = OPEN if qpos[ARM_DOF:].sum() > 0.04 else CLOSED
         self.actions = []
         self.last_info = {}
@@ -322,29 +324,39 @@ class MultiArmPlanner:
         if not bool(_numpy(arm.agent.is_grasping(actor)).reshape(-1)[0]):
             raise GraspFailed(f"arm {arm_id} ({arm.key}) is not holding {actor.name} after closing")
 
-    def pick(self, arm_id: int, actor: Any, lift: float = 0.1, approach: float = 0.06) -> sapien.Pose:
-        """Reach above, descend, grasp (graded close, checked) and lift ``actor``; returns the grasp pose."""
-        grasp = self.top_down_grasp(arm_id, actor)
-        self.move({arm_id: grasp * sapien.Pose([0, 0, -approach])})
-        self.move({arm_id: grasp}, method="screw")
-        self.close_gripper(arm_id)
-        self.check_grasp(arm_id, actor)
-        self.move({arm_id: lifted(grasp, lift)})
-        self.check_grasp(arm_id, actor)
-        return grasp
+    def pick(self, actors: dict[int, Any], lift: float = 0.1, approach: float = 0.06) -> dict[int, sapien.Pose]:
+        """Arms (arm id -> actor) reach above, descend, grasp (graded close, checked) and lift, all together.
 
-    def place_on(
-        self, arm_id: int, held: Any, goal_xyz: np.ndarray, hover: float = 0.05, release_lift: float = 0.08
+        Returns the grasp pose of each arm. Raises :class:`PlanningFailed` or :class:`GraspFailed`.
+        """
+        grasps = {i: self.top_down_grasp(i, actor) for i, actor in actors.items()}
+        self.move({i: g * sapien.Pose([0, 0, -approach]) for i, g in grasps.items()})
+        self.move(grasps, method="screw")
+        self.close_gripper(list(actors))
+        for i, actor in actors.items():
+            self.check_grasp(i, actor)
+        self.move({i: lifted(g, lift) for i, g in grasps.items()})
+        for i, actor in actors.items():
+            self.check_grasp(i, actor)
+        return grasps
+
+    def place(
+        self, arm_id: int, held: Any, goal_xyz: Sequence[float], hover: float = 0.05, release_lift: float = 0.08
     ) -> None:
-        """Carry the ``held`` actor so its centre lands on ``goal_xyz``, release it and back off upwards."""
+        """Carry the ``held`` actor so its centre lands on ``goal_xyz``, release it and lift the hand clear."""
         arm = self.arms[self._arm_ids(arm_id)[0]]
         tcp = arm.tcp_pose()
         offset = tcp.p - _numpy(held.pose.p)[0]
-        above = sapien.Pose(p=np.asarray(goal_xyz) + offset + np.array([0, 0, hover]), q=tcp.q)
+        above = sapien.Pose(p=np.asarray(goal_xyz, dtype=np.float64) + offset + np.array([0, 0, hover]), q=tcp.q)
         self.move({arm_id: above})
         self.move({arm_id: lifted(above, -hover + 0.005)}, method="screw")
         self.open_gripper(arm_id)
         self.move({arm_id: lifted(arm.tcp_pose(), release_lift)})
+
+    def go_home(self, arms: int | Iterable[int]) -> dict[str, Any]:
+        """Move ``arms`` back to the joint configuration they started the episode in (joint-space line)."""
+        ids = self._arm_ids(arms)
+        return self.move_joints({i: self.arms[i].home for i in ids if self.arms[i].home is not None})
 
 
 def resample_path(path: np.ndarray, n: int) -> np.ndarray:
