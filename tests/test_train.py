@@ -18,7 +18,8 @@ from rf_dp_agents.training import NonFiniteLossError, TrainConfig, preset_config
 from rf_dp_agents.training.cli import main, parse_args
 from rf_dp_agents.training.config import resolve_dataset
 from rf_dp_agents.training.distributed import DistInfo
-from rf_dp_agents.training.loop import Trainer, plan_jobs
+from rf_dp_agents.training.ema import EMA
+from rf_dp_agents.training.loop import BestTracker, Trainer, plan_jobs
 from rf_dp_agents.training.metrics import ALL_METRICS, read_metrics
 from rf_dp_agents.training.synthetic import write_synthetic_dataset
 
@@ -33,7 +34,8 @@ def zarr_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(zarr_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    assert main([*TINY, "--zarr-path", str(zarr_path), "--output-dir", str(out), "--epochs", "3"]) == 0
+    args = [*TINY, "--zarr-path", str(zarr_path), "--output-dir", str(out), "--epochs", "3", "--wandb", "--wandb-mode", "offline"]
+    assert main(args) == 0
     return out
 
 
@@ -52,6 +54,13 @@ def test_tiny_run_lowers_the_loss_and_logs_every_metric(run_dir: Path) -> None:
             epoch_means.setdefault(r["train/epoch"], []).append(r["train/loss"])
     assert np.mean(epoch_means[3]) < np.mean(epoch_means[1])
     assert (run_dir / "loss.png").stat().st_size > 1000
+
+
+def test_wandb_offline_run_holds_the_metrics(run_dir: Path) -> None:
+    (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    data = run_file.read_bytes()
+    for name in ("train/loss", "val/loss", "train/grad_norm", "train/samples_per_s"):
+        assert name.encode() in data
 
 
 def test_best_last_and_run_record(run_dir: Path, zarr_path: Path) -> None:
@@ -182,3 +191,29 @@ def test_config_validation() -> None:
         TrainConfig(zarr_path=Path("a.zarr"), all_agents=True)
     with pytest.raises(ValueError, match="pass --task"):
         TrainConfig().check_data_source()
+
+
+def test_early_stopping_tracker() -> None:
+    tracker = BestTracker(patience=2)
+    assert [tracker.update(v) for v in (1.0, 0.9, 0.95, 0.9)] == [True, True, False, False]
+    assert tracker.best == 0.9 and tracker.should_stop
+    assert not BestTracker(None).should_stop
+
+
+def test_ema_decay_follows_chi_et_al() -> None:
+    ema = EMA(torch.nn.Linear(2, 2), power=0.75, inv_gamma=1.0, max_decay=0.9999)
+    assert ema.decay(0) == 0.0
+    assert ema.decay(1) == pytest.approx(1 - 2**-0.75)
+    assert ema.decay(10**9) == 0.9999
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # decay 0: a copy
+    assert torch.allclose(ema.averaged.weight, model.weight)
+    before = ema.averaged.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)  # decay 1 - 2**-0.75
+    expected = before + (model.weight - before) * 2**-0.75
+    assert torch.allclose(ema.averaged.weight, expected) and ema.optimization_step == 2

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +52,38 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), rtol=0, atol=1e-3, err_msg=key)
     # The loss curve is not flat: the comparison above compares real training.
     assert max(one_loss) - min(one_loss) > 1e-3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_dead_rank_stops_the_other(tmp_path: Path) -> None:
+    """Two ranks started by hand (as a multi-node launcher would); SIGKILL rank 1 and rank 0 must fail, not hang."""
+    data = write_synthetic_dataset(tmp_path / "dead.zarr")
+    out = tmp_path / "dead"
+    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
+            "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *COMMON, "--zarr-path", str(data), "--output-dir",
+           str(out), "--epochs", "100", "--log-flush-every", "1", "--dist-timeout-s", "60"]
+    ranks = [
+        subprocess.Popen(cmd, cwd=REPO, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for r in (0, 1)
+    ]
+    try:
+        metrics = out / "metrics.jsonl"
+        while not (metrics.exists() and any("train/loss" in r for r in read_metrics(metrics))):
+            assert ranks[0].poll() is None and ranks[1].poll() is None, "a rank ended before training started"
+            time.sleep(0.1)
+        os.kill(ranks[1].pid, signal.SIGKILL)
+        _, err = ranks[0].communicate(timeout=300)  # the timeout is only a guard against a hang
+    finally:
+        for proc in ranks:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert ranks[0].returncode not in (0, None)
+    assert "error: rank 0 stopped" in err and "another rank died" in err

@@ -8,6 +8,7 @@ With ``--gpus N`` (N > 1) outside torchrun, the same command is re-run as
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from typing import Sequence
@@ -60,8 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rank = 0
     try:
-        import os
-
         rank = int(os.environ.get("RANK", "0"))
         if rank != 0:
             logging.getLogger().setLevel(logging.WARNING)
@@ -69,6 +68,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError, CheckpointError, NonFiniteLossError) as exc:
         if rank == 0:
             print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            raise
+        print(
+            f"error: rank {rank} stopped: {exc}\n(when another rank died or stopped responding for --dist-timeout-s "
+            f"seconds, every rank stops like this; its own log names the first cause)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -45,6 +45,9 @@ class TrainConfig:
     """Share of episodes held out for validation (split by episode, seeded)."""
     max_train_episodes: int | None = None
     """Train on at most this many episodes (a seeded subset); default: all non-validation episodes."""
+    dataset_device: Literal["auto", "train", "cpu"] = "auto"
+    """Where the dataset tensors live: 'train' = on the training device (GPU-resident uint8 images, batches
+    gathered there), 'cpu', or 'auto' (the GPU when the data takes under half of its free memory)."""
 
     # ---- model ------------------------------------------------------------------------------------------
     model: ModelConfig = field(default_factory=ModelConfig)

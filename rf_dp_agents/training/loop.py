@@ -83,6 +83,28 @@ class LossModule(nn.Module):
         return self.policy.compute_loss(batch)
 
 
+class BestTracker:
+    """Lowest validation score so far and the number of validations since it improved (for early stopping)."""
+
+    def __init__(self, patience: int | None = None) -> None:
+        self.patience = patience
+        self.best: float | None = None
+        self.bad = 0
+
+    def update(self, score: float) -> bool:
+        """Record a validation score; True when it is a new best (strictly lower)."""
+        if self.best is None or score < self.best:
+            self.best, self.bad = score, 0
+            return True
+        self.bad += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        """True once ``patience`` validations in a row brought no improvement."""
+        return self.patience is not None and self.bad >= self.patience
+
+
 @dataclass
 class StepParts:
     """Everything :func:`train_step` touches."""
@@ -276,8 +298,7 @@ class Trainer:
         self.run_dir = job.run_dir
         self.global_step = 0
         self.epoch = 0
-        self.best_val: float | None = None
-        self.bad_validations = 0
+        self.tracker = BestTracker(cfg.early_stopping_patience)
         self.wandb_run_id: str | None = None
         self.logger: MetricsLogger | None = None
         self._file_handler: logging.Handler | None = None
@@ -300,6 +321,7 @@ class Trainer:
             image_key=cfg.image_key,
         )
         self.model_cfg = adopt_dataset_shapes(mcfg, self.dataset.shapes, str(self.job.zarr_path))
+        self._place_dataset()
         self.shard_batch = cfg.batch_size
         self.n_shards = info.world_size * cfg.grad_accum_steps
         self.global_batch = self.shard_batch * self.n_shards
@@ -333,6 +355,21 @@ class Trainer:
             sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False}
             loss_module = DistributedDataParallel(loss_module, device_ids=device_ids, **sync)
         self.parts = StepParts(loss_module, self.policy, self.optimizer, self.scheduler, self.ema, cfg.grad_clip_norm, params)
+
+    def _place_dataset(self) -> None:
+        device, choice = self.info.device, self.cfg.dataset_device
+        if device.type == "cpu" or choice == "cpu":
+            return
+        ds = self.dataset
+        nbytes = sum(t.numel() * t.element_size() for t in (ds.img, ds.state, ds.action))
+        if choice == "auto":
+            free, _ = torch.cuda.mem_get_info(device)
+            if nbytes > free // 2:
+                log.info("dataset (%.1f GiB) stays on the CPU: over half of the GPU's free memory", nbytes / 2**30)
+                return
+        ds.to(device)
+        if self.info.is_main:
+            log.info("dataset (%.2f GiB) held on %s", nbytes / 2**30, device)
 
     def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
         cfg = self.cfg
@@ -397,8 +434,8 @@ class Trainer:
             raise CheckpointError(f"cannot resume from {last}: optimiser/scheduler/RNG state is damaged ({exc})") from exc
         self.epoch = int(meta["epoch"])
         self.global_step = int(meta["global_step"])
-        self.best_val = meta.get("best_val_loss")
-        self.bad_validations = int(meta.get("bad_validations", 0))
+        self.tracker.best = meta.get("best_val_loss")
+        self.tracker.bad = int(meta.get("bad_validations", 0))
         self.wandb_run_id = meta.get("wandb_run_id")
         self.resumed_from = last
 
@@ -425,8 +462,8 @@ class Trainer:
         meta = {
             "epoch": self.epoch,
             "global_step": self.global_step,
-            "best_val_loss": self.best_val,
-            "bad_validations": self.bad_validations,
+            "best_val_loss": self.tracker.best,
+            "bad_validations": self.tracker.bad,
             "dataset_hash": self.dataset.content_hash,
             "model": self.model_cfg.to_dict(),
             "ema": self.ema.state() if self.ema is not None else None,
@@ -612,12 +649,7 @@ class Trainer:
                     f"validation loss is {score} after epoch {self.epoch} (global step {self.global_step}); "
                     f"stopped; the last good checkpoint is {self.run_dir / 'last'}"
                 )
-            improved = self.best_val is None or score < self.best_val
-            if improved:
-                self.best_val = score
-                self.bad_validations = 0
-            else:
-                self.bad_validations += 1
+            improved = self.tracker.update(score)
             if self.logger is not None:
                 if val_loss is not None:
                     self.logger.log_many([{"train/epoch": self.epoch, "train/global_step": self.global_step, "val/loss": val_loss}])
@@ -628,11 +660,10 @@ class Trainer:
                          "n/a" if val_loss is None else f"{val_loss:.5f}", " (best)" if improved else "")
             if improved and info.is_main:
                 self._save_best(val_loss, train_loss)
-            patience = cfg.early_stopping_patience
-            if patience is not None and self.bad_validations >= patience:
+            if self.tracker.should_stop:
                 stop = True
                 if info.is_main:
-                    log.info("early stopping after epoch %d: no better val loss in %d validations", self.epoch, patience)
+                    log.info("early stopping after epoch %d: no better val loss in %d validations", self.epoch, self.tracker.bad)
         if info.is_main and (self.epoch % cfg.save_every == 0 or last_epoch or stop):
             self._save_last(val_loss, train_loss)
         return stop
@@ -665,6 +696,7 @@ def _jsonish(value: Any) -> Any:
 
 
 __all__ = [
+    "BestTracker",
     "Job",
     "LossModule",
     "NonFiniteLossError",
