@@ -1,0 +1,397 @@
+"""The evaluation loop: one loaded policy per agent, routed through ``envs.router``, over seeded episodes.
+
+:func:`run_rollout` is what ``scripts/rollout.py`` calls. It loads one policy per arm of the task (by
+default ``<checkpoint_dir>/<task>_Agent<i>/``, its ``best/`` checkpoint), sizes the env cameras from the
+policies' ``image_shape``, and runs ``num_episodes`` episodes with seeds ``seed, seed+1, ...``:
+
+* CPU backend: ``num_envs`` worker processes (spawned), each with its own env and its own copy of the
+  policies, one episode at a time; with ``num_envs=1`` everything runs in this process.
+* GPU backend: one ManiSkill vectorised env of ``num_envs`` parallel envs, episodes in lock-step batches.
+
+An episode runs until every success rule of the task has held at least once, or the step cap. Each
+rule's first success step is kept, so success rates and episode lengths follow RoboFactory's rule (stop at
+the first success) for ``success`` and the same logic for ``success_strict``. Results go to a JSON file
+(written atomically) and optionally one mp4 per episode under ``<video_dir>/<task>/``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import dataclasses
+import multiprocessing
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import envs.tasks  # noqa: F401  (registers the -rf tasks)
+from envs.router import MultiAgentRouter, default_routes
+from rf_dp_agents.checkpoint import load_policy, resolve_checkpoint_dir
+from rf_dp_agents.policy import DiffusionPolicyAgent
+from rf_dp_agents.rollout.config import RolloutConfig
+from rf_dp_agents.rollout.execution import Execution, as_agent_actions, make_execution, to_env_action
+from rf_dp_agents.rollout.metrics import (
+    EpisodeResult,
+    format_summary,
+    package_versions,
+    summarize,
+    write_json_atomic,
+)
+from rf_dp_agents.rollout.video import EpisodeVideoWriter, compose_frame, episode_video_path
+
+SUCCESS_RULES = ("success", "success_strict")
+"""Success flags looked for in ``info``, in order; the first present is the primary rule."""
+GLOBAL_CAMERA = "head_camera_global"
+
+
+def agent_camera(i: int) -> str:
+    """Name of agent i's own camera (RoboFactory's ``head_camera_agent<i>``)."""
+    return f"head_camera_agent{i}"
+
+
+def task_num_arms(task: str) -> int:
+    """Number of arms (= agents = policies) of a registered ``-rf`` task, read from its class."""
+    from mani_skill.utils.registration import REGISTERED_ENVS
+
+    spec = REGISTERED_ENVS.get(task)
+    if spec is None:
+        known = sorted(k for k in REGISTERED_ENVS if k.endswith("-rf"))
+        raise ValueError(f"unknown task {task!r}; registered -rf tasks: {known}")
+    placements = getattr(spec.cls, "arm_placements", ())
+    if not placements:
+        raise ValueError(f"task {task!r} ({spec.cls.__name__}) does not declare its arms (arm_placements)")
+    return len(placements)
+
+
+def agent_keys(num_arms: int) -> list[str]:
+    """Env keys of the agents: ``panda-0``, ``panda-1``, ... (``panda-0`` for a one-arm task too)."""
+    return [f"panda-{i}" for i in range(num_arms)]
+
+
+def checkpoint_paths(cfg: RolloutConfig, num_arms: int) -> list[Path]:
+    """The checkpoint directory of each agent; a missing one is an error naming the agent and the path searched."""
+    if cfg.checkpoints:
+        if len(cfg.checkpoints) != num_arms:
+            raise ValueError(
+                f"{cfg.task} has {num_arms} agents but {len(cfg.checkpoints)} checkpoints were given: {list(cfg.checkpoints)}"
+            )
+        runs = [Path(c) for c in cfg.checkpoints]
+    else:
+        runs = [Path(cfg.checkpoint_dir) / f"{cfg.task}_Agent{i}" for i in range(num_arms)]
+    paths = []
+    for i, run in enumerate(runs):
+        try:
+            paths.append(resolve_checkpoint_dir(run))
+        except (FileNotFoundError, ValueError) as err:
+            raise FileNotFoundError(
+                f"{cfg.task}: no checkpoint for agent {i} (panda-{i}) at {run} "
+                f"(searched {run}, {run / 'best'} and {run / 'last'}): {err}"
+            ) from None
+    return paths
+
+
+def load_agent_policies(cfg: RolloutConfig, paths: Sequence[Path]) -> list[DiffusionPolicyAgent]:
+    """Load each agent's policy, with the config's sampler / inference-step overrides applied."""
+    policies = []
+    for i, path in enumerate(paths):
+        policy = load_policy(path, device=cfg.device, seed=cfg.seed + i)
+        overrides: dict[str, Any] = {}
+        if cfg.sampler is not None:
+            overrides["sampler"] = cfg.sampler
+        if cfg.num_inference_steps is not None:
+            overrides["num_inference_steps"] = cfg.num_inference_steps
+        if overrides:
+            try:
+                policy.model.config = dataclasses.replace(policy.config, **overrides)
+            except ValueError as err:
+                raise ValueError(f"agent {i} ({path}): cannot apply {overrides}: {err}") from None
+        policies.append(policy)
+    return policies
+
+
+def camera_size(cfg: RolloutConfig, policies: Sequence[DiffusionPolicyAgent], paths: Sequence[Path]) -> tuple[int, int]:
+    """(width, height) of the env cameras: the policies' training image size, checked against any override."""
+    sizes = {(p.config.image_shape[2], p.config.image_shape[1]) for p in policies}
+    if len(sizes) != 1:
+        listing = ", ".join(
+            f"agent {i} ({path}): {p.config.image_shape[2]}x{p.config.image_shape[1]}"
+            for i, (p, path) in enumerate(zip(policies, paths))
+        )
+        raise ValueError(f"the policies were trained on different image sizes ({listing}); the env has one camera size")
+    trained = sizes.pop()
+    if cfg.camera_width is not None:
+        asked = (int(cfg.camera_width), int(cfg.camera_height))  # type: ignore[arg-type]
+        if asked != trained:
+            raise ValueError(
+                f"--camera-width/--camera-height {asked[0]}x{asked[1]} differ from the {trained[0]}x{trained[1]} "
+                f"images the policies were trained on ({paths[0]}); leave them out to use the trained size"
+            )
+    return trained
+
+
+def make_env(
+    task: str, width: int, height: int, num_envs: int, sim_backend: str, max_episode_steps: int | None, **extra: Any
+) -> Any:
+    """An ``obs_mode='rgb'``, ``pd_joint_pos`` env of ``task`` with every camera at ``width`` x ``height``."""
+    kwargs: dict[str, Any] = dict(
+        obs_mode="rgb",
+        control_mode="pd_joint_pos",
+        render_mode=None,
+        camera_width=width,
+        camera_height=height,
+        num_envs=num_envs,
+        sim_backend="physx_cuda" if sim_backend == "gpu" else "physx_cpu",
+    )
+    if max_episode_steps is not None:
+        kwargs["max_episode_steps"] = int(max_episode_steps)
+    kwargs.update(extra)
+    return gym.make(task, **kwargs)
+
+
+def episode_cap(env: Any, task: str, override: int | None) -> int:
+    """Step cap of an episode: the override, else the env's registered ``max_episode_steps``."""
+    if override is not None:
+        return int(override)
+    cap = getattr(env.spec, "max_episode_steps", None) or getattr(gym.spec(task), "max_episode_steps", None)
+    if not cap:
+        raise ValueError(f"{task} has no max_episode_steps; pass --max-episode-steps")
+    return int(cap)
+
+
+def build_router(env: Any, policies: Sequence[DiffusionPolicyAgent]) -> MultiAgentRouter:
+    """RoboFactory's routing: policy i sees ``head_camera_agent<i>`` and arm i's joint state."""
+    return MultiAgentRouter(env, default_routes(env, policies))
+
+
+def _np(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+@dataclass
+class _Track:
+    """Per-env bookkeeping of one batch of episodes."""
+
+    seed: int
+    first: dict[str, int | None]
+    steps: int = 0
+    done: bool = False
+    writer: EpisodeVideoWriter | None = None
+
+
+class EvalSession:
+    """One env (possibly vectorised), its policies, router and execution: runs batches of seeded episodes."""
+
+    def __init__(
+        self,
+        cfg: RolloutConfig,
+        paths: Sequence[Path],
+        num_envs: int,
+        policies: Sequence[DiffusionPolicyAgent] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.policies = list(policies) if policies is not None else load_agent_policies(cfg, paths)
+        width, height = camera_size(cfg, self.policies, paths)
+        self.env = make_env(cfg.task, width, height, num_envs, cfg.sim_backend, cfg.max_episode_steps)
+        self.num_envs = num_envs
+        self.max_steps = episode_cap(self.env, cfg.task, cfg.max_episode_steps)
+        self.router = build_router(self.env, self.policies)
+        self.execution: Execution = make_execution(cfg.execution, self.env)
+        self.multi_agent = self.router.multi_agent
+        self.keys = list(self.router.agent_keys)
+        evaluated = self.env.unwrapped.evaluate()
+        self.rules = [r for r in SUCCESS_RULES if r in evaluated]
+        if not self.rules:
+            raise ValueError(f"{cfg.task}: info has none of the success flags {SUCCESS_RULES}")
+        self.cameras = [GLOBAL_CAMERA] + [agent_camera(i) for i in range(len(self.policies))]
+
+    def _frame(self, obs: dict, b: int, step: int, track: _Track) -> np.ndarray:
+        sensors = obs["sensor_data"]
+        images = {cam: _np(sensors[cam]["rgb"][b]) for cam in self.cameras if cam in sensors}
+        status = {rule: track.first[rule] is not None for rule in self.rules}
+        return compose_frame(images, step, self.max_steps, status)
+
+    def run_batch(self, seeds: Sequence[int]) -> list[EpisodeResult]:
+        """Run one episode in each env of the batch, env b seeded ``seeds[b]`` (fewer seeds than envs: the rest idle)."""
+        n = self.num_envs
+        if not 0 < len(seeds) <= n:
+            raise ValueError(f"run_batch needs 1..{n} seeds, got {len(seeds)}")
+        padded = list(seeds) + [int(seeds[-1]) + 1 + k for k in range(n - len(seeds))]
+        obs, _ = self.env.reset(seed=padded if n > 1 else padded[0])
+        self.execution.begin_episode(n)
+        tracks = [_Track(seed=int(s), first={r: None for r in self.rules}) for s in padded]
+        for b, track in enumerate(tracks[: len(seeds)]):
+            if self.cfg.record_video:
+                track.writer = EpisodeVideoWriter(episode_video_path(self.cfg.video_dir, self.cfg.task, track.seed))
+                track.writer.append(self._frame(obs, b, 0, track))
+        for track in tracks[len(seeds):]:
+            track.done = True
+        episode_start = np.ones(n, dtype=bool)
+        step = 0
+        try:
+            while step < self.max_steps and not all(t.done for t in tracks):
+                action = self.router.act(obs, episode_start=episode_start, deterministic=self.cfg.deterministic)
+                episode_start = np.zeros(n, dtype=bool)
+                for env_action in self.execution.expand(as_agent_actions(action, self.keys)):
+                    obs, _, _, _, info = self.env.step(to_env_action(env_action, self.multi_agent))
+                    step += 1
+                    flags = {r: _np(info[r]).reshape(-1) for r in self.rules}
+                    for b, track in enumerate(tracks):
+                        if track.done:
+                            continue
+                        track.steps = step
+                        for r in self.rules:
+                            if track.first[r] is None and bool(flags[r][b]):
+                                track.first[r] = step
+                        track.done = all(v is not None for v in track.first.values())
+                        if track.writer is not None:
+                            track.writer.append(self._frame(obs, b, step, track))
+                    if step >= self.max_steps or all(t.done for t in tracks):
+                        break
+        except BaseException:
+            for track in tracks:
+                if track.writer is not None:
+                    track.writer.abort()
+            raise
+        results = []
+        for b, track in enumerate(tracks[: len(seeds)]):
+            video = str(track.writer.close()) if track.writer is not None else None
+            results.append(
+                EpisodeResult(
+                    seed=track.seed,
+                    steps=track.steps,
+                    first_success_step=dict(track.first),
+                    planning_calls=int(self.execution.planning_calls[b]),
+                    planning_failures=int(self.execution.planning_failures[b]),
+                    video=video,
+                    extra={"env_index": b, "video_frames": track.writer.frames if track.writer else None},
+                )
+            )
+        return results
+
+    def close(self) -> None:
+        """Close the env."""
+        self.env.close()
+
+
+# ------------------------------------------------------------------------------------ worker processes
+_SESSION: EvalSession | None = None
+
+
+def _init_worker(cfg_dict: dict[str, Any], paths: list[str], threads: int) -> None:
+    global _SESSION
+    torch.set_num_threads(threads)
+    _SESSION = EvalSession(RolloutConfig(**cfg_dict), [Path(p) for p in paths], num_envs=1)
+
+
+def _worker_episode(seed: int) -> EpisodeResult:
+    assert _SESSION is not None, "worker was not initialised"
+    return _SESSION.run_batch([seed])[0]
+
+
+def _threads(cfg: RolloutConfig, processes: int) -> int:
+    if cfg.torch_threads is not None:
+        return cfg.torch_threads
+    return max(1, (os.cpu_count() or 1) // processes)
+
+
+def run_episodes(
+    cfg: RolloutConfig, paths: Sequence[Path], policies: Sequence[DiffusionPolicyAgent] | None = None
+) -> tuple[list[EpisodeResult], list[str]]:
+    """Run every seed of ``cfg``; return the episode results (in seed order) and the success rules.
+
+    ``policies`` (already loaded from ``paths``) are used when the episodes run in this process.
+    """
+    seeds = cfg.seeds
+    bar = tqdm(total=len(seeds), desc=f"{cfg.task} episodes", unit="ep", disable=not cfg.progress)
+    results: list[EpisodeResult] = []
+    try:
+        if cfg.sim_backend == "gpu" or cfg.num_envs == 1:
+            torch.set_num_threads(_threads(cfg, 1))
+            num_envs = cfg.num_envs if cfg.sim_backend == "gpu" else 1
+            session = EvalSession(cfg, paths, num_envs=num_envs, policies=policies)
+            try:
+                for k in range(0, len(seeds), session.num_envs):
+                    batch = session.run_batch(seeds[k : k + session.num_envs])
+                    results.extend(batch)
+                    bar.update(len(batch))
+                    bar.set_postfix(success=sum(r.success(session.rules[0]) for r in results))
+                rules = session.rules
+            finally:
+                session.close()
+        else:
+            workers = min(cfg.num_envs, len(seeds))
+            ctx = multiprocessing.get_context("spawn")
+            init = (cfg.to_dict(), [str(p) for p in paths], _threads(cfg, workers))
+            with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
+                pending = [pool.submit(_worker_episode, s) for s in seeds]
+                for fut in futures.as_completed(pending):
+                    results.append(fut.result())
+                    bar.update(1)
+            results.sort(key=lambda r: r.seed)
+            rules = [r for r in SUCCESS_RULES if r in results[0].first_success_step]
+    finally:
+        bar.close()
+    return results, rules
+
+
+def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
+    """Evaluate the task's agents as ``cfg`` says; write and return the results document."""
+    num_arms = task_num_arms(cfg.task)
+    paths = checkpoint_paths(cfg, num_arms)
+    policies = load_agent_policies(cfg, paths)
+    width, height = camera_size(cfg, policies, paths)
+    policy_info = {
+        key: {"checkpoint": str(path), "config": p.config.to_dict(), "metadata": p.metadata}
+        for key, path, p in zip(agent_keys(num_arms), paths, policies)
+    }
+    in_process = cfg.sim_backend == "gpu" or cfg.num_envs == 1
+    start = time.perf_counter()
+    episodes, rules = run_episodes(cfg, paths, policies if in_process else None)
+    wall = time.perf_counter() - start
+    summary = summarize(episodes, rules, topp=cfg.execution == "topp")
+    doc = {
+        "task": cfg.task,
+        "num_agents": num_arms,
+        "execution": cfg.execution,
+        "sim_backend": cfg.sim_backend,
+        "num_envs": cfg.num_envs,
+        "camera_size": [width, height],
+        "max_episode_steps": cfg.max_episode_steps,
+        "seeds": cfg.seeds,
+        "success_rules": rules,
+        "summary": summary,
+        "episodes": [ep.to_dict() for ep in episodes],
+        "policies": policy_info,
+        "rollout_config": cfg.to_dict(),
+        "versions": package_versions(),
+        "wall_seconds": wall,
+        "env_steps_per_second": summary["env_steps"] / wall if wall > 0 else None,
+    }
+    write_json_atomic(cfg.output, doc)
+    return doc
+
+
+__all__ = [
+    "EvalSession",
+    "RolloutConfig",
+    "SUCCESS_RULES",
+    "agent_camera",
+    "agent_keys",
+    "build_router",
+    "camera_size",
+    "checkpoint_paths",
+    "format_summary",
+    "load_agent_policies",
+    "make_env",
+    "run_episodes",
+    "run_rollout",
+    "task_num_arms",
+]

@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""Evaluate trained agents in the simulator: ``python scripts/rollout.py --task LiftBarrier-rf --record-video``.
+
+Loads ``checkpoints/<task>_Agent<i>/`` (best, else last) for every agent, runs seeded episodes, prints the
+success rate (95% Wilson interval) per success rule and the episode lengths, writes a results JSON and,
+with ``--record-video``, one mp4 per episode under ``videos/<task>/``. See ``--help`` for every option.
+"""
+
+import sys
+from pathlib import Path
+
+import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the envs package lives beside rf_dp_agents
+
+from rf_dp_agents.rollout.config import RolloutConfig  # noqa: E402
+
+
+def main() -> int:
+    cfg = tyro.cli(RolloutConfig)
+    from rf_dp_agents.rollout.runner import format_summary, run_rollout
+
+    doc = run_rollout(cfg)
+    print(format_summary(doc["summary"]))
+    print(f"results: {cfg.output}")
+    videos = [ep["video"] for ep in doc["episodes"] if ep["video"]]
+    if videos:
+        print(f"videos ({len(videos)}): {Path(videos[0]).parent}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

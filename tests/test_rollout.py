@@ -1,0 +1,196 @@
+"""Rollout end to end on the CPU simulator: a tiny trained checkpoint pair acts in LiftBarrier-rf.
+
+Checks the results JSON (every metric, seeds, checkpoints, configs, versions), the episode video (read
+back: frames = steps + 1, the reset frame included), TOPP execution's planning counts, and the errors for
+a missing checkpoint and a camera size that does not match the policies.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+
+from rf_dp_agents.checkpoint import save_checkpoint
+from rf_dp_agents.config import tiny_model_config
+from rf_dp_agents.data.normalizer import Normalizer
+from rf_dp_agents.model import DiffusionPolicy
+from rf_dp_agents.rollout.config import RolloutConfig
+from rf_dp_agents.rollout.metrics import summarize, wilson_interval
+from rf_dp_agents.rollout.video import count_frames
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = "LiftBarrier-rf"
+IMAGE_HW = (48, 64)
+MAX_STEPS = 8
+PANDA_TARGET = np.array([0.0, np.pi / 8, 0.0, -np.pi * 5 / 8, 0.0, np.pi * 3 / 4, np.pi / 4, 1.0], np.float32)
+"""RoboFactory's initial arm joints + an open gripper command: the tiny policies act around it."""
+
+
+def tiny_checkpoint(path: Path, image_hw: tuple[int, int] = IMAGE_HW, seed: int = 0, steps: int = 3) -> Path:
+    """Train a tiny policy for a few Adam steps on synthetic data near the Panda's start pose; save it at ``path``."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    h, w = image_hw
+    actions = PANDA_TARGET + rng.normal(0.0, 0.05, (64, 8)).astype(np.float32)
+    model = DiffusionPolicy(tiny_model_config(image_shape=(3, h, w)), Normalizer.fit({"state": actions, "action": actions}))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(steps):
+        batch = {
+            "img": torch.randint(0, 256, (4, 2, 3, h, w), dtype=torch.uint8),
+            "state": torch.as_tensor(actions[:8].reshape(4, 2, 8)),
+            "action": torch.as_tensor(np.resize(actions, (4, 16, 8))),
+        }
+        loss = model.compute_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return save_checkpoint(path, model, {"epoch": 0, "train_steps": steps})
+
+
+@pytest.fixture(scope="module")
+def checkpoint_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("checkpoints")
+    for i in range(2):
+        tiny_checkpoint(root / f"{TASK}_Agent{i}" / "best", seed=i)
+    return root
+
+
+@pytest.fixture(scope="module")
+def direct_run(checkpoint_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RolloutConfig, dict]:
+    from rf_dp_agents.rollout.runner import run_rollout
+
+    out = tmp_path_factory.mktemp("rollout")
+    cfg = RolloutConfig(
+        task=TASK,
+        checkpoint_dir=str(checkpoint_root),
+        num_episodes=1,
+        seed=3,
+        max_episode_steps=MAX_STEPS,
+        record_video=True,
+        video_dir=str(out / "videos"),
+        output=str(out / "results.json"),
+        num_inference_steps=2,
+        progress=False,
+    )
+    return cfg, run_rollout(cfg)
+
+
+def test_results_json_has_every_metric(direct_run: tuple[RolloutConfig, dict], checkpoint_root: Path) -> None:
+    cfg, returned = direct_run
+    doc = json.loads(Path(cfg.output).read_text())
+    assert doc == json.loads(json.dumps(returned))
+    assert not [p.name for p in Path(cfg.output).parent.iterdir() if ".tmp-" in p.name]
+    assert doc["task"] == TASK and doc["num_agents"] == 2 and doc["execution"] == "direct"
+    assert doc["seeds"] == [3]
+    assert doc["camera_size"] == [IMAGE_HW[1], IMAGE_HW[0]]  # from the policies' image_shape, no flags given
+    assert doc["success_rules"] == ["success", "success_strict"]
+    (episode,) = doc["episodes"]
+    assert episode["seed"] == 3 and 1 <= episode["steps"] <= MAX_STEPS
+    summary = doc["summary"]
+    for rule in ("success", "success_strict"):
+        s = summary["rules"][rule]
+        assert s["n"] == 1 and s["successes"] == int(episode["first_success_step"][rule] is not None)
+        assert s["ci95"] == pytest.approx(list(wilson_interval(s["successes"], 1)))
+        assert s["success_rate"] == s["successes"]
+        assert set(s["episode_length"]) == {"mean", "median", "min", "max"}
+        assert set(s["episode_length_successful"]) == {"mean", "median", "min", "max"}
+    if episode["first_success_step"]["success"] is None:
+        assert episode["steps"] == MAX_STEPS
+        assert summary["episode_length"]["mean"] == MAX_STEPS and summary["episode_length"]["median"] == MAX_STEPS
+    assert summary["ci95"] == summary["rules"]["success"]["ci95"]
+    assert "motion_planning" not in summary
+    for i in range(2):
+        info = doc["policies"][f"panda-{i}"]
+        assert info["checkpoint"] == str(checkpoint_root / f"{TASK}_Agent{i}" / "best")
+        assert info["config"]["image_shape"] == [3, *IMAGE_HW]
+        assert info["config"]["num_inference_steps"] == 2  # the override reached the policy
+        assert info["metadata"]["train_steps"] == 3
+    assert doc["versions"]["mani_skill"] and doc["versions"]["torch"] and doc["versions"]["python"]
+    assert doc["rollout_config"]["max_episode_steps"] == MAX_STEPS
+    assert doc["wall_seconds"] > 0 and doc["env_steps_per_second"] > 0
+
+
+def test_video_is_readable_with_one_frame_per_step(direct_run: tuple[RolloutConfig, dict]) -> None:
+    cfg, doc = direct_run
+    (episode,) = doc["episodes"]
+    path = Path(episode["video"])
+    assert path == Path(cfg.video_dir) / TASK / f"{TASK}_seed3.mp4"
+    assert count_frames(path) == episode["steps"] + 1  # the reset frame, then one per env step
+    frame = imageio.get_reader(str(path)).get_data(0)
+    assert frame.ndim == 3 and frame.shape[2] == 3
+    assert frame.shape[1] >= 3 * IMAGE_HW[1]  # global + two agent cameras side by side
+    assert frame.std() > 5  # an actual rendered scene, not a blank frame
+
+
+def test_topp_execution_reports_planning(checkpoint_root: Path, tmp_path: Path) -> None:
+    from rf_dp_agents.rollout.runner import EvalSession, checkpoint_paths
+
+    cfg = RolloutConfig(
+        task=TASK, checkpoint_dir=str(checkpoint_root), execution="topp", max_episode_steps=6,
+        num_inference_steps=2, output=str(tmp_path / "r.json"), progress=False,
+    )
+    session = EvalSession(cfg, checkpoint_paths(cfg, 2), num_envs=1)
+    try:
+        (result,) = session.run_batch([11])
+    finally:
+        session.close()
+    assert result.steps == 6
+    # every policy action of every agent is re-timed once; a 6-step episode needs at least one per agent
+    assert result.planning_calls >= 2 and result.planning_calls % 2 == 0
+    assert 0 <= result.planning_failures <= result.planning_calls
+    mp = summarize([result], session.rules, topp=True)["motion_planning"]
+    assert mp["calls"] == result.planning_calls
+    assert mp["failure_rate"] == pytest.approx(result.planning_failures / result.planning_calls)
+
+
+def test_missing_checkpoint_names_agent_and_path(checkpoint_root: Path, tmp_path: Path) -> None:
+    from rf_dp_agents.rollout.runner import run_rollout
+
+    shutil.copytree(checkpoint_root / f"{TASK}_Agent0", tmp_path / f"{TASK}_Agent0")
+    cfg = RolloutConfig(task=TASK, checkpoint_dir=str(tmp_path), output=str(tmp_path / "r.json"), progress=False)
+    with pytest.raises(FileNotFoundError) as err:
+        run_rollout(cfg)
+    message = str(err.value)
+    assert "agent 1 (panda-1)" in message
+    assert str(tmp_path / f"{TASK}_Agent1") in message
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_cli_reports_missing_checkpoint(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "rollout.py"), "--task", TASK, "--checkpoint-dir", str(tmp_path),
+         "--output", str(tmp_path / "r.json")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "agent 0 (panda-0)" in proc.stderr and str(tmp_path / f"{TASK}_Agent0") in proc.stderr
+
+
+def test_camera_size_must_match_the_policies(checkpoint_root: Path, tmp_path: Path) -> None:
+    from rf_dp_agents.rollout.runner import run_rollout
+
+    cfg = RolloutConfig(
+        task=TASK, checkpoint_dir=str(checkpoint_root), camera_width=32, camera_height=32,
+        output=str(tmp_path / "r.json"), progress=False,
+    )
+    with pytest.raises(ValueError, match="32x32 differ from the 64x48"):
+        run_rollout(cfg)
+
+
+def test_unknown_task_and_bad_config() -> None:
+    from rf_dp_agents.rollout.runner import task_num_arms
+
+    with pytest.raises(ValueError, match="unknown task 'NoSuchTask-rf'"):
+        task_num_arms("NoSuchTask-rf")
+    with pytest.raises(ValueError, match="num_episodes"):
+        RolloutConfig(task=TASK, num_episodes=0)
+    with pytest.raises(ValueError, match="camera_width and camera_height"):
+        RolloutConfig(task=TASK, camera_width=64)
