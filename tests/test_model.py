@@ -1,0 +1,236 @@
+"""The Diffusion Policy network: U-Net, GroupNorm ResNet18, cropping, loss, sampling, input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rf_dp_agents.config import ModelConfig, tiny_model_config
+from rf_dp_agents.data.normalizer import Normalizer
+from rf_dp_agents.model import ConditionalUnet1D, DiffusionPolicy, ResNet18Encoder, crop_images
+
+SIZE = 32
+
+
+def small_config(**overrides) -> ModelConfig:
+    return tiny_model_config(image_shape=(3, SIZE, SIZE), **overrides)
+
+
+def make_batch(config: ModelConfig, batch: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    to, (c, h, w) = config.obs_horizon, config.image_shape
+    out = {k: torch.randint(0, 256, (batch, to, c, h, w), dtype=torch.uint8, generator=g) for k in config.camera_keys}
+    out[config.state_key] = torch.randn(batch, to, config.state_dim, generator=g)
+    out["action"] = torch.randn(batch, config.pred_horizon, config.action_dim, generator=g)
+    return out
+
+
+def obs_of(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k != "action"}
+
+
+def test_unet_shape_and_film_conditioning():
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(input_dim=8, global_cond_dim=10, diffusion_step_embed_dim=32, down_dims=(32, 64, 128))
+    x = torch.randn(3, 16, 8)
+    cond = torch.randn(3, 10)
+    out = net(x, torch.tensor([0, 5, 99]), cond)
+    assert out.shape == (3, 16, 8)
+    assert not torch.allclose(out, net(x, torch.tensor([0, 5, 99]), cond + 1.0)), "global condition has no effect"
+    assert not torch.allclose(out, net(x, 50, cond)), "diffusion step has no effect"
+    films = [m for m in net.modules() if type(m).__name__ == "ConditionalResidualBlock1D"]
+    assert len(films) == 2 * 3 + 2 + 2 * 2
+
+
+def test_encoder_is_groupnorm_resnet18_without_fc():
+    enc = ResNet18Encoder()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in enc.modules())
+    norms = [m for m in enc.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(m.num_groups == m.num_channels // 16 for m in norms)
+    assert isinstance(enc.backbone.fc, nn.Identity)
+    feats = enc(torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8))
+    assert feats.shape == (2, 512) and torch.isfinite(feats).all()
+
+
+def test_preprocess_maps_uint8_to_unit_range():
+    enc = ResNet18Encoder()
+    px = torch.tensor([0, 255, 51], dtype=torch.uint8).view(1, 3, 1, 1)
+    assert torch.allclose(enc.preprocess(px).flatten(), torch.tensor([-1.0, 1.0, -0.6]))
+
+
+def test_crop_random_windows_and_centre():
+    h, w = 12, 10
+    images = torch.arange(h * w, dtype=torch.int64).view(1, 1, h, w).repeat(64, 2, 1, 1)
+    crops = crop_images(images, (5, 4), random=True)
+    assert crops.shape == (64, 2, 5, 4)
+    tops, lefts = crops[:, 0, 0, 0] // w, crops[:, 0, 0, 0] % w
+    for img, top, left in zip(crops, tops.tolist(), lefts.tolist()):
+        assert 0 <= top <= h - 5 and 0 <= left <= w - 4
+        assert torch.equal(img, images[0, :, top : top + 5, left : left + 4])
+    assert len(set(zip(tops.tolist(), lefts.tolist()))) > 1, "random crop always picked the same window"
+    centre = crop_images(images[:2], (5, 4), random=False)
+    assert torch.equal(centre, images[:2, :, 3:8, 3:7])
+
+
+def test_encoder_crops_randomly_in_training_and_centrally_in_eval():
+    config = small_config(crop_shape=(24, 24))
+    model = DiffusionPolicy(config)
+    images = torch.arange(SIZE * SIZE).view(1, 1, SIZE, SIZE).expand(8, 3, SIZE, SIZE).to(torch.uint8)
+    enc = model.encoders[0]
+    enc.eval()
+    assert torch.equal(enc.preprocess(images), enc.preprocess(images))
+    enc.train()
+    torch.manual_seed(0)
+    first, second = enc.preprocess(images), enc.preprocess(images)
+    assert first.shape == (8, 3, 24, 24) and not torch.equal(first, second)
+
+
+def test_compute_loss_is_finite_and_backpropagates():
+    config = small_config()
+    model = DiffusionPolicy(config)
+    loss = model.compute_loss(make_batch(config))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert model.encoders[0].backbone.conv1.weight.grad is not None
+    assert model.noise_pred_net.final_conv[1].weight.grad.abs().sum() > 0
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny CPU models run faster on one intra-op thread, and do not thrash when other tests share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_loss_falls_on_tiny_synthetic_task(one_thread):
+    """Two modes told apart by the image: a rising or a falling ramp of joint targets."""
+    torch.manual_seed(0)
+    config = small_config(down_dims=(32, 64), diffusion_step_embed_dim=32)
+    g = torch.Generator().manual_seed(0)
+
+    def batch(size: int = 8) -> dict[str, torch.Tensor]:
+        mode = torch.randint(0, 2, (size,), generator=g)
+        img = (mode * 200 + 20).view(size, 1, 1, 1, 1).expand(size, 2, 3, SIZE, SIZE).to(torch.uint8)
+        ramp = torch.linspace(-1, 1, 16).view(1, 16, 1).expand(size, 16, 8)
+        action = ramp * (mode.float() * 2 - 1).view(size, 1, 1) + 0.5
+        return {"img": img, "state": 0.1 * torch.randn(size, 2, 8, generator=g), "action": action}
+
+    sample = batch(64)
+    model = DiffusionPolicy(config, Normalizer.fit({"state": sample["state"], "action": sample["action"]}))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(150):
+        loss = model.compute_loss(batch())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:25]) / 25, sum(losses[-25:]) / 25
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert last < 0.65 * first, f"loss did not fall: first 25 steps {first:.3f}, last 25 {last:.3f}"
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver"])
+def test_predict_action_shape_and_generator_determinism(sampler):
+    config = small_config(sampler=sampler, num_inference_steps=4)
+    model = DiffusionPolicy(config).eval()
+    obs = obs_of(make_batch(config, batch=3))
+    a = model.predict_action(obs, generator=torch.Generator().manual_seed(7))
+    b = model.predict_action(obs, generator=torch.Generator().manual_seed(7))
+    c = model.predict_action(obs, generator=torch.Generator().manual_seed(8))
+    assert a.shape == (3, config.pred_horizon, config.action_dim)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_per_row_generators_make_rows_independent_of_the_batch():
+    config = small_config(sampler="ddpm", num_inference_steps=3)
+    model = DiffusionPolicy(config).eval()
+    obs = obs_of(make_batch(config, batch=3))
+    gens = lambda n: [torch.Generator().manual_seed(1) for _ in range(n)]  # noqa: E731
+    full = model.predict_action(obs, generator=gens(3))
+    last = model.predict_action({k: v[2:] for k, v in obs.items()}, generator=gens(1))
+    assert torch.allclose(full[2:], last, atol=1e-5)
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        model.predict_action(obs, generator=gens(2))
+
+
+def test_predict_action_unnormalizes_and_respects_step_override():
+    config = small_config(prediction_type="sample", num_inference_steps=4)
+    norm = Normalizer.fit({"state": torch.randn(50, 8), "action": 100.0 + 5.0 * torch.rand(50, 8)})
+    model = DiffusionPolicy(config, norm).eval()
+    obs = obs_of(make_batch(config, batch=2))
+    actions = model.predict_action(obs, num_inference_steps=2)
+    # clip_sample keeps normalised samples in [-1, 1], i.e. raw actions within the fitted range
+    assert actions.min() >= 100.0 - 1e-3 and actions.max() <= 105.0 + 1e-3
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        model.predict_action(obs, num_inference_steps=config.num_train_timesteps + 1)
+
+
+def test_multiple_cameras_with_separate_encoders():
+    config = small_config(camera_keys=("head", "wrist"), share_encoder=False)
+    model = DiffusionPolicy(config)
+    assert len(model.encoders) == 2
+    assert model.global_cond_dim == 2 * (2 * 512 + 8)
+    batch = make_batch(config, batch=2)
+    assert torch.isfinite(model.compute_loss(batch))
+    model.eval()
+    assert model.predict_action(obs_of(batch)).shape == (2, 16, 8)
+
+
+def test_forward_and_predict_do_not_mutate_inputs():
+    config = small_config(crop_shape=(28, 28))
+    model = DiffusionPolicy(config)
+    batch = make_batch(config, batch=2)
+    before = {k: v.clone() for k, v in batch.items()}
+    model.compute_loss(batch)
+    model.eval()
+    model.predict_action(obs_of(batch))
+    for key, value in batch.items():
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("img", None, r"missing keys \['img'\]"),
+        ("img", torch.zeros(2, 2, 3, SIZE, SIZE), "'img'.*uint8"),
+        ("img", torch.zeros(2, 2, SIZE, SIZE, 3, dtype=torch.uint8), r"'img'.*\(2, 2, 3, 32, 32\).*got \(2, 2, 32, 32, 3\)"),
+        ("state", torch.zeros(2, 2, 7), r"'state'.*\(B, 2, 8\).*got \(2, 2, 7\)"),
+        ("state", torch.zeros(2, 3, 8), r"'state'.*\(B, 2, 8\).*got \(2, 3, 8\)"),
+        ("action", torch.zeros(2, 8, 8), r"'action'.*\(2, 16, 8\).*got \(2, 8, 8\)"),
+        ("action", None, r"missing key 'action'"),
+        ("state", [[0.0] * 8] * 2, "'state'.*torch.Tensor"),
+    ],
+)
+def test_bad_batches_raise_clear_errors(key, value, message):
+    config = small_config()
+    model = DiffusionPolicy(config)
+    batch = make_batch(config, batch=2)
+    if value is None:
+        del batch[key]
+    else:
+        batch[key] = value
+    with pytest.raises((ValueError, KeyError, TypeError), match=message):
+        model.compute_loss(batch)
+
+
+def test_config_and_normalizer_validation():
+    with pytest.raises(ValueError, match="divisible"):
+        tiny_model_config(pred_horizon=12, down_dims=(32, 64, 128))
+    with pytest.raises(ValueError, match="obs_horizon \\+ action_horizon"):
+        tiny_model_config(obs_horizon=4, action_horizon=16)
+    with pytest.raises(ValueError, match="crop_shape"):
+        tiny_model_config(crop_shape=(80, 80))
+    with pytest.raises(ValueError, match="unknown ModelConfig keys"):
+        ModelConfig.from_dict({**tiny_model_config().to_dict(), "bogus": 1})
+    with pytest.raises(ValueError, match="'action' has dimension 7"):
+        DiffusionPolicy(small_config(), Normalizer({"state": 8, "action": 7}))
+    with pytest.raises(ValueError, match="normalizer needs keys"):
+        DiffusionPolicy(small_config(), Normalizer({"qpos": 8, "action": 8}))
+    with pytest.raises(TypeError, match="ModelConfig"):
+        DiffusionPolicy({"action_dim": 8})  # type: ignore[arg-type]
