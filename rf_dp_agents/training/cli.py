@@ -44,7 +44,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     preset = _preset_from_argv(args)
     if preset not in ("default", "tiny"):
         raise SystemExit(f"error: unknown --preset {preset!r}; choose 'default' or 'tiny'")
-    return tyro.cli(TrainConfig, default=preset_config(preset), args=args, description=DESCRIPTION)  # type: ignore[arg-type]
+    default = preset_config(preset)  # type: ignore[arg-type]
+    return tyro.cli(TrainConfig, default=default, args=args, description=DESCRIPTION)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

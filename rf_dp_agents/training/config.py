@@ -145,17 +145,22 @@ class TrainConfig:
         if not 0.0 <= self.val_ratio < 1.0:
             raise ValueError(f"TrainConfig.val_ratio must be in [0, 1), got {self.val_ratio}")
         if self.early_stopping_patience is not None and self.early_stopping_patience <= 0:
-            raise ValueError(f"TrainConfig.early_stopping_patience must be positive, got {self.early_stopping_patience}")
+            raise ValueError(
+                f"TrainConfig.early_stopping_patience must be positive, got {self.early_stopping_patience}"
+            )
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
             raise ValueError(f"TrainConfig.grad_clip_norm must be positive, got {self.grad_clip_norm}")
         if not 0.0 <= self.ema_min_decay <= self.ema_max_decay < 1.0:
             raise ValueError(
-                f"TrainConfig needs 0 <= ema_min_decay <= ema_max_decay < 1, got {self.ema_min_decay}, {self.ema_max_decay}"
+                "TrainConfig needs 0 <= ema_min_decay <= ema_max_decay < 1, got "
+                f"{self.ema_min_decay}, {self.ema_max_decay}"
             )
         if self.dist_timeout_s <= 0:
             raise ValueError(f"TrainConfig.dist_timeout_s must be positive, got {self.dist_timeout_s}")
         if self.zarr_path is not None and self.all_agents:
-            raise ValueError("TrainConfig: --all-agents discovers datasets from --task; it cannot be used with --zarr-path")
+            raise ValueError(
+                "TrainConfig: --all-agents discovers datasets from --task; it cannot be used with --zarr-path"
+            )
         if self.agent_id < 0:
             raise ValueError(f"TrainConfig.agent_id must be >= 0, got {self.agent_id}")
         self.adam_betas = tuple(float(b) for b in self.adam_betas)  # type: ignore[assignment]
@@ -234,12 +239,19 @@ def missing_dataset_message(data_root: Path, task: str, agent_id: int | None, nu
 
 def resolve_dataset(data_root: Path, task: str, agent_id: int, num_demos: int | None = None) -> Path:
     """The dataset of ``task``/``agent_id``: the one with ``num_demos`` demos, else the newest file."""
+    pattern = _dataset_pattern(task, r"\d+")
+
+    def demos(path: Path) -> int:
+        match = pattern.match(path.name)
+        assert match is not None
+        return int(match.group(2))
+
     candidates = find_datasets(data_root, task).get(agent_id, [])
     if num_demos is not None:
-        candidates = [p for p in candidates if int(_dataset_pattern(task, r"\d+").match(p.name).group(2)) == num_demos]
+        candidates = [p for p in candidates if demos(p) == num_demos]
     if not candidates:
         raise FileNotFoundError(missing_dataset_message(data_root, task, agent_id, num_demos))
-    return max(candidates, key=lambda p: (p.stat().st_mtime, int(_dataset_pattern(task, r"\d+").match(p.name).group(2))))
+    return max(candidates, key=lambda p: (p.stat().st_mtime, demos(p)))
 
 
 def default_output_dir(task: str | None, agent_id: int, zarr_path: Path | None) -> Path:

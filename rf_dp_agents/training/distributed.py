@@ -83,9 +83,8 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_s: flo
         backend = "nccl" if dev.type == "cuda" else "gloo"
     if not dist.is_initialized():
         kwargs = {"device_id": dev} if backend == "nccl" else {}
-        dist.init_process_group(
-            backend=backend, timeout=datetime.timedelta(seconds=float(timeout_s)), rank=rank, world_size=world_size, **kwargs
-        )
+        timeout = datetime.timedelta(seconds=float(timeout_s))
+        dist.init_process_group(backend=backend, timeout=timeout, rank=rank, world_size=world_size, **kwargs)
     return DistInfo(rank, local_rank, world_size, dev)
 
 
@@ -122,7 +121,8 @@ def broadcast_flag(info: DistInfo, flag: bool) -> bool:
 
 def torchrun_command(nproc: int, script: str, argv: Sequence[str]) -> list[str]:
     """``python -m torch.distributed.run --standalone --nproc-per-node N script argv...``."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(int(nproc)), script, *argv]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(int(nproc))]
+    return [*launcher, script, *argv]
 
 
 __all__ = [

@@ -22,6 +22,7 @@ import importlib.metadata
 import inspect
 import logging
 import math
+import os
 import platform
 import random
 import sys
@@ -125,7 +126,9 @@ def step_seed(seed: int, step: int, shard: int) -> int:
     return int(np.random.SeedSequence([seed, step, shard]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
-def train_step(parts: StepParts, micro_batches: Sequence[Batch], micro_seeds: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    parts: StepParts, micro_batches: Sequence[Batch], micro_seeds: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step over ``micro_batches`` (gradients averaged over them and over ranks).
 
     Each micro-batch runs with the global torch RNG seeded by its entry of ``micro_seeds``. Returns the
@@ -235,7 +238,9 @@ def plan_jobs(cfg: TrainConfig) -> list[Job]:
     jobs = []
     for agent in agents:
         path = resolve_dataset(cfg.data_root, cfg.task, agent, cfg.num_demos)
-        run_dir = (cfg.output_dir / f"{cfg.task}_Agent{agent}") if cfg.output_dir else default_output_dir(cfg.task, agent, None)
+        run_dir = default_output_dir(cfg.task, agent, None)
+        if cfg.output_dir is not None:
+            run_dir = cfg.output_dir / run_dir.name
         jobs.append(Job(path, run_dir, agent))
     return jobs
 
@@ -280,12 +285,12 @@ def adopt_dataset_shapes(model_cfg: ModelConfig, shapes: dict[str, tuple[int, ..
             max(1, min(image_shape[2], round(crop[1] * image_shape[2] / old_w))),
         )
         changes["crop_shape"] = new_crop
+    crop_note = ""
+    if crop is not None and changes["crop_shape"] != crop:
+        crop_note = f" and scaling crop_shape {crop} -> {changes['crop_shape']}"
     log.warning(
         "%s: images are %s but the model config says %s; using the dataset's shape%s",
-        source,
-        image_shape,
-        tuple(model_cfg.image_shape),
-        f" and scaling crop_shape {crop} -> {changes['crop_shape']}" if crop is not None and changes["crop_shape"] != crop else "",
+        source, image_shape, tuple(model_cfg.image_shape), crop_note,
     )
     return dataclasses.replace(model_cfg, **changes)
 
@@ -345,16 +350,19 @@ class Trainer:
             params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
         )
         self.scheduler = self._make_scheduler()
-        self.ema = (
-            EMA(self.policy, cfg.ema_power, cfg.ema_inv_gamma, cfg.ema_min_decay, cfg.ema_max_decay) if cfg.use_ema else None
-        )
+        self.ema = None
+        if cfg.use_ema:
+            self.ema = EMA(self.policy, cfg.ema_power, cfg.ema_inv_gamma, cfg.ema_min_decay, cfg.ema_max_decay)
         loss_module: nn.Module = LossModule(self.policy)
         if info.distributed:
             device_ids = [info.device.index] if info.device.type == "cuda" else None
             # The normalizer's buffers are constants: synced once at construction, never per forward.
-            sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters else {"broadcast_buffers": False}
+            new_api = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            sync = {"forward_sync_buffers": False} if new_api else {"broadcast_buffers": False}
             loss_module = DistributedDataParallel(loss_module, device_ids=device_ids, **sync)
-        self.parts = StepParts(loss_module, self.policy, self.optimizer, self.scheduler, self.ema, cfg.grad_clip_norm, params)
+        self.parts = StepParts(
+            loss_module, self.policy, self.optimizer, self.scheduler, self.ema, cfg.grad_clip_norm, params
+        )
 
     def _place_dataset(self) -> None:
         device, choice = self.info.device, self.cfg.dataset_device
@@ -431,7 +439,9 @@ class Trainer:
             self.scheduler.load_state_dict(unflatten(meta["scheduler"], tensors))
             restore_rng(unflatten(meta["rng"], tensors), self.info.device)
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-            raise CheckpointError(f"cannot resume from {last}: optimiser/scheduler/RNG state is damaged ({exc})") from exc
+            raise CheckpointError(
+                f"cannot resume from {last}: optimiser/scheduler/RNG state is damaged ({exc})"
+            ) from exc
         self.epoch = int(meta["epoch"])
         self.global_step = int(meta["global_step"])
         self.tracker.best = meta.get("best_val_loss")
@@ -485,7 +495,9 @@ class Trainer:
         from rf_dp_agents.checkpoint import save_checkpoint
 
         metadata = self._checkpoint_metadata(val_loss, train_loss)
-        write_snapshot(self.run_dir, "best", f"best-e{self.epoch:05d}", lambda d: save_checkpoint(d, self.eval_model, metadata))
+        write_snapshot(
+            self.run_dir, "best", f"best-e{self.epoch:05d}", lambda d: save_checkpoint(d, self.eval_model, metadata)
+        )
 
     def _write_run_json(self, resumed: bool) -> None:
         path = self.run_dir / "run.json"
@@ -537,6 +549,8 @@ class Trainer:
         cfg, info = self.cfg, self.info
         self._deterministic_before = torch.are_deterministic_algorithms_enabled()
         if cfg.deterministic:
+            if info.device.type == "cuda":
+                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
             torch.use_deterministic_algorithms(True)
         self._setup()
         self._resume_or_start()
@@ -552,7 +566,8 @@ class Trainer:
                     project=cfg.wandb_project, entity=cfg.wandb_entity, mode=cfg.wandb_mode,
                     name=self.run_dir.name, config=self.cfg.to_dict(), run_id=self.wandb_run_id,
                 )
-            self.logger = MetricsLogger(self.run_dir, self.global_step if self.global_step > 0 else None, wandb_settings)
+            resume_step = self.global_step if self.global_step > 0 else None
+            self.logger = MetricsLogger(self.run_dir, resume_step, wandb_settings)
             self.wandb_run_id = self.logger.wandb_run_id
             if self.resumed_from is not None:
                 log.info("resumed from %s: epoch %d, global step %d", self.resumed_from, self.epoch, self.global_step)
@@ -599,6 +614,7 @@ class Trainer:
         cfg, info, ds = self.cfg, self.info, self.dataset
         epoch = self.epoch
         perm = torch.randperm(ds.n_train, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        perm = perm.to(ds.device)  # window ids live where the data does: no host copy per step
         epoch_losses: list[float] = []
         pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
         data_wait = 0.0
@@ -607,10 +623,8 @@ class Trainer:
         for k in range(self.steps_per_epoch):
             t0 = time.perf_counter()
             base = k * self.global_batch
-            micro = [
-                to_device(ds.get_batch(perm[base + s * self.shard_batch : base + (s + 1) * self.shard_batch], "train"), info.device)
-                for s in shards
-            ]
+            b = self.shard_batch
+            micro = [to_device(ds.get_batch(perm[base + s * b : base + (s + 1) * b]), info.device) for s in shards]
             data_wait += time.perf_counter() - t0
             seeds = [step_seed(cfg.seed, self.global_step, s) for s in shards]
             lr = float(self.scheduler.get_last_lr()[0])
@@ -652,9 +666,13 @@ class Trainer:
             improved = self.tracker.update(score)
             if self.logger is not None:
                 if val_loss is not None:
-                    self.logger.log_many([{"train/epoch": self.epoch, "train/global_step": self.global_step, "val/loss": val_loss}])
+                    self.logger.log_many(
+                        [{"train/epoch": self.epoch, "train/global_step": self.global_step, "val/loss": val_loss}]
+                    )
                 else:
-                    log.warning("no validation windows (val_ratio=%s): best/ follows the epoch's mean train loss", cfg.val_ratio)
+                    log.warning(
+                        "no validation windows (val_ratio=%s): best/ follows the epoch's mean train loss", cfg.val_ratio
+                    )
                 self.logger.plot()
                 log.info("epoch %d: train loss %.5f, val loss %s%s", self.epoch, train_loss,
                          "n/a" if val_loss is None else f"{val_loss:.5f}", " (best)" if improved else "")
@@ -663,7 +681,10 @@ class Trainer:
             if self.tracker.should_stop:
                 stop = True
                 if info.is_main:
-                    log.info("early stopping after epoch %d: no better val loss in %d validations", self.epoch, self.tracker.bad)
+                    log.info(
+                        "early stopping after epoch %d: no better val loss in %d validations",
+                        self.epoch, self.tracker.bad,
+                    )
         if info.is_main and (self.epoch % cfg.save_every == 0 or last_epoch or stop):
             self._save_last(val_loss, train_loss)
         return stop

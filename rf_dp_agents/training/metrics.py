@@ -59,12 +59,15 @@ class MetricsLogger:
         if wandb_settings is not None:
             self._wandb = self._start_wandb(**wandb_settings)
 
-    def _start_wandb(self, project: str, entity: str | None, mode: str, name: str, config: dict[str, Any], run_id: str | None):
+    def _start_wandb(
+        self, project: str, entity: str | None, mode: str, name: str, config: dict[str, Any], run_id: str | None
+    ) -> Any:
         import wandb
 
         if mode == "auto":
             mode = "online" if wandb_reachable() else "offline"
-            log.info("wandb mode: %s%s", mode, "" if mode == "online" else " (api.wandb.ai unreachable; sync later with `wandb sync`)")
+            note = "" if mode == "online" else " (api.wandb.ai unreachable; sync later with `wandb sync`)"
+            log.info("wandb mode: %s%s", mode, note)
         return wandb.init(
             project=project, entity=entity, mode=mode, name=name, config=config, dir=str(self.run_dir),
             id=run_id, resume="allow",

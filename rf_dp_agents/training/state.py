@@ -43,7 +43,8 @@ def flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
         tensors[prefix] = obj.detach().cpu().contiguous().clone()
         return {"__tensor__": prefix}
     if isinstance(obj, np.ndarray):
-        tensors[prefix] = torch.from_numpy(np.ascontiguousarray(obj).astype(np.int64 if obj.dtype.kind in "ui" else obj.dtype))
+        stored = obj.astype(np.int64) if obj.dtype.kind in "ui" else obj  # safetensors lacks unsigned wide ints
+        tensors[prefix] = torch.from_numpy(np.ascontiguousarray(stored))
         return {"__ndarray__": prefix, "dtype": str(obj.dtype)}
     if isinstance(obj, dict):
         items = []
@@ -144,10 +145,10 @@ def load_training_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[
         meta = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"cannot resume: {json_path} is not valid JSON ({exc})") from exc
-    if not isinstance(meta, dict) or meta.get("format_version") != STATE_FORMAT_VERSION:
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != STATE_FORMAT_VERSION:
         raise CheckpointError(
-            f"cannot resume: {json_path} has format_version {meta.get('format_version') if isinstance(meta, dict) else None}, "
-            f"expected {STATE_FORMAT_VERSION}"
+            f"cannot resume: {json_path} has format_version {version!r}, expected {STATE_FORMAT_VERSION}"
         )
     try:
         tensors = load_file(str(tensor_path))
@@ -173,8 +174,8 @@ def load_state_strict(path: Path, module: torch.nn.Module, tensors: dict[str, to
     unexpected = sorted(set(got) - set(own))
     if missing or unexpected:
         raise CheckpointError(
-            f"cannot resume: {path} does not match the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            f"cannot resume: {path} does not match the model: {len(missing)} missing tensors {missing[:5]}, "
+            f"{len(unexpected)} unexpected tensors {unexpected[:5]}"
         )
     for name, value in got.items():
         if tuple(value.shape) != tuple(own[name].shape):
@@ -189,7 +190,8 @@ def load_state_strict(path: Path, module: torch.nn.Module, tensors: dict[str, to
 
 
 def write_snapshot(run_dir: Path, link_name: str, tag: str, fill: Callable[[Path], None]) -> Path:
-    """Build a snapshot with ``fill(tmp_dir)`` (which creates that directory), rename it into ``snapshots/``, then point ``run_dir/link_name`` at it.
+    """Build a snapshot with ``fill(tmp_dir)`` (which creates that directory), rename it into ``snapshots/``,
+    then point ``run_dir/link_name`` at it.
 
     Older snapshots that neither ``last`` nor ``best`` points at are removed afterwards.
     """
