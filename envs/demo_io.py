@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import h5py
 import numpy as np
 
+from envs.router import agent_state
 from rf_dp_agents.data.convert import (
     EpisodeRef,
     action_key,
@@ -39,23 +40,18 @@ def _np(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def default_agent_state(qpos: np.ndarray) -> np.ndarray:
-    """Policy state from measured Panda joints (..., 9): 7 arm joints + gripper opening (finger sum)."""
-    qpos = np.asarray(qpos, dtype=np.float32)
-    return np.concatenate([qpos[..., :7], qpos[..., 7:9].sum(axis=-1, keepdims=True)], axis=-1)
-
-
 @dataclass
 class EpisodeRecorder:
     """Collects one episode's observations, actions and success flags step by step, in memory.
 
-    ``state_fn`` maps measured qpos (9,) to the policy state (8,); ``cameras`` names the cameras to keep
-    (those of the first observation when empty).
+    ``state_fn`` maps measured qpos (9,) to the policy state (8,) (default: the router's
+    :func:`envs.router.agent_state`, so demos and rollouts share one definition); ``cameras`` names the
+    cameras to keep (those of the first observation when empty).
     """
 
     agent_keys: Sequence[str]
     cameras: Sequence[str] = ()
-    state_fn: Callable[[np.ndarray], np.ndarray] = default_agent_state
+    state_fn: Callable[[np.ndarray], np.ndarray] = agent_state
     qpos: dict[str, list[np.ndarray]] = field(default_factory=dict)
     rgb: dict[str, list[np.ndarray]] = field(default_factory=dict)
     actions: dict[str, list[np.ndarray]] = field(default_factory=dict)
@@ -186,7 +182,6 @@ def read_seed(ref: EpisodeRef) -> int:
 __all__ = [
     "EpisodeRecorder",
     "EpisodeRef",
-    "default_agent_state",
     "write_episode",
     "list_episodes",
     "episode_agents",

@@ -15,7 +15,8 @@ import h5py
 import numpy as np
 import pytest
 
-from envs.demo_io import EpisodeRecorder, default_agent_state, list_episodes, read_actions, read_seed, write_episode
+from envs.demo_io import EpisodeRecorder, list_episodes, read_actions, read_seed, write_episode
+from envs.router import agent_state
 from rf_dp_agents.data.convert import convert_agent, read_agent_episode, zarr_name
 from rf_dp_agents.data.errors import DatasetError
 from rf_dp_agents.data.replay_buffer import ReplayBuffer
@@ -83,7 +84,7 @@ def test_convert_agent_round_trip(demo_dir, tmp_path):
     rec = recs[4]
     expected_img = np.stack(rec.rgb["head_camera_agent1"][:7]).transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(img[5:12], expected_img)
-    np.testing.assert_allclose(state[5:12], default_agent_state(np.stack(rec.qpos["panda-1"][:7])))
+    np.testing.assert_allclose(state[5:12], agent_state(np.stack(rec.qpos["panda-1"][:7])))
     np.testing.assert_array_equal(action[5:12], np.stack(rec.actions["panda-1"]))
     assert not np.array_equal(action[5:12], np.stack(rec.actions["panda-0"]))
 

@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 
 import envs  # noqa: F401  (registers the -rf tasks)
-from envs.demo_io import EpisodeRecorder, default_agent_state, write_episode
+from envs.demo_io import EpisodeRecorder, write_episode
 from envs.solvers import get_solver
 from envs.solvers.planner import GraspFailed, MultiArmPlanner, PlanningFailed, success_flag
 
@@ -43,23 +43,6 @@ class AttemptResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
         return asdict(self)
-
-
-def resolve_state_fn() -> Callable[[np.ndarray], np.ndarray]:
-    """The policy-state definition: ``envs.router.agent_state`` when it exists, else qpos[:7] + finger sum."""
-    try:
-        from envs.router import agent_state  # type: ignore[attr-defined]
-    except ImportError:
-        return default_agent_state
-    probe = np.zeros(9, dtype=np.float32)
-    probe[7:] = 0.02
-    try:
-        out = np.asarray(agent_state(probe))
-    except Exception:  # noqa: BLE001  (a signature we cannot call with a qpos vector)
-        return default_agent_state
-    if out.shape != (8,) or not np.allclose(out, default_agent_state(probe)):
-        return default_agent_state
-    return lambda q: np.asarray(agent_state(q), dtype=np.float32)
 
 
 def tile_frames(recorder: EpisodeRecorder) -> np.ndarray:
@@ -86,7 +69,6 @@ class DemoRunner:
         self.plan_env = gym.make(task, obs_mode="none", sim_backend="cpu", **self.env_kwargs)
         self.planner = MultiArmPlanner(self.plan_env)
         self._record_env: Any = None
-        self.state_fn = resolve_state_fn()
         cap = getattr(self.plan_env, "_max_episode_steps", None) or self.plan_env.spec.max_episode_steps
         self.max_episode_steps = int(cap) if cap else None
 
@@ -143,7 +125,7 @@ class DemoRunner:
         keys = self.planner.agent_keys
         agents = list(base.agent.agents) if self.planner.multi_agent else [base.agent]
         cameras = self.camera_names() if render else []
-        recorder = EpisodeRecorder(agent_keys=keys, cameras=tuple(cameras), state_fn=self.state_fn)
+        recorder = EpisodeRecorder(agent_keys=keys, cameras=tuple(cameras))
 
         def observe() -> None:
             qpos = {key: ag.robot.get_qpos()[0] for key, ag in zip(keys, agents)}
@@ -230,4 +212,4 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 20) -> Path:
     return path
 
 
-__all__ = ["AttemptResult", "DemoRunner", "OUTCOMES", "render_cameras", "resolve_state_fn", "tile_frames", "write_video"]
+__all__ = ["AttemptResult", "DemoRunner", "OUTCOMES", "render_cameras", "tile_frames", "write_video"]
