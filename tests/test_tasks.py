@@ -63,7 +63,7 @@ def quat_about_x(deg: float) -> tuple[float, float, float, float]:
 
 @pytest.fixture(scope="module", params=sorted(TASK_ARMS))
 def task_env(request):
-    env = make(request.param)
+    env = make(request.param, render_mode="rgb_array")
     yield request.param, env
     env.close()
 
@@ -96,6 +96,8 @@ def test_builds_resets_and_steps_with_layout(task_env):
     assert info["success"].dtype == torch.bool and info["success"].shape == (1,)
     assert reward.shape == (1,)
     assert obs["sensor_data"]["head_camera_global"]["rgb"].shape == (1, CAM_H, CAM_W, 3)
+    frame = env.render()
+    assert frame.shape == (1, 512, 512, 3) and frame.float().std() > 5.0
 
 
 def test_same_seed_same_layout_different_seed_different(task_env):

@@ -146,6 +146,10 @@ class RFTableTaskEnv(BaseEnv):
     """The point ``head_camera_agent<i>`` looks at, in arm i's frame."""
     global_camera_eye: tuple[float, float, float] = (0.55, 0.0, 0.75)
     global_camera_target: tuple[float, float, float] = (-0.15, 0.0, 0.05)
+    render_camera_eye: tuple[float, float, float] = (0.85, 0.3, 0.8)
+    """Position of the 512x512 ``render_camera`` (``render_mode="rgb_array"``, videos, README pictures)."""
+    render_camera_target: tuple[float, float, float] = (-0.15, 0.0, 0.05)
+    render_camera_fov: float = 1.0
 
     def __init__(
         self,
@@ -212,9 +216,8 @@ class RFTableTaskEnv(BaseEnv):
 
     @property
     def _default_human_render_camera_configs(self) -> CameraConfig:
-        eye = np.array(self.global_camera_eye) + np.array([0.35, 0.6, 0.1])
-        pose = sapien_utils.look_at(eye=eye.tolist(), target=list(self.global_camera_target))
-        return CameraConfig("render_camera", pose, 512, 512, 1.0, 0.01, 100)
+        pose = sapien_utils.look_at(eye=list(self.render_camera_eye), target=list(self.render_camera_target))
+        return CameraConfig("render_camera", pose, 512, 512, self.render_camera_fov, 0.01, 100)
 
     # ------------------------------------------------------------------ building
     def _load_agent(self, options: dict) -> None:

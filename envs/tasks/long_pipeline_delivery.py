@@ -51,6 +51,9 @@ class LongPipelineDeliveryEnv(RFTableTaskEnv):
     agent_camera_target_local = (0.4, 0.0, 0.05)
     global_camera_eye = (0.45, 0.0, 1.05)
     global_camera_target = (-0.4, 0.0, 0.0)
+    render_camera_eye = (0.9, 0.3, 1.2)
+    render_camera_target = (-0.35, 0.0, 0.0)
+    render_camera_fov = 1.5
 
     def _load_objects(self, options: dict) -> None:
         self.cube: Actor = self.build_box("cube", (CUBE_HALF_SIZE,) * 3, CUBE_COLOR)

@@ -9,7 +9,7 @@ x in [-0.22, -0.12], y in [-0.10, 0.00]; B (magenta) at x in [-0.05, 0.05], y in
 the release, so a policy that hovers holding the cube does not score). ``is_cubeA_on_cubeB`` in ``info``
 is RoboFactory's own rule.
 
-Episode cap: 300 control steps.
+Episode cap: 400 control steps (motion-planned demos take about 215).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ CUBE_A_COLOR = (0.04, 0.32, 0.97, 1.0)
 CUBE_B_COLOR = (0.96, 0.01, 0.83, 1.0)
 
 
-@register_env("StackCube-rf", max_episode_steps=300)
+@register_env("StackCube-rf", max_episode_steps=400)
 class StackCubeEnv(RFTableTaskEnv):
     """One arm picks cube A and stacks it on cube B."""
 
@@ -35,6 +35,8 @@ class StackCubeEnv(RFTableTaskEnv):
     arm_placements = (ArmPlacement(-0.615, 0.0, 0.0),)
     global_camera_eye = (0.45, 0.0, 0.65)
     global_camera_target = (-0.2, 0.0, 0.05)
+    render_camera_eye = (0.5, 0.55, 0.55)
+    render_camera_target = (-0.15, -0.05, 0.05)
 
     cube_ranges = {"cubeA": ((-0.22, -0.10), (-0.12, 0.00)), "cubeB": ((-0.05, -0.10), (0.05, 0.00))}
     """Per cube, ((x_low, y_low), (x_high, y_high)) of its start position."""

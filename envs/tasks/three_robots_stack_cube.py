@@ -41,3 +41,5 @@ class ThreeRobotsStackCubeEnv(StackOnGoalEnv):
     }
     global_camera_eye = (0.6, 0.0, 0.8)
     global_camera_target = (-0.2, 0.0, 0.0)
+    render_camera_eye = (0.85, 0.3, 0.9)
+    render_camera_target = (-0.25, 0.0, 0.0)
