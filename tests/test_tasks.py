@@ -123,6 +123,27 @@ def test_arms_are_placed_as_documented(task_env):
         assert torch.allclose(p, torch.tensor([placement.x, placement.y, 0.0]), atol=1e-5)
 
 
+def test_each_agent_camera_looks_at_its_own_arm(task_env):
+    _, env = task_env
+    u = env.unwrapped
+    workspaces = [torch.tensor(pl.to_world((0.45, 0.0, 0.05)), dtype=torch.float32) for pl in u.arm_placements]
+    for i in range(u.num_arms):
+        pose = u._sensors[f"head_camera_agent{i}"].camera.global_pose
+        eye = pose.p[0]
+        forward = pose.to_transformation_matrix()[0, :3, 0]  # SAPIEN cameras look along local +x
+        angles = [
+            torch.rad2deg(torch.arccos(torch.dot(forward, (w - eye) / torch.linalg.norm(w - eye)).clamp(-1, 1)))
+            for w in workspaces
+        ]
+        assert angles[i] < 30.0
+        assert int(torch.argmin(torch.stack(angles))) == i
+
+
+def test_wrong_number_of_robots_is_rejected():
+    with pytest.raises(ValueError, match="places 2 arm"):
+        gym.make("LiftBarrier-rf", robot_uids=("panda",))
+
+
 def test_task_ids_are_registered():
     assert set(TASK_IDS) == set(TASK_ARMS)
     for task in TASK_IDS:
