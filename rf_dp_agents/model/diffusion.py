@@ -32,7 +32,11 @@ STATE_NORM_KEY = "state"
 
 
 def make_scheduler(config: ModelConfig, sampler: str = "ddpm") -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
-    """Build the diffusers scheduler ``sampler`` ('ddpm', 'ddim', 'dpmsolver') with the config's noise schedule."""
+    """Build the diffusers scheduler ``sampler`` ('ddpm', 'ddim', 'dpmsolver') with the config's noise schedule.
+
+    DDPM and DDIM clip the predicted clean sample to [-1, 1] when ``config.clip_sample`` is set;
+    DPM-Solver++ (second order, multistep) has no such option in diffusers and does not clip.
+    """
     common = dict(
         num_train_timesteps=config.num_train_timesteps,
         beta_schedule=config.beta_schedule,
@@ -139,6 +143,10 @@ class DiffusionPolicy(nn.Module):
         return torch.cat([feats, state], dim=-1).reshape(batch, -1)
 
     # ---------------------------------------------------------------------------------------- training
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Same as :meth:`compute_loss`, so DistributedDataParallel sees the loss as the forward pass."""
+        return self.compute_loss(batch)
+
     def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Diffusion loss (MSE on noise for 'epsilon', on the clean actions for 'sample') of a raw batch.
 
