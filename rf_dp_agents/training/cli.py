@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rank = int(os.environ.get("RANK", "0"))
         if rank != 0:
-            logging.getLogger().setLevel(logging.WARNING)
+            logging.getLogger().setLevel(logging.ERROR)
         train(cfg)
     except (FileNotFoundError, FileExistsError, ValueError, CheckpointError, NonFiniteLossError) as exc:
         if rank == 0:

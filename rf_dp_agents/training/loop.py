@@ -398,11 +398,6 @@ class Trainer:
     def _resume_or_start(self) -> None:
         last = self.run_dir / "last"
         if not self.cfg.resume:
-            if last.exists() or last.is_symlink():
-                raise FileExistsError(
-                    f"{self.run_dir} already holds a run (last/ exists); pass --resume to continue it "
-                    f"or choose another --output-dir"
-                )
             return
         if not (last.exists() or last.is_symlink()):
             if self.info.is_main:
@@ -546,14 +541,28 @@ class Trainer:
 
     def prepare(self) -> None:
         """Load the data, build model and optimiser, resume if asked, open the run directory and logs."""
-        cfg, info = self.cfg, self.info
+        cfg = self.cfg
+        last = self.run_dir / "last"
+        if not cfg.resume and (last.exists() or last.is_symlink()):
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run (last/ exists); pass --resume to continue it "
+                f"or choose another --output-dir"
+            )
         self._deterministic_before = torch.are_deterministic_algorithms_enabled()
         if cfg.deterministic:
-            if info.device.type == "cuda":
+            if self.info.device.type == "cuda":
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
             torch.use_deterministic_algorithms(True)
-        self._setup()
-        self._resume_or_start()
+        try:
+            self._setup()
+            self._resume_or_start()
+            self._open_run_dir()
+        except BaseException:
+            self._close()
+            raise
+
+    def _open_run_dir(self) -> None:
+        cfg, info = self.cfg, self.info
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._file_handler = logging.FileHandler(self.run_dir / "train.log")
@@ -584,13 +593,19 @@ class Trainer:
         try:
             self._loop()
         finally:
-            if self.logger is not None:
-                self.logger.close()
-            if self._file_handler is not None:
-                log.removeHandler(self._file_handler)
-                self._file_handler.close()
-            torch.use_deterministic_algorithms(self._deterministic_before)
+            self._close()
         return self.run_dir
+
+    def _close(self) -> None:
+        """Close the metrics file, wandb and the log file; restore the global determinism setting."""
+        if self.logger is not None:
+            self.logger.close()
+            self.logger = None
+        if self._file_handler is not None:
+            log.removeHandler(self._file_handler)
+            self._file_handler.close()
+            self._file_handler = None
+        torch.use_deterministic_algorithms(self._deterministic_before)
 
     def _loop(self) -> None:
         cfg, info = self.cfg, self.info
