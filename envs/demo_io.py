@@ -1,4 +1,5 @@
-"""Writing motion-planned demonstrations as ManiSkill-style ``.h5`` + ``.json`` pairs, and reading them back.
+"""Recording demonstrations (open-loop replay with cameras) as ManiSkill-style ``.h5`` + ``.json`` pairs,
+and reading them back.
 
 The h5 layout (``traj_<k>`` groups with per-agent actions, per-agent qpos and state, per-camera RGB and
 success flags) is defined once, in :mod:`rf_dp_agents.data.convert`, whose readers are re-exported here.
@@ -164,6 +165,140 @@ def write_episode(
     return h5_path
 
 
+def tile_frames(recorder: EpisodeRecorder) -> np.ndarray:
+    """All cameras side by side per step: uint8 (L+1, H, W * n_cameras, 3)."""
+    return np.concatenate([np.stack(recorder.rgb[cam]) for cam in recorder.cameras], axis=2)
+
+
+def render_cameras(base_env: Any, cameras: Sequence[str]) -> dict[str, np.ndarray]:
+    """Render ``cameras`` of a ManiSkill env (CPU backend, env 0) now: uint8 (H, W, 3) per camera.
+
+    Gives the same pixels as ``obs_mode='rgb'`` but renders only the cameras named.
+    """
+    for obj in getattr(base_env, "_hidden_objects", []):
+        obj.hide_visual()
+    base_env.scene.update_render(update_sensors=True, update_human_render_cameras=False)
+    sensors = [base_env._sensors[cam] for cam in cameras]
+    for sensor in sensors:
+        sensor.capture()
+    frames = {}
+    for cam, sensor in zip(cameras, sensors):
+        rgb = sensor.get_obs(rgb=True, depth=False, position=False, segmentation=False)["rgb"]
+        frames[cam] = rgb[0].cpu().numpy().astype(np.uint8)
+    return frames
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 20) -> Path:
+    """Write uint8 frames (T, H, W, 3) to an mp4 under a temporary name, then rename."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def env_agent_keys(base_env: Any) -> list[str]:
+    """Agent keys of a ManiSkill env: its MultiAgent keys, or ``panda-0`` for a one-arm env."""
+    agent = base_env.agent
+    return list(agent.agents_dict) if hasattr(agent, "agents_dict") else ["panda-0"]
+
+
+def _final_flag(info: Mapping[str, Any], key: str) -> bool | None:
+    return bool(_np(info[key]).reshape(-1)[0]) if key in info else None
+
+
+class EpisodeReplayer:
+    """Replays action sequences open-loop from their seeds on a CPU env of one task, recording as it goes.
+
+    Only the cameras asked for are rendered (all of the task's by default), after the reset and after
+    every step; qpos is read from the arms directly, so the env itself runs with ``obs_mode='none'``.
+    Needs the simulator but not the motion planner.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        camera_width: int = 320,
+        camera_height: int = 240,
+        cameras: Sequence[str] | None = None,
+        env_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        import gymnasium as gym
+
+        import envs  # noqa: F401  (registers the -rf tasks)
+
+        self.task = task
+        self.env_kwargs = dict(camera_width=int(camera_width), camera_height=int(camera_height), **dict(env_kwargs or {}))
+        self.env = gym.make(task, obs_mode="none", sim_backend="cpu", **self.env_kwargs)
+        sensors = list(self.env.unwrapped._sensors)
+        missing = [cam for cam in cameras or () if cam not in sensors]
+        if missing:
+            raise KeyError(f"{task}: cameras {missing} do not exist (the task has {sensors})")
+        self.cameras = list(cameras) if cameras else sensors
+        self.agent_keys = env_agent_keys(self.env.unwrapped)
+        cap = getattr(self.env, "_max_episode_steps", None) or self.env.spec.max_episode_steps
+        self.max_episode_steps = int(cap) if cap else None
+
+    def replay(
+        self, seed: int, actions: Sequence[Mapping[str, np.ndarray]], env: Any = None, render: bool = True
+    ) -> tuple[EpisodeRecorder, dict]:
+        """Reset ``env`` (this replayer's by default) to ``seed``, step ``actions``; returns the recording and last info."""
+        env = env if env is not None else self.env
+        base = env.unwrapped
+        env.reset(seed=seed)
+        keys = env_agent_keys(base)
+        multi = hasattr(base.agent, "agents_dict")
+        arms = list(base.agent.agents) if multi else [base.agent]
+        cameras = self.cameras if render else []
+        recorder = EpisodeRecorder(agent_keys=keys, cameras=tuple(cameras))
+
+        def observe() -> None:
+            qpos = {key: arm.robot.get_qpos()[0] for key, arm in zip(keys, arms)}
+            recorder.add_obs(qpos, render_cameras(base, cameras) if cameras else {})
+
+        observe()
+        info: dict = {}
+        for action in actions:
+            _, _, _, _, info = env.step(dict(action) if multi else action[keys[0]])
+            observe()
+            recorder.add_step(action, info)
+        return recorder, info
+
+    def record(
+        self,
+        seed: int,
+        actions: Sequence[Mapping[str, np.ndarray]],
+        h5_path: str | Path,
+        video_path: str | Path | None = None,
+        render: bool = True,
+        extra: Mapping[str, Any] | None = None,
+    ) -> tuple[bool, bool | None]:
+        """Replay and, if the episode succeeds, write it (and a video); returns (success, success_strict)."""
+        recorder, info = self.replay(seed, actions, render=render)
+        success, strict = bool(_final_flag(info, "success")), _final_flag(info, "success_strict")
+        if not success:
+            return False, strict
+        kwargs = self.env_kwargs | {"obs_mode": "rgb" if render else "none", "control_mode": "pd_joint_pos", "sim_backend": "cpu"}
+        write_episode(
+            h5_path, recorder, env_id=self.task, seed=seed, env_kwargs=kwargs,
+            max_episode_steps=self.max_episode_steps, extra=extra,
+        )
+        if video_path is not None and render and recorder.cameras:
+            write_video(video_path, tile_frames(recorder))
+        return True, strict
+
+    def close(self) -> None:
+        """Close the env."""
+        self.env.close()
+
+
 def read_actions(ref: EpisodeRef) -> list[dict[str, np.ndarray]]:
     """The per-step action dicts (agent key -> (8,)) of an episode, for open-loop replay."""
     agents = episode_agents(ref)
@@ -181,6 +316,11 @@ def read_seed(ref: EpisodeRef) -> int:
 
 __all__ = [
     "EpisodeRecorder",
+    "EpisodeReplayer",
+    "env_agent_keys",
+    "render_cameras",
+    "tile_frames",
+    "write_video",
     "EpisodeRef",
     "write_episode",
     "list_episodes",

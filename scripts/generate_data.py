@@ -5,9 +5,16 @@ each seed without rendering, replays successful plans with the cameras on and wr
 staging folder; the main process accepts successes in seed order until ``--num`` are kept (or the attempt
 cap is hit), moves them to their final names, and reports the planner success rate and failure causes.
 
+Rendering dominates the cost on a CPU renderer, so the two halves can also run apart: ``--no-render``
+plans and writes episodes without images (seconds each), and ``--replay-from <dir>`` re-records such
+episodes with cameras from their seeds and actions, with no motion planner needed (for instance on a
+machine with a GPU renderer).
+
 Example::
 
     python scripts/generate_data.py --task LiftBarrier-rf --num 150 --num-procs 2
+    python scripts/generate_data.py --task LiftBarrier-rf --num 150 --no-render --out demos_state
+    python scripts/generate_data.py --task LiftBarrier-rf --num 150 --replay-from demos_state/LiftBarrier-rf
 """
 
 from __future__ import annotations
@@ -53,6 +60,10 @@ class Args:
     """Cameras to record (default: all of the task's, e.g. head_camera_agent0/1 and head_camera_global)."""
     out: Path = Path("demos")
     """Output root; episodes go to ``<out>/<task>/``."""
+    no_render: bool = False
+    """Record no camera images (actions, joints and success flags only; re-render with --replay-from)."""
+    replay_from: Path | None = None
+    """Folder of existing episodes (e.g. from --no-render) to re-record with cameras instead of planning."""
 
 
 def episode_name(seed: int) -> str:
@@ -63,16 +74,40 @@ def episode_name(seed: int) -> str:
 _RUNNER: dict[str, Any] = {}
 
 
-def _init_worker(task: str, width: int, height: int, cameras: tuple[str, ...]) -> None:
-    from envs.solvers.runner import DemoRunner
+def _init_worker(replay: bool, task: str, width: int, height: int, cameras: tuple[str, ...]) -> None:
+    if replay:
+        from envs.demo_io import EpisodeReplayer
 
-    _RUNNER["runner"] = DemoRunner(task, camera_width=width, camera_height=height, cameras=cameras or None)
+        _RUNNER["replayer"] = EpisodeReplayer(task, camera_width=width, camera_height=height, cameras=cameras or None)
+    else:
+        from envs.solvers.runner import DemoRunner
+
+        _RUNNER["runner"] = DemoRunner(task, camera_width=width, camera_height=height, cameras=cameras or None)
 
 
-def _attempt(job: tuple[int, str, str | None]) -> dict[str, Any]:
-    seed, h5_path, video_path = job
-    result = _RUNNER["runner"].attempt(seed, h5_path, video_path)
-    return result.to_dict()
+def _attempt(job: tuple[int, str, str | None, bool]) -> dict[str, Any]:
+    seed, h5_path, video_path, render = job
+    return _RUNNER["runner"].attempt(seed, h5_path, video_path, render=render).to_dict()
+
+
+def _rerecord(job: tuple[str, str, str, str | None]) -> dict[str, Any]:
+    from envs.demo_io import EpisodeRef, read_actions, read_seed
+
+    src, traj, h5_path, video_path = job
+    ref = EpisodeRef(Path(src), traj)
+    seed, actions = read_seed(ref), read_actions(ref)
+    start = time.perf_counter()
+    ok, strict = _RUNNER["replayer"].record(seed, actions, h5_path, video_path, extra={"source": str(ref)})
+    return {
+        "seed": seed,
+        "outcome": "success" if ok else "replay failed",
+        "message": "" if ok else f"replaying {ref} did not succeed",
+        "steps": len(actions),
+        "plan_seconds": 0.0,
+        "record_seconds": time.perf_counter() - start,
+        "success_strict": strict,
+        "path": h5_path if ok else None,
+    }
 
 
 def _move(src: Path, dst: Path) -> None:
@@ -86,14 +121,29 @@ def generate(args: Args) -> dict[str, Any]:
         raise ValueError(f"--num must be >= 1, got {args.num}")
     if args.num_procs < 1:
         raise ValueError(f"--num-procs must be >= 1, got {args.num_procs}")
+    if args.no_render and args.replay_from is not None:
+        raise ValueError("--no-render and --replay-from exclude each other (replaying is for rendering)")
     max_attempts = args.max_attempts if args.max_attempts is not None else 3 * args.num + 10
     task_dir = args.out / args.task
     staging = task_dir / f".staging-{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
 
-    def job(seed: int) -> tuple[int, str, str | None]:
+    video = args.save_video and not args.no_render
+
+    def job(seed: int) -> tuple[int, str, str | None, bool]:
         stem = staging / episode_name(seed)
-        return seed, str(stem.with_suffix(".h5")), str(stem.with_suffix(".mp4")) if args.save_video else None
+        return seed, str(stem.with_suffix(".h5")), str(stem.with_suffix(".mp4")) if video else None, not args.no_render
+
+    if args.replay_from is not None:
+        from envs.demo_io import list_episodes, read_seed
+
+        sources = list_episodes(args.replay_from)[:max_attempts]
+        worker, jobs = _rerecord, []
+        for ref in sources:
+            stem = staging / episode_name(read_seed(ref))
+            jobs.append((str(ref.path), ref.traj, str(stem.with_suffix(".h5")), str(stem.with_suffix(".mp4")) if video else None))
+    else:
+        worker, jobs = _attempt, (job(s) for s in range(args.seed, args.seed + max_attempts))
 
     results: list[dict[str, Any]] = []
     kept: list[int] = []
@@ -103,17 +153,16 @@ def generate(args: Args) -> dict[str, Any]:
     pool = ctx.Pool(
         args.num_procs,
         initializer=_init_worker,
-        initargs=(args.task, args.camera_width, args.camera_height, tuple(args.cameras)),
+        initargs=(args.replay_from is not None, args.task, args.camera_width, args.camera_height, tuple(args.cameras)),
     )
     try:
-        seeds = range(args.seed, args.seed + max_attempts)
-        for result in pool.imap(_attempt, (job(s) for s in seeds)):
+        for result in pool.imap(worker, jobs):
             results.append(result)
             if result["outcome"] == "success":
                 stem = episode_name(result["seed"])
                 for suffix in (".h5", ".json"):
                     _move(staging / f"{stem}{suffix}", task_dir / f"{stem}{suffix}")
-                if args.save_video:
+                if video:
                     _move(staging / f"{stem}.mp4", task_dir / "videos" / f"{stem}.mp4")
                 kept.append(result["seed"])
                 bar.update(1)
@@ -132,7 +181,8 @@ def generate(args: Args) -> dict[str, Any]:
     succeeded = [r for r in results if r["outcome"] == "success"]
     summary = {
         "task": args.task,
-        "camera": [args.camera_width, args.camera_height],
+        "camera": None if args.no_render else [args.camera_width, args.camera_height],
+        "mode": "replay" if args.replay_from is not None else ("plan, no images" if args.no_render else "plan"),
         "num_procs": args.num_procs,
         "attempts": len(results),
         "kept": len(kept),

@@ -12,9 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from envs.demo_io import list_episodes
 from envs.solvers import SOLVERS
 from envs.solvers.planner import GRIPPER_STEP, GraspFailed, PlanningFailed, lifted, resample_path, success_flag
 from envs.solvers.runner import DemoRunner
+from rf_dp_agents.data.convert import read_agent_episode
+from rf_dp_agents.data.errors import DatasetError
 from rf_dp_agents.data.replay_buffer import ReplayBuffer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,31 +105,37 @@ def test_every_task_has_a_working_solver(task, seed):
         runner.close()
 
 
-@pytest.mark.slow
-def test_generate_and_convert_cli(tmp_path):
-    demos, zarr_dir = tmp_path / "demos", tmp_path / "zarr"
-    gen = [
-        sys.executable, str(REPO / "scripts" / "generate_data.py"), "--task", "LiftBarrier-rf", "--num", "1",
-        "--seed", "1", "--camera-width", "32", "--camera-height", "24", "--cameras", *AGENT_CAMERAS,
-        "--out", str(demos),
-    ]
-    done = subprocess.run(gen, capture_output=True, text=True, timeout=900)
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / script), *args], capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.mark.slow
+def test_generate_rerecord_and_convert_cli(tmp_path):
+    """Plan without images, re-record the episode with two tiny cameras, convert both agents."""
+    state_dir, demos, zarr_dir = tmp_path / "state", tmp_path / "demos", tmp_path / "zarr"
+    _run("generate_data.py", "--task", "LiftBarrier-rf", "--num", "1", "--seed", "1", "--no-render", "--out", str(state_dir))
+    plain = state_dir / "LiftBarrier-rf" / "seed_000001.h5"
+    with pytest.raises(DatasetError, match=r"seed_000001\.h5:traj_0.*'obs/sensor_data/head_camera_agent0/rgb' missing"):
+        read_agent_episode(list_episodes(plain)[0], agent_id=0)
+
+    _run(
+        "generate_data.py", "--task", "LiftBarrier-rf", "--num", "1", "--replay-from", str(plain.parent),
+        "--camera-width", "32", "--camera-height", "24", "--cameras", *AGENT_CAMERAS, "--out", str(demos),
+    )
     task_dir = demos / "LiftBarrier-rf"
     meta = json.loads((task_dir / "seed_000001.json").read_text())
     episode = meta["episodes"][0]
     assert episode["success"] is True and episode["success_strict"] is True
-    assert episode["cameras"] == list(AGENT_CAMERAS)
+    assert episode["cameras"] == list(AGENT_CAMERAS) and episode["episode_seed"] == 1
     report = json.loads((task_dir / "generation_report.json").read_text())
-    assert report["kept"] == 1 and report["attempts"] == 1
+    assert report["kept"] == 1 and report["attempts"] == 1 and report["mode"] == "replay"
     assert not [p for p in task_dir.iterdir() if p.name.startswith(".")]
 
-    conv = [
-        sys.executable, str(REPO / "scripts" / "convert_to_zarr.py"), "--task", "LiftBarrier-rf", "--all-agents",
-        "--demos", str(demos), "--out", str(zarr_dir),
-    ]
-    done = subprocess.run(conv, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _run("convert_to_zarr.py", "--task", "LiftBarrier-rf", "--all-agents", "--demos", str(demos), "--out", str(zarr_dir))
     length = episode["elapsed_steps"]
     for i in (0, 1):
         buf = ReplayBuffer.open(zarr_dir / f"LiftBarrier-rf_Agent{i}_1.zarr")
