@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from rf_dp_agents.training.metrics import read_metrics
+from rf_dp_agents.training.state import load_training_state
 from rf_dp_agents.training.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,3 +66,37 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
     loss = lambda d: [(r["train/global_step"], r["train/loss"]) for r in read_metrics(d / "metrics.jsonl") if "train/loss" in r]
     assert loss(straight) == loss(killed) and len(loss(killed)) == 12
+
+
+SNAPSHOT_WRITER = """
+import itertools, sys, torch
+from pathlib import Path
+from rf_dp_agents.training.state import save_training_state, write_snapshot
+run, start = Path(sys.argv[1]), int(sys.argv[2])
+for i in itertools.count(start):
+    def fill(d, i=i):
+        d.mkdir()
+        save_training_state(d, {"w": torch.full((512, 1024), float(i))}, {"epoch": i})
+    write_snapshot(run, "last", f"last-e{i:05d}", fill)
+    print(i, flush=True)
+"""
+
+
+def test_sigkill_while_writing_snapshots_always_leaves_a_loadable_last(tmp_path: Path) -> None:
+    """Kill a process that rewrites ``last`` in a tight loop at random moments; ``last`` always loads whole."""
+    rng = random.Random(0)
+    run, newest = tmp_path / "run", -1
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", SNAPSHOT_WRITER, str(run), str(newest + 1)],
+                                cwd=REPO, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        proc.stdout.readline()  # at least one snapshot written by this process
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        tensors, meta = load_training_state(run / "last")
+        assert torch.equal(tensors["w"], torch.full((512, 1024), float(meta["epoch"])))
+        assert meta["epoch"] > newest
+        newest = meta["epoch"]
+    leftovers = [p.name for p in (run / "snapshots").iterdir()]
+    assert len(leftovers) <= 3  # the live snapshot plus at most the one being written when killed
