@@ -114,7 +114,7 @@ def test_results_json_has_every_metric(direct_run: tuple[RolloutConfig, dict], c
         assert info["config"]["num_inference_steps"] == 2  # the override reached the policy
         assert info["metadata"]["train_steps"] == 3
     assert doc["versions"]["mani_skill"] and doc["versions"]["torch"] and doc["versions"]["python"]
-    assert doc["rollout_config"]["max_episode_steps"] == MAX_STEPS
+    assert doc["rollout_config"]["max_episode_steps"] == MAX_STEPS and doc["max_episode_steps"] == MAX_STEPS
     assert doc["wall_seconds"] > 0 and doc["env_steps_per_second"] > 0
 
 
@@ -185,8 +185,17 @@ def test_camera_size_must_match_the_policies(checkpoint_root: Path, tmp_path: Pa
         run_rollout(cfg)
 
 
-def test_unknown_task_and_bad_config() -> None:
-    from rf_dp_agents.rollout.runner import task_num_arms
+def test_unknown_task_bad_config_and_success_rules() -> None:
+    from rf_dp_agents.rollout.runner import episode_cap, success_rules, task_num_arms
+
+    assert task_num_arms(TASK) == 2
+    import gymnasium as gym
+
+    assert episode_cap(TASK, None) == gym.spec(TASK).max_episode_steps and episode_cap(TASK, 9) == 9
+    info = {"success_strict": True, "is_level": False, "success": False, "success_both": True}
+    assert success_rules(info) == ["success", "success_both", "success_strict"]
+    with pytest.raises(ValueError, match="no 'success' flag"):
+        success_rules({"is_level": True})
 
     with pytest.raises(ValueError, match="unknown task 'NoSuchTask-rf'"):
         task_num_arms("NoSuchTask-rf")

@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -45,8 +45,8 @@ from rf_dp_agents.rollout.metrics import (
 )
 from rf_dp_agents.rollout.video import EpisodeVideoWriter, compose_frame, episode_video_path
 
-SUCCESS_RULES = ("success", "success_strict")
-"""Success flags looked for in ``info``, in order; the first present is the primary rule."""
+PRIMARY_RULE = "success"
+"""RoboFactory's success flag; other ``info`` flags named ``success_*`` (e.g. ``success_strict``) are reported too."""
 GLOBAL_CAMERA = "head_camera_global"
 
 
@@ -154,14 +154,21 @@ def make_env(
     return gym.make(task, **kwargs)
 
 
-def episode_cap(env: Any, task: str, override: int | None) -> int:
-    """Step cap of an episode: the override, else the env's registered ``max_episode_steps``."""
+def episode_cap(task: str, override: int | None) -> int:
+    """Step cap of an episode: the override, else the task's registered ``max_episode_steps``."""
     if override is not None:
         return int(override)
-    cap = getattr(env.spec, "max_episode_steps", None) or getattr(gym.spec(task), "max_episode_steps", None)
+    cap = gym.spec(task).max_episode_steps
     if not cap:
         raise ValueError(f"{task} has no max_episode_steps; pass --max-episode-steps")
     return int(cap)
+
+
+def success_rules(info: Mapping[str, Any]) -> list[str]:
+    """The success flags of ``info``: ``success`` first, then every ``success_*`` flag in name order."""
+    if PRIMARY_RULE not in info:
+        raise ValueError(f"the env's info has no {PRIMARY_RULE!r} flag; its keys are {sorted(info)}")
+    return [PRIMARY_RULE] + sorted(k for k in info if k.startswith(PRIMARY_RULE + "_"))
 
 
 def build_router(env: Any, policies: Sequence[DiffusionPolicyAgent]) -> MultiAgentRouter:
@@ -201,15 +208,12 @@ class EvalSession:
         width, height = camera_size(cfg, self.policies, paths)
         self.env = make_env(cfg.task, width, height, num_envs, cfg.sim_backend, cfg.max_episode_steps)
         self.num_envs = num_envs
-        self.max_steps = episode_cap(self.env, cfg.task, cfg.max_episode_steps)
+        self.max_steps = episode_cap(cfg.task, cfg.max_episode_steps)
         self.router = build_router(self.env, self.policies)
         self.execution: Execution = make_execution(cfg.execution, self.env)
         self.multi_agent = self.router.multi_agent
         self.keys = list(self.router.agent_keys)
-        evaluated = self.env.unwrapped.evaluate()
-        self.rules = [r for r in SUCCESS_RULES if r in evaluated]
-        if not self.rules:
-            raise ValueError(f"{cfg.task}: info has none of the success flags {SUCCESS_RULES}")
+        self.rules = success_rules(self.env.unwrapped.evaluate())
         self.cameras = [GLOBAL_CAMERA] + [agent_camera(i) for i in range(len(self.policies))]
 
     def _frame(self, obs: dict, b: int, step: int, track: _Track) -> np.ndarray:
@@ -336,7 +340,7 @@ def run_episodes(
                     results.append(fut.result())
                     bar.update(1)
             results.sort(key=lambda r: r.seed)
-            rules = [r for r in SUCCESS_RULES if r in results[0].first_success_step]
+            rules = list(results[0].first_success_step)
     finally:
         bar.close()
     return results, rules
@@ -364,7 +368,7 @@ def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
         "sim_backend": cfg.sim_backend,
         "num_envs": cfg.num_envs,
         "camera_size": [width, height],
-        "max_episode_steps": cfg.max_episode_steps,
+        "max_episode_steps": episode_cap(cfg.task, cfg.max_episode_steps),
         "seeds": cfg.seeds,
         "success_rules": rules,
         "summary": summary,
@@ -382,7 +386,7 @@ def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
 __all__ = [
     "EvalSession",
     "RolloutConfig",
-    "SUCCESS_RULES",
+    "PRIMARY_RULE",
     "agent_camera",
     "agent_keys",
     "build_router",
@@ -393,5 +397,6 @@ __all__ = [
     "make_env",
     "run_episodes",
     "run_rollout",
+    "success_rules",
     "task_num_arms",
 ]
