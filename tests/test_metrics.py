@@ -102,3 +102,19 @@ def test_write_json_atomic_round_trip_and_refuses_nan(tmp_path) -> None:
     with pytest.raises(ValueError, match="bad.json"):
         write_json_atomic(tmp_path / "bad.json", {"x": float("nan")})
     assert not list(tmp_path.glob("*bad.json*"))
+
+
+def test_metrics_video_and_config_import_without_the_simulator() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('mani_skill', 'sapien', 'envs', 'mplib'):\n"
+        "    sys.modules[name] = None\n"
+        "import rf_dp_agents.rollout as r\n"
+        "import rf_dp_agents.rollout.metrics, rf_dp_agents.rollout.video, rf_dp_agents.rollout.config\n"
+        "assert r.wilson_interval(1, 2) and r.RolloutConfig(task='LiftBarrier-rf').seeds == list(range(10000, 10010))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

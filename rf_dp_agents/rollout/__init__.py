@@ -1,7 +1,7 @@
 """Rollout and evaluation of trained agents in the simulator: the evaluation loop, metrics and videos.
 
-:mod:`~rf_dp_agents.rollout.metrics` and :mod:`~rf_dp_agents.rollout.video` import neither mani_skill nor
-torch; :mod:`~rf_dp_agents.rollout.runner`, :mod:`~rf_dp_agents.rollout.execution` and
+:mod:`~rf_dp_agents.rollout.metrics`, :mod:`~rf_dp_agents.rollout.video` and :mod:`~rf_dp_agents.rollout.config`
+import no simulator code; :mod:`~rf_dp_agents.rollout.runner`, :mod:`~rf_dp_agents.rollout.execution` and
 :mod:`~rf_dp_agents.rollout.sb3` meet the simulator (and the ``envs`` package) and are imported on use.
 """
 
@@ -11,10 +11,11 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "RolloutConfig": "rf_dp_agents.rollout.runner",
+    "RolloutConfig": "rf_dp_agents.rollout.config",
     "run_rollout": "rf_dp_agents.rollout.runner",
-    "load_task_policies": "rf_dp_agents.rollout.runner",
+    "EvalSession": "rf_dp_agents.rollout.runner",
     "SingleArmPolicyEnv": "rf_dp_agents.rollout.sb3",
+    "make_sb3_env": "rf_dp_agents.rollout.sb3",
     "EpisodeResult": "rf_dp_agents.rollout.metrics",
     "summarize": "rf_dp_agents.rollout.metrics",
     "wilson_interval": "rf_dp_agents.rollout.metrics",

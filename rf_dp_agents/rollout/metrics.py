@@ -5,7 +5,7 @@ each success rule of the task (``success``, plus ``success_strict`` for LiftBarr
 at which the rule held (``None`` when it never did). An episode counts as a success for a rule when the
 rule held at any step, as in RoboFactory's evaluation, which stops at the first success.
 
-This module imports neither mani_skill nor torch.
+This module imports no simulator code (mani_skill, sapien, envs).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ A video frame is the global camera followed by the per-agent cameras, tiled left
 state of every success rule. Small camera images are scaled up (nearest neighbour) so that the text stays
 legible. :class:`EpisodeVideoWriter` writes to a temporary file and renames it on close.
 
-This module imports neither mani_skill nor torch.
+This module imports no simulator code (mani_skill, sapien, envs).
 """
 
 from __future__ import annotations
