@@ -353,6 +353,14 @@ class MultiArmPlanner:
         self.open_gripper(arm_id)
         self.move({arm_id: lifted(arm.tcp_pose(), release_lift)})
 
+    def retreat(self, arm_id: int, reach: float = 0.3, height: float = 0.3) -> dict[str, Any]:
+        """Pull arm ``arm_id``'s hand back to ``reach`` in front of its base at ``height``, out of the shared space."""
+        arm = self.arms[self._arm_ids(arm_id)[0]]
+        base = as_pose(arm.robot.pose)
+        forward = base.to_transformation_matrix()[:3, 0]
+        target = sapien.Pose(p=base.p + forward * reach + np.array([0.0, 0.0, height]), q=arm.tcp_pose().q)
+        return self.move({arm_id: target})
+
     def go_home(self, arms: int | Iterable[int]) -> dict[str, Any]:
         """Move ``arms`` back to the joint configuration they started the episode in (joint-space line)."""
         ids = self._arm_ids(arms)

@@ -3,7 +3,7 @@
 
 All arms that have a cube to move pick theirs up at the same time (one lock-step move per stage); then,
 bottom cube first, each arm in turn sets its cube down (on the goal disc or on the cube below), opens,
-lifts clear and (unless it was the last) returns to its start configuration before the next arm comes in.
+lifts clear and (unless it was the last) pulls its hand back towards its base, out of the next arm's way.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def stack(planner: MultiArmPlanner, order: Sequence[tuple[int, Any]], base_xy: n
             goal = _position(below) + np.array([0.0, 0.0, CUBE_EDGE])
         planner.place(i, cube, goal)
         if k < len(to_move) - 1:
-            planner.go_home(i)
+            planner.retreat(i)
         below = cube
     return planner.hold(SETTLE_STEPS)
 
