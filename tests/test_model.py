@@ -159,13 +159,15 @@ def test_per_row_generators_make_rows_independent_of_the_batch():
         model.predict_action(obs, generator=gens(2))
 
 
-def test_predict_action_unnormalizes_and_respects_step_override():
-    config = small_config(prediction_type="sample", num_inference_steps=4)
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver"])
+def test_predict_action_clips_unnormalizes_and_respects_step_override(sampler):
+    config = small_config(sampler=sampler, num_inference_steps=4)
     norm = Normalizer.fit({"state": torch.randn(50, 8), "action": 100.0 + 5.0 * torch.rand(50, 8)})
     model = DiffusionPolicy(config, norm).eval()
     obs = obs_of(make_batch(config, batch=2))
     actions = model.predict_action(obs, num_inference_steps=2)
-    # clip_sample keeps normalised samples in [-1, 1], i.e. raw actions within the fitted range
+    # an untrained net predicts wild clean samples; clipping keeps them in [-1, 1] (normalised), so raw
+    # actions stay within the range the normalizer was fitted on
     assert actions.min() >= 100.0 - 1e-3 and actions.max() <= 105.0 + 1e-3
     with pytest.raises(ValueError, match="num_inference_steps"):
         model.predict_action(obs, num_inference_steps=config.num_train_timesteps + 1)

@@ -34,8 +34,9 @@ STATE_NORM_KEY = "state"
 def make_scheduler(config: ModelConfig, sampler: str = "ddpm") -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
     """Build the diffusers scheduler ``sampler`` ('ddpm', 'ddim', 'dpmsolver') with the config's noise schedule.
 
-    DDPM and DDIM clip the predicted clean sample to [-1, 1] when ``config.clip_sample`` is set;
-    DPM-Solver++ (second order, multistep) has no such option in diffusers and does not clip.
+    When ``config.clip_sample`` is set the predicted clean sample is clipped to [-1, 1]: DDPM and DDIM by
+    ``clip_sample``, DPM-Solver++ (second order, multistep) by dynamic thresholding with
+    ``sample_max_value=1``, which is exactly that clip.
     """
     common = dict(
         num_train_timesteps=config.num_train_timesteps,
@@ -47,7 +48,9 @@ def make_scheduler(config: ModelConfig, sampler: str = "ddpm") -> DDPMScheduler 
     if sampler == "ddim":
         return DDIMScheduler(clip_sample=config.clip_sample, set_alpha_to_one=True, steps_offset=0, **common)
     if sampler == "dpmsolver":
-        return DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, **common)
+        return DPMSolverMultistepScheduler(
+            algorithm_type="dpmsolver++", solver_order=2, thresholding=config.clip_sample, sample_max_value=1.0, **common
+        )
     raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm', 'ddim' or 'dpmsolver'")
 
 
@@ -92,6 +95,7 @@ class DiffusionPolicy(nn.Module):
         )
         self.noise_scheduler = make_scheduler(config, "ddpm")
         self._samplers: dict[str, DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler] = {}
+        self._timesteps_on_device: dict[tuple[str, int, torch.device], torch.Tensor] = {}
 
     @property
     def device(self) -> torch.device:
@@ -192,7 +196,7 @@ class DiffusionPolicy(nn.Module):
         cfg = self.config
         size = self._check_obs(obs, "obs")
         steps = cfg.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
-        if steps <= 0 or (cfg.sampler != "dpmsolver" and steps > cfg.num_train_timesteps):
+        if not 0 < steps <= cfg.num_train_timesteps:
             raise ValueError(
                 f"num_inference_steps must be in [1, {cfg.num_train_timesteps}] for sampler {cfg.sampler!r}, got {steps}"
             )
@@ -205,7 +209,10 @@ class DiffusionPolicy(nn.Module):
         scheduler = self._sampler()
         scheduler.set_timesteps(steps)
         timesteps = scheduler.timesteps
-        timesteps_dev = timesteps.to(device)
+        key = (cfg.sampler, steps, device)
+        if key not in self._timesteps_on_device:  # copied to the device once, not at every call
+            self._timesteps_on_device[key] = timesteps.to(device)
+        timesteps_dev = self._timesteps_on_device[key]
         sample = randn_tensor((size, cfg.pred_horizon, cfg.action_dim), generator=generator, device=device)
         sample = sample * scheduler.init_noise_sigma
         for i, t in enumerate(timesteps):
