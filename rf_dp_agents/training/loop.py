@@ -308,6 +308,7 @@ class Trainer:
         self.logger: MetricsLogger | None = None
         self._file_handler: logging.Handler | None = None
         self._deterministic_before = False
+        self._cudnn_benchmark_before = torch.backends.cudnn.benchmark
         self.resumed_from: Path | None = None
 
     # ---- set-up -----------------------------------------------------------------------------------------
@@ -347,7 +348,8 @@ class Trainer:
         self.policy.train()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay
+            params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
+            fused=info.device.type == "cuda",  # one kernel for the whole update on the GPU
         )
         self.scheduler = self._make_scheduler()
         self.ema = None
@@ -432,6 +434,8 @@ class Trainer:
             self.optimizer.load_state_dict(unflatten(meta["optimizer"], tensors))
             # The schedule function itself is rebuilt from the current --epochs; only its counters load.
             self.scheduler.load_state_dict(unflatten(meta["scheduler"], tensors))
+            # Rank 0's RNG states are saved and every rank restores them; the training noise does not depend
+            # on them anyway (each step and shard reseeds), so runs resume exactly on any number of processes.
             restore_rng(unflatten(meta["rng"], tensors), self.info.device)
         except (KeyError, ValueError, TypeError, RuntimeError) as exc:
             raise CheckpointError(
@@ -549,6 +553,9 @@ class Trainer:
                 f"or choose another --output-dir"
             )
         self._deterministic_before = torch.are_deterministic_algorithms_enabled()
+        self._cudnn_benchmark_before = torch.backends.cudnn.benchmark
+        if self.info.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not cfg.deterministic  # fixed shapes: let cuDNN time its kernels once
         if cfg.deterministic:
             if self.info.device.type == "cuda":
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
@@ -606,6 +613,7 @@ class Trainer:
             self._file_handler.close()
             self._file_handler = None
         torch.use_deterministic_algorithms(self._deterministic_before)
+        torch.backends.cudnn.benchmark = self._cudnn_benchmark_before
 
     def _loop(self) -> None:
         cfg, info = self.cfg, self.info
