@@ -22,6 +22,9 @@ def main() -> int:
 
     doc = run_rollout(cfg)
     print(format_summary(doc["summary"]))
+    t = doc["timing"]
+    print(f"{doc['summary']['env_steps']} env steps in {t['wall_seconds']:.1f} s "
+          f"({t['env_steps_per_second_per_env']:.1f} steps/s per env while running episodes)")
     print(f"results: {cfg.output}")
     videos = [ep["video"] for ep in doc["episodes"] if ep["video"]]
     if videos:

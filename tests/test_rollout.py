@@ -115,7 +115,8 @@ def test_results_json_has_every_metric(direct_run: tuple[RolloutConfig, dict], c
         assert info["metadata"]["train_steps"] == 3
     assert doc["versions"]["mani_skill"] and doc["versions"]["torch"] and doc["versions"]["python"]
     assert doc["rollout_config"]["max_episode_steps"] == MAX_STEPS and doc["max_episode_steps"] == MAX_STEPS
-    assert doc["wall_seconds"] > 0 and doc["env_steps_per_second"] > 0
+    assert doc["timing"]["wall_seconds"] > 0 and doc["timing"]["env_steps_per_second"] > 0
+    assert doc["timing"]["env_steps_per_second_per_env"] >= doc["timing"]["env_steps_per_second"]
 
 
 def test_video_is_readable_with_one_frame_per_step(direct_run: tuple[RolloutConfig, dict]) -> None:

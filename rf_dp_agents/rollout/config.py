@@ -52,7 +52,7 @@ class RolloutConfig:
     device: str = "auto"
     """Torch device of the policies: auto (cuda if available), cpu, cuda, cuda:1..."""
     torch_threads: int | None = None
-    """Torch CPU threads per process; default: the CPU count divided among the worker processes."""
+    """Torch CPU threads per process; default: half the CPU cores divided among the processes (at least 1)."""
     progress: bool = True
     """Show a progress bar over episodes."""
 

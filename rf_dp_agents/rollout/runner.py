@@ -228,6 +228,7 @@ class EvalSession:
         if not 0 < len(seeds) <= n:
             raise ValueError(f"run_batch needs 1..{n} seeds, got {len(seeds)}")
         padded = list(seeds) + [int(seeds[-1]) + 1 + k for k in range(n - len(seeds))]
+        started = time.perf_counter()
         obs, _ = self.env.reset(seed=padded if n > 1 else padded[0])
         self.execution.begin_episode(n)
         tracks = [_Track(seed=int(s), first={r: None for r in self.rules}) for s in padded]
@@ -264,6 +265,7 @@ class EvalSession:
                 if track.writer is not None:
                     track.writer.abort()
             raise
+        seconds = time.perf_counter() - started
         results = []
         for b, track in enumerate(tracks[: len(seeds)]):
             video = str(track.writer.close()) if track.writer is not None else None
@@ -275,7 +277,11 @@ class EvalSession:
                     planning_calls=int(self.execution.planning_calls[b]),
                     planning_failures=int(self.execution.planning_failures[b]),
                     video=video,
-                    extra={"env_index": b, "video_frames": track.writer.frames if track.writer else None},
+                    extra={
+                        "env_index": b,
+                        "seconds": seconds,
+                        "video_frames": track.writer.frames if track.writer else None,
+                    },
                 )
             )
         return results
@@ -301,9 +307,10 @@ def _worker_episode(seed: int) -> EpisodeResult:
 
 
 def _threads(cfg: RolloutConfig, processes: int) -> int:
+    """Torch threads per process: the override, else half the cores per process (the renderer needs the rest)."""
     if cfg.torch_threads is not None:
         return cfg.torch_threads
-    return max(1, (os.cpu_count() or 1) // processes)
+    return max(1, (os.cpu_count() or 1) // (2 * processes))
 
 
 def run_episodes(
@@ -346,6 +353,20 @@ def run_episodes(
     return results, rules
 
 
+def timing(episodes: Sequence[EpisodeResult], wall: float) -> dict[str, float | None]:
+    """Wall time of the run (env creation included), overall steps per second, and one env's stepping rate.
+
+    Each episode's ``extra["seconds"]`` is the time its env spent on it (its batch's time on the GPU backend).
+    """
+    steps = sum(ep.steps for ep in episodes)
+    busy = sum(float(ep.extra.get("seconds", 0.0)) for ep in episodes)
+    return {
+        "wall_seconds": wall,
+        "env_steps_per_second": steps / wall if wall > 0 else None,
+        "env_steps_per_second_per_env": steps / busy if busy > 0 else None,
+    }
+
+
 def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
     """Evaluate the task's agents as ``cfg`` says; write and return the results document."""
     num_arms = task_num_arms(cfg.task)
@@ -376,8 +397,7 @@ def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
         "policies": policy_info,
         "rollout_config": cfg.to_dict(),
         "versions": package_versions(),
-        "wall_seconds": wall,
-        "env_steps_per_second": summary["env_steps"] / wall if wall > 0 else None,
+        "timing": timing(episodes, wall),
     }
     write_json_atomic(cfg.output, doc)
     return doc
@@ -399,4 +419,5 @@ __all__ = [
     "run_rollout",
     "success_rules",
     "task_num_arms",
+    "timing",
 ]
