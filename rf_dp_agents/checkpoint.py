@@ -42,6 +42,12 @@ def save_checkpoint(path: str | os.PathLike, model: "DiffusionPolicy", metadata:
     ``metadata`` (JSON-serialisable, e.g. epoch, val loss) is stored beside the config and comes back
     from :func:`load_checkpoint`. An existing directory at ``path`` is replaced.
     """
+    from rf_dp_agents.model import DiffusionPolicy
+
+    for wrapper_attr in ("module", "_orig_mod"):  # DistributedDataParallel / torch.compile wrappers
+        model = getattr(model, wrapper_attr, model)
+    if not isinstance(model, DiffusionPolicy):
+        raise TypeError(f"save_checkpoint needs a DiffusionPolicy, got {type(model).__name__}")
     path = Path(path)
     metadata = dict(metadata or {})
     clash = [k for k in RESERVED_KEYS if k in metadata]

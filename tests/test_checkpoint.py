@@ -99,6 +99,13 @@ def test_load_policy_auto_device(saved):
     assert load_policy(saved).device.type == expected
 
 
+def test_save_unwraps_compiled_models_and_refuses_other_modules(tmp_path, model):
+    path = save_checkpoint(tmp_path / "compiled", torch.compile(model))
+    assert set(load_file(str(path / WEIGHTS_NAME))) == set(model.state_dict())
+    with pytest.raises(TypeError, match="needs a DiffusionPolicy, got Linear"):
+        save_checkpoint(tmp_path / "other", torch.nn.Linear(2, 2))
+
+
 def test_metadata_must_be_plain_json_without_reserved_keys(tmp_path, model):
     with pytest.raises(ValueError, match="reserved keys"):
         save_checkpoint(tmp_path / "a", model, metadata={"model": {}})
