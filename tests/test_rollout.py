@@ -152,6 +152,20 @@ def test_topp_execution_reports_planning(checkpoint_root: Path, tmp_path: Path) 
     assert mp["failure_rate"] == pytest.approx(result.planning_failures / result.planning_calls)
 
 
+def test_worker_processes_run_every_seed(checkpoint_root: Path, tmp_path: Path) -> None:
+    from rf_dp_agents.rollout.runner import run_rollout
+
+    cfg = RolloutConfig(
+        task=TASK, checkpoint_dir=str(checkpoint_root), num_episodes=3, num_envs=2, seed=20, max_episode_steps=3,
+        num_inference_steps=2, output=str(tmp_path / "r.json"), progress=False,
+    )
+    doc = run_rollout(cfg)
+    assert [ep["seed"] for ep in doc["episodes"]] == [20, 21, 22]
+    assert all(ep["steps"] == 3 and ep["video"] is None for ep in doc["episodes"])
+    assert doc["summary"]["rules"]["success_strict"]["n"] == 3
+    assert doc["summary"]["env_steps"] == 9
+
+
 def test_missing_checkpoint_names_agent_and_path(checkpoint_root: Path, tmp_path: Path) -> None:
     from rf_dp_agents.rollout.runner import run_rollout
 
