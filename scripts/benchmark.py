@@ -1,0 +1,506 @@
+"""GPU benchmark: training throughput and predict() latency at the seed config, side by side in one run.
+
+Measured in one process on one GPU, each figure after warm-up:
+  * fast: the trainer's default GPU path (dataset held on the GPU as uint8, batch gathered on the GPU,
+    the whole optimiser step replayed as one CUDA graph, fused AdamW, TF32);
+  * eager: the same model as a plain eager fp32 step fed by a standard DataLoader (what users run today);
+  * lerobot: lerobot's DiffusionPolicy at the same shapes (when it is importable), synthetic GPU batch;
+  * predict(): one action chunk at batch 1 and 32, DDPM-100 and DDIM-10, eager and CUDA-graphed;
+  * the fast path's loss curve against the eager path's over the same steps.
+Writes benchmarks/results/<date>-<gpu>.json (or --out) and prints a table; ``--readme-from FILE`` renders a
+results JSON into the README's performance table instead of measuring.
+
+  python scripts/benchmark.py                         # on a CUDA machine
+  python scripts/benchmark.py --readme-from benchmarks/results/2026-11-29-h200.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import tyro
+
+ROOT = Path(__file__).resolve().parent.parent
+README_START, README_END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
+
+
+@dataclass
+class Args:
+    """Benchmark settings; defaults are the seed config (13,617 training windows, 240x320, batch 64)."""
+
+    data: Path = Path("data/bench/seed_size.zarr")
+    """Synthetic dataset path (written when missing)."""
+    n_windows: int = 13_617
+    """Training windows in the synthetic dataset (the seed's LiftBarrier epoch)."""
+    n_episodes: int = 150
+    """Episodes in the synthetic dataset."""
+    batch_size: int = 64
+    """Batch per step."""
+    fast_steps: int = 300
+    """Timed steps of the fast path."""
+    eager_steps: int = 60
+    """Timed steps of the eager DataLoader path and of lerobot."""
+    warmup_steps: int = 15
+    """Untimed steps before timing."""
+    num_workers: int = 8
+    """DataLoader workers of the eager path."""
+    curve_steps: int = 400
+    """Steps of the fast-vs-eager loss-curve comparison."""
+    predict_repeats: int = 20
+    """Timed predict() calls per setting."""
+    lerobot: bool = True
+    """Include lerobot's DiffusionPolicy when it imports."""
+    levers: bool = True
+    """Measure each speed lever (channels_last, bf16, CUDA graph, torch.compile) and profile the eager step."""
+    only: str | None = None
+    """Run one part only: 'levers', 'predict' or 'profile' (for quick iteration)."""
+    out: Path | None = None
+    """Results JSON (default benchmarks/results/<date>-<gpu>.json)."""
+    readme_from: Path | None = None
+    """Render this results JSON into README.md's performance table and exit."""
+
+
+def sync() -> None:
+    torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], steps: int) -> float:
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def build_policy(device: torch.device, dataset, **overrides):
+    from rf_dp_agents.config import ModelConfig
+    from rf_dp_agents.model import DiffusionPolicy
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(image_shape=dataset.shapes["img"], **overrides)
+    return DiffusionPolicy(cfg, dataset.fit_normalizer()).to(device).train()
+
+
+def fast_path(args: Args, dataset, device, steps: int, record: bool = False) -> dict[str, Any]:
+    """The trainer's GPU default: GPU-resident data and one CUDA graph per optimiser step."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    from rf_dp_agents.training.ema import EMA
+    from rf_dp_agents.training.graphed import GraphedTrainStep, make_optimizer
+
+    policy = build_policy(device, dataset)
+    opt = make_optimizer(policy.parameters(), 1e-4, (0.95, 0.999), 1e-6, device, graph_safe=True)
+    sched = get_cosine_schedule_with_warmup(opt, 500, 300 * (dataset.n_train // args.batch_size))
+    ema = EMA(policy)
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    step = GraphedTrainStep(policy, opt, ema, dataset, args.batch_size)
+    capture_s = time.perf_counter() - t0
+    gen = torch.Generator(device=device).manual_seed(1)
+    perm = torch.randperm(dataset.n_train, device=device, generator=gen)
+    losses = []
+    counter = [0]
+
+    def one() -> None:
+        i = counter[0]
+        lo = (i * args.batch_size) % (dataset.n_train - args.batch_size)
+        loss, _ = step(perm[lo : lo + args.batch_size], seed=1000 + i)
+        sched.step()
+        counter[0] += 1
+        if record:
+            losses.append(loss)
+
+    if record:
+        timed(one, steps)
+        return {"losses": torch.stack(losses).float().cpu().tolist()}
+    timed(one, args.warmup_steps)
+    seconds = timed(one, steps)
+    return {
+        "samples_per_s": steps * args.batch_size / seconds,
+        "step_ms": 1000 * seconds / steps,
+        "capture_s": capture_s,
+        "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
+
+
+def lever_variants(args: Args, dataset, device) -> list[dict[str, Any]]:
+    """Step time of the known levers, each alone and combined: channels_last, bf16 autocast, CUDA graph,
+    torch.compile. Eager rows run the plain step on GPU-resident data (fused AdamW, TF32)."""
+    import contextlib
+
+    from rf_dp_agents.training.ema import EMA
+    from rf_dp_agents.training.graphed import GraphedTrainStep, make_optimizer
+
+    rows = []
+    variants = [
+        dict(graph=False, channels_last=False, bf16=False, compile=False),
+        dict(graph=False, channels_last=True, bf16=False, compile=False),
+        dict(graph=False, channels_last=False, bf16=True, compile=False),
+        dict(graph=False, channels_last=True, bf16=True, compile=False),
+        dict(graph=True, channels_last=True, bf16=False, compile=False),
+        dict(graph=True, channels_last=True, bf16=True, compile=False),
+        dict(graph=False, channels_last=False, bf16=False, compile=True),
+        dict(graph=False, channels_last=True, bf16=True, compile=True),
+    ]
+    ids = torch.arange(args.batch_size, device=device)
+    for v in variants:
+        row: dict[str, Any] = dict(v)
+        try:
+            policy = build_policy(device, dataset)
+            if v["channels_last"]:
+                policy = policy.to(memory_format=torch.channels_last)
+            opt = make_optimizer(policy.parameters(), 1e-4, (0.95, 0.999), 1e-6, device, graph_safe=v["graph"])
+            ema = EMA(policy)
+            torch.cuda.reset_peak_memory_stats()
+            if v["graph"]:
+                step = GraphedTrainStep(policy, opt, ema, dataset, args.batch_size,
+                                        autocast_dtype=torch.bfloat16 if v["bf16"] else None)
+                one = lambda: step(ids, 0)  # noqa: E731
+            else:
+                loss_fn = torch.compile(policy.compute_loss) if v["compile"] else policy.compute_loss
+
+                def one() -> None:
+                    opt.zero_grad(set_to_none=True)
+                    amp = torch.autocast("cuda", dtype=torch.bfloat16) if v["bf16"] else contextlib.nullcontext()
+                    with amp:
+                        loss = loss_fn(dataset.get_batch(ids))
+                    loss.backward()
+                    opt.step()
+                    ema.update(policy)
+            t0 = time.perf_counter()
+            timed(one, 5)
+            row["warmup_s"] = time.perf_counter() - t0
+            seconds = timed(one, 30)
+            row.update(step_ms=1000 * seconds / 30, samples_per_s=30 * args.batch_size / seconds,
+                       peak_gpu_mem_gib=torch.cuda.max_memory_allocated() / 2**30)
+        except Exception as exc:  # a lever that fails here is reported, not fatal
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        print("  ", row, flush=True)
+        rows.append(row)
+        del policy
+        torch.cuda.empty_cache()
+    return rows
+
+
+def profile_step(args: Args, dataset, device, rows: int = 25, fast: bool = False) -> str:
+    """Top CUDA kernels of one training step (torch.profiler) as a text table: the plain eager step, or
+    with ``fast`` the compiled channels_last bf16 step."""
+    import contextlib
+
+    from torch.profiler import ProfilerActivity, profile
+
+    policy = build_policy(device, dataset)
+    if fast:
+        policy = policy.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, fused=True)
+    ids = torch.arange(args.batch_size, device=device)
+    loss_fn = torch.compile(policy.compute_loss) if fast else policy.compute_loss
+
+    def one() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if fast else contextlib.nullcontext():
+            loss = loss_fn(dataset.get_batch(ids))
+        loss.backward()
+        opt.step()
+
+    timed(one, 5)
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        timed(one, 5)
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows)
+
+
+def eager_gpu_steps(args: Args, dataset, device, steps: int) -> list[float]:
+    """Same seeds and windows as the fast path, eager step: the loss curve to compare against."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+
+    from rf_dp_agents.training.ema import EMA
+
+    policy = build_policy(device, dataset)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
+    sched = get_cosine_schedule_with_warmup(opt, 500, 300 * (dataset.n_train // args.batch_size))
+    ema = EMA(policy)
+    gen = torch.Generator(device=device).manual_seed(1)
+    perm = torch.randperm(dataset.n_train, device=device, generator=gen)
+    losses = []
+    for i in range(steps):
+        lo = (i * args.batch_size) % (dataset.n_train - args.batch_size)
+        torch.cuda.manual_seed(1000 + i)
+        opt.zero_grad(set_to_none=True)
+        loss = policy.compute_loss(dataset.get_batch(perm[lo : lo + args.batch_size]))
+        loss.backward()
+        opt.step()
+        sched.step()
+        ema.update(policy)
+        losses.append(loss.detach())
+    return torch.stack(losses).float().cpu().tolist()
+
+
+def eager_dataloader(args: Args, cpu_dataset, device) -> dict[str, Any]:
+    """Plain eager fp32 step fed by torch's DataLoader (PyTorch defaults: TF32 off for matmuls)."""
+    from torch.utils.data import DataLoader
+
+    from rf_dp_agents.training.ema import EMA
+
+    policy = build_policy(device, cpu_dataset)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
+    ema = EMA(policy)
+    loader = DataLoader(cpu_dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
+                        pin_memory=True, drop_last=True, persistent_workers=True)
+    it = iter(loader)
+    torch.cuda.reset_peak_memory_stats()
+
+    def one() -> None:
+        nonlocal it
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            batch = next(it)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        opt.zero_grad(set_to_none=True)
+        loss = policy.compute_loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), math.inf)
+        opt.step()
+        ema.update(policy)
+        loss.item()
+
+    timed(one, args.warmup_steps)
+    seconds = timed(one, args.eager_steps)
+    return {
+        "samples_per_s": args.eager_steps * args.batch_size / seconds,
+        "step_ms": 1000 * seconds / args.eager_steps,
+        "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
+
+
+def lerobot_step(args: Args, device, image_hw) -> dict[str, Any]:
+    """lerobot's DiffusionPolicy training step at the same shapes, synthetic GPU batch, fp32 eager."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy as LeRobotDP
+
+    cfg = DiffusionConfig(
+        input_features={
+            "observation.image": PolicyFeature(type=FeatureType.VISUAL, shape=(3, *image_hw)),
+            "observation.state": PolicyFeature(type=FeatureType.STATE, shape=(8,)),
+        },
+        output_features={"action": PolicyFeature(type=FeatureType.ACTION, shape=(8,))},
+        n_obs_steps=2, horizon=16, n_action_steps=8, crop_shape=None, pretrained_backbone_weights=None,
+        use_group_norm=True, down_dims=(256, 512, 1024), device=str(device),
+    )
+    policy = LeRobotDP(cfg).to(device).train()
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
+    b = args.batch_size
+    batch = {
+        "observation.image": torch.rand(b, 2, 3, *image_hw, device=device),
+        "observation.state": torch.randn(b, 2, 8, device=device),
+        "action": torch.randn(b, 16, 8, device=device),
+        "action_is_pad": torch.zeros(b, 16, dtype=torch.bool, device=device),
+    }
+    torch.cuda.reset_peak_memory_stats()
+
+    def one() -> None:
+        opt.zero_grad(set_to_none=True)
+        out = policy.forward(batch)
+        loss = out[0] if isinstance(out, tuple) else out
+        loss.backward()
+        opt.step()
+        loss.item()
+
+    timed(one, args.warmup_steps)
+    seconds = timed(one, args.eager_steps)
+    return {
+        "samples_per_s": args.eager_steps * b / seconds,
+        "step_ms": 1000 * seconds / args.eager_steps,
+        "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
+
+
+def predict_latency(args: Args, dataset, device) -> list[dict[str, Any]]:
+    """Milliseconds per action chunk (encoder + full denoising loop), eager and CUDA-graphed."""
+    from rf_dp_agents.model.graphed import GraphedSampler
+
+    rows = []
+    for sampler, steps in (("ddpm", 100), ("ddim", 10)):
+        policy = build_policy(device, dataset, sampler=sampler, num_inference_steps=steps).eval()
+        for batch in (1, 32):
+            obs = dataset.get_batch(torch.arange(batch, device=dataset.device))
+            obs = {"img": obs["img"].to(device), "state": obs["state"].to(device)}
+            noise = torch.randn(batch, 16, 8, device=device)
+            with torch.no_grad():
+                eager = lambda: policy.predict_action(obs)  # noqa: E731
+                timed(eager, 3)
+                eager_ms = 1000 * timed(eager, args.predict_repeats) / args.predict_repeats
+                graphed_sampler = GraphedSampler(policy, batch, sampler, steps)
+                graph = lambda: graphed_sampler(obs, noise)  # noqa: E731
+                timed(graph, 3)
+                graph_ms = 1000 * timed(graph, args.predict_repeats) / args.predict_repeats
+            rows.append({"sampler": sampler, "steps": steps, "batch": batch, "eager_ms": eager_ms, "cuda_graph_ms": graph_ms})
+            print(f"  predict {sampler}-{steps} batch {batch}: eager {eager_ms:.1f} ms, CUDA graph {graph_ms:.2f} ms", flush=True)
+    return rows
+
+
+def curve_agreement(fast: list[float], eager: list[float], window: int = 50) -> dict[str, Any]:
+    """Windowed means of both loss curves and their largest relative gap."""
+    n = min(len(fast), len(eager)) // window * window
+    f = np.asarray(fast[:n]).reshape(-1, window).mean(1)
+    e = np.asarray(eager[:n]).reshape(-1, window).mean(1)
+    return {
+        "window": window,
+        "fast_means": f.tolist(),
+        "eager_means": e.tolist(),
+        "max_rel_gap": float(np.max(np.abs(f - e) / np.maximum(np.abs(e), 1e-8))),
+    }
+
+
+def render_table(res: dict[str, Any]) -> str:
+    """Markdown performance table of one results JSON."""
+    tr = res["training"]
+    lines = [
+        f"Measured {res['date']} on one {res['gpu']} (torch {res['torch']}), seed config: ResNet18-GN + U-Net "
+        f"256/512/1024, 240x320 images, To 2, T 16, batch {res['batch_size']}, {res['n_windows']:,} windows per epoch.",
+        "",
+        "| training path | samples/s | ms/step | peak GPU memory | vs eager DataLoader |",
+        "|---|---|---|---|---|",
+    ]
+    base = tr["eager_dataloader"]["samples_per_s"]
+    names = {"fast": "rf_dp_agents default (GPU data + CUDA graph)", "eager_dataloader": "plain eager fp32 + DataLoader",
+             "lerobot": "lerobot 0.6.1 DiffusionPolicy (synthetic GPU batch)"}
+    for key in ("fast", "eager_dataloader", "lerobot"):
+        row = tr.get(key)
+        if not row or "samples_per_s" not in row:
+            continue
+        lines.append(f"| {names[key]} | {row['samples_per_s']:,.0f} | {row['step_ms']:.1f} | "
+                     f"{row['peak_gpu_mem_gib']:.1f} GiB | {row['samples_per_s'] / base:.1f}x |")
+    epoch_s = res["n_windows"] / tr["fast"]["samples_per_s"]
+    lines += ["", f"300 epochs at the fast path's rate: {300 * epoch_s / 60:.1f} minutes of steps "
+                  f"({epoch_s:.1f} s per epoch; the seed reports 240 s per epoch on one GPU).", "",
+              "| predict() per chunk | batch | eager | CUDA graph |", "|---|---|---|---|"]
+    for row in res["predict"]:
+        lines.append(f"| {row['sampler'].upper()}-{row['steps']} | {row['batch']} | {row['eager_ms']:.1f} ms | "
+                     f"{row['cuda_graph_ms']:.2f} ms |")
+    return "\n".join(lines)
+
+
+def update_readme(res: dict[str, Any]) -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme}: no {README_START} ... {README_END} block to update")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_START}\n{render_table(res)}\n{README_END}{tail}")
+    print(f"updated {readme}")
+
+
+def main(args: Args) -> None:
+    if args.readme_from is not None:
+        update_readme(json.loads(args.readme_from.read_text()))
+        return
+    if not torch.cuda.is_available():
+        raise SystemExit("scripts/benchmark.py measures GPU speed: no CUDA device is visible")
+    from rf_dp_agents.benchmark_data import write_synthetic_dataset
+    from rf_dp_agents.data import SequenceDataset
+
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    res: dict[str, Any] = {
+        "date": dt.date.today().isoformat(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+        "batch_size": args.batch_size, "n_windows": args.n_windows, "args": {k: str(v) for k, v in dataclasses.asdict(args).items()},
+        "training": {},
+    }
+    if not args.data.exists():
+        t0 = time.perf_counter()
+        write_synthetic_dataset(args.data, args.n_windows, args.n_episodes)
+        res["dataset_write_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cpu_ds = SequenceDataset(args.data, val_ratio=0.0)
+    res["dataset_load_s"] = time.perf_counter() - t0
+    assert cpu_ds.n_train == args.n_windows, (cpu_ds.n_train, args.n_windows)
+    gpu_ds = SequenceDataset(args.data, val_ratio=0.0).to(device)
+
+    if args.only == "levers":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        res["levers"] = lever_variants(args, gpu_ds, device)
+        print(profile_step(args, gpu_ds, device), flush=True)
+        return
+    if args.only == "predict":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        res["predict"] = predict_latency(args, gpu_ds, device)
+        from torch.profiler import ProfilerActivity, profile
+
+        policy = build_policy(device, gpu_ds, sampler="ddim", num_inference_steps=10).eval()
+        obs = gpu_ds.get_batch(torch.arange(1, device=device))
+        with torch.no_grad():
+            timed(lambda: policy.predict_action(obs), 3)
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                timed(lambda: policy.predict_action(obs), 3)
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25), flush=True)
+        return
+    if args.only == "profile":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        print(profile_step(args, gpu_ds, device, rows=40, fast=True), flush=True)
+        return
+    print("eager fp32 + DataLoader ...", flush=True)
+    res["training"]["eager_dataloader"] = eager_dataloader(args, cpu_ds, device)
+    print(" ", res["training"]["eager_dataloader"], flush=True)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    print("fast path ...", flush=True)
+    res["training"]["fast"] = fast_path(args, gpu_ds, device, args.fast_steps)
+    print(" ", res["training"]["fast"], flush=True)
+    if args.lerobot:
+        print("lerobot ...", flush=True)
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            res["training"]["lerobot"] = lerobot_step(args, device, gpu_ds.shapes["img"][1:])
+        except Exception as exc:  # a missing or incompatible lerobot is reported, not fatal
+            res["training"]["lerobot"] = {"error": f"{type(exc).__name__}: {exc}"}
+        torch.backends.cuda.matmul.allow_tf32 = True
+        print(" ", res["training"]["lerobot"], flush=True)
+    if args.levers:
+        print("levers ...", flush=True)
+        res["levers"] = lever_variants(args, gpu_ds, device)
+        table = profile_step(args, gpu_ds, device)
+        res["profile_eager_step"] = table
+        print(table, flush=True)
+    print("loss curves fast vs eager ...", flush=True)
+    fast_losses = fast_path(args, gpu_ds, device, args.curve_steps, record=True)["losses"]
+    eager_losses = eager_gpu_steps(args, gpu_ds, device, args.curve_steps)
+    res["loss_curves"] = curve_agreement(fast_losses, eager_losses)
+    print(" ", {k: v for k, v in res["loss_curves"].items() if k == "max_rel_gap"}, flush=True)
+    print("predict latency ...", flush=True)
+    res["predict"] = predict_latency(args, gpu_ds, device)
+    tr = res["training"]
+    res["ratios"] = {"fast_vs_eager_dataloader": tr["fast"]["samples_per_s"] / tr["eager_dataloader"]["samples_per_s"]}
+    if "samples_per_s" in tr.get("lerobot", {}):
+        res["ratios"]["fast_vs_lerobot"] = tr["fast"]["samples_per_s"] / tr["lerobot"]["samples_per_s"]
+    gpu = torch.cuda.get_device_name().split()[-1].lower()
+    out = args.out or ROOT / "benchmarks" / "results" / f"{res['date']}-{gpu}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=2))
+    os.replace(tmp, out)
+    print(render_table(res))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
