@@ -36,7 +36,9 @@ RUN_SUBDIRS = ("best", "last")
 """Checkpoint subdirectories of a training run directory, in order of preference."""
 
 
-def save_checkpoint(path: str | os.PathLike, model: "DiffusionPolicy", metadata: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike, model: "DiffusionPolicy", metadata: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``model`` (config, weights, normalizer) to directory ``path`` atomically; return the path.
 
     ``metadata`` (JSON-serialisable, e.g. epoch, val loss) is stored beside the config and comes back
@@ -141,7 +143,12 @@ def _check_state_dict(file: Path, loaded: Mapping[str, torch.Tensor], expected: 
         if loaded[k].shape != expected[k].shape or loaded[k].dtype != expected[k].dtype
     ]
     problems = []
-    for label, items in (("missing tensors", missing), ("unexpected tensors", unexpected), ("mis-shaped or mis-typed tensors", mis_shaped)):
+    groups = (
+        ("missing tensors", missing),
+        ("unexpected tensors", unexpected),
+        ("mis-shaped or mis-typed tensors", mis_shaped),
+    )
+    for label, items in groups:
         if items:
             shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
             problems.append(f"{label}: {shown}")
@@ -149,7 +156,9 @@ def _check_state_dict(file: Path, loaded: Mapping[str, torch.Tensor], expected: 
         raise ValueError(f"{file} does not match its config.json model: " + "; ".join(problems))
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple["DiffusionPolicy", dict[str, Any]]:
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple["DiffusionPolicy", dict[str, Any]]:
     """Rebuild the model saved at ``path``; return ``(model in eval mode, metadata)``.
 
     ``metadata`` is everything in ``config.json`` besides the model config, normalizer dims and format version.

@@ -79,11 +79,9 @@ class DiffusionPolicyAgent:
     def _parse(self, observation: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], bool]:
         """Validate ``observation``; return ({key: batched tensor on the model device}, was_batched)."""
         cfg = self.config
-        if not isinstance(observation, Mapping):
-            raise ValueError(
-                f"observation must be a dict with keys {[*cfg.camera_keys, cfg.state_key]}, got {type(observation).__name__}"
-            )
         needed = [*cfg.camera_keys, cfg.state_key]
+        if not isinstance(observation, Mapping):
+            raise ValueError(f"observation must be a dict with keys {needed}, got {type(observation).__name__}")
         missing = [k for k in needed if k not in observation]
         if missing:
             raise ValueError(f"observation is missing keys {missing}; expected {needed}, got {sorted(observation)}")

@@ -201,7 +201,11 @@ def test_forward_and_predict_do_not_mutate_inputs():
     [
         ("img", None, r"missing keys \['img'\]"),
         ("img", torch.zeros(2, 2, 3, SIZE, SIZE), "'img'.*uint8"),
-        ("img", torch.zeros(2, 2, SIZE, SIZE, 3, dtype=torch.uint8), r"'img'.*\(2, 2, 3, 32, 32\).*got \(2, 2, 32, 32, 3\)"),
+        (
+            "img",
+            torch.zeros((2, 2, SIZE, SIZE, 3), dtype=torch.uint8),
+            r"'img'.*\(2, 2, 3, 32, 32\).*got \(2, 2, 32, 32, 3\)",
+        ),
         ("state", torch.zeros(2, 2, 7), r"'state'.*\(B, 2, 8\).*got \(2, 2, 7\)"),
         ("state", torch.zeros(2, 3, 8), r"'state'.*\(B, 2, 8\).*got \(2, 3, 8\)"),
         ("action", torch.zeros(2, 8, 8), r"'action'.*\(2, 16, 8\).*got \(2, 8, 8\)"),

@@ -31,7 +31,10 @@ STATE_NORM_KEY = "state"
 """Normalizer key used for the state when the normalizer has no key named ``config.state_key``."""
 
 
-def make_scheduler(config: ModelConfig, sampler: str = "ddpm") -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
+Scheduler = DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler
+
+
+def make_scheduler(config: ModelConfig, sampler: str = "ddpm") -> Scheduler:
     """Build the diffusers scheduler ``sampler`` ('ddpm', 'ddim', 'dpmsolver') with the config's noise schedule.
 
     When ``config.clip_sample`` is set the predicted clean sample is clipped to [-1, 1]: DDPM and DDIM by
@@ -49,7 +52,11 @@ def make_scheduler(config: ModelConfig, sampler: str = "ddpm") -> DDPMScheduler 
         return DDIMScheduler(clip_sample=config.clip_sample, set_alpha_to_one=True, steps_offset=0, **common)
     if sampler == "dpmsolver":
         return DPMSolverMultistepScheduler(
-            algorithm_type="dpmsolver++", solver_order=2, thresholding=config.clip_sample, sample_max_value=1.0, **common
+            algorithm_type="dpmsolver++",
+            solver_order=2,
+            thresholding=config.clip_sample,
+            sample_max_value=1.0,
+            **common,
         )
     raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm', 'ddim' or 'dpmsolver'")
 
@@ -94,7 +101,7 @@ class DiffusionPolicy(nn.Module):
             n_groups=config.n_groups,
         )
         self.noise_scheduler = make_scheduler(config, "ddpm")
-        self._samplers: dict[str, DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler] = {}
+        self._samplers: dict[str, Scheduler] = {}
         self._timesteps_on_device: dict[tuple[str, int, torch.device], torch.Tensor] = {}
 
     @property
@@ -175,7 +182,7 @@ class DiffusionPolicy(nn.Module):
         return F.mse_loss(pred, target)
 
     # --------------------------------------------------------------------------------------- inference
-    def _sampler(self) -> DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler:
+    def _sampler(self) -> Scheduler:
         sampler = self.config.sampler
         if sampler not in self._samplers:
             self._samplers[sampler] = make_scheduler(self.config, sampler)
@@ -198,7 +205,7 @@ class DiffusionPolicy(nn.Module):
         steps = cfg.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
         if not 0 < steps <= cfg.num_train_timesteps:
             raise ValueError(
-                f"num_inference_steps must be in [1, {cfg.num_train_timesteps}] for sampler {cfg.sampler!r}, got {steps}"
+                f"num_inference_steps must be in [1, {cfg.num_train_timesteps}] (num_train_timesteps), got {steps}"
             )
         if isinstance(generator, Sequence):
             generator = list(generator)
@@ -221,4 +228,4 @@ class DiffusionPolicy(nn.Module):
         return self.normalizer.unnormalize(ACTION_KEY, sample)
 
 
-__all__ = ["ACTION_KEY", "DiffusionPolicy", "Generator", "STATE_NORM_KEY", "make_scheduler"]
+__all__ = ["ACTION_KEY", "DiffusionPolicy", "Generator", "STATE_NORM_KEY", "Scheduler", "make_scheduler"]
