@@ -94,6 +94,7 @@ def test_results_json_has_every_metric(direct_run: tuple[RolloutConfig, dict], c
     assert doc["success_rules"] == ["success", "success_strict"]
     (episode,) = doc["episodes"]
     assert episode["seed"] == 3 and 1 <= episode["steps"] <= MAX_STEPS
+    assert episode["extra"]["policy_steps"] == episode["steps"]  # direct execution: one env step per action
     summary = doc["summary"]
     for rule in ("success", "success_strict"):
         s = summary["rules"][rule]
@@ -144,6 +145,7 @@ def test_topp_execution_reports_planning(checkpoint_root: Path, tmp_path: Path) 
     finally:
         session.close()
     assert result.steps == 6
+    assert 1 <= result.extra["policy_steps"] <= 6  # TOPP spreads one policy action over one or more env steps
     # every policy action of every agent is re-timed once; a 6-step episode needs at least one per agent
     assert result.planning_calls >= 2 and result.planning_calls % 2 == 0
     assert 0 <= result.planning_failures <= result.planning_calls

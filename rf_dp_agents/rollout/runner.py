@@ -189,6 +189,7 @@ class _Track:
     seed: int
     first: dict[str, int | None]
     steps: int = 0
+    policy_steps: int = 0
     done: bool = False
     writer: EpisodeVideoWriter | None = None
 
@@ -244,6 +245,8 @@ class EvalSession:
             while step < self.max_steps and not all(t.done for t in tracks):
                 action = self.router.act(obs, episode_start=episode_start, deterministic=self.cfg.deterministic)
                 episode_start = np.zeros(n, dtype=bool)
+                for track in tracks:
+                    track.policy_steps += 0 if track.done else 1
                 for env_action in self.execution.expand(as_agent_actions(action, self.keys)):
                     obs, _, _, _, info = self.env.step(to_env_action(env_action, self.multi_agent))
                     step += 1
@@ -279,6 +282,7 @@ class EvalSession:
                     video=video,
                     extra={
                         "env_index": b,
+                        "policy_steps": track.policy_steps,
                         "seconds": seconds,
                         "video_frames": track.writer.frames if track.writer else None,
                     },
@@ -333,7 +337,7 @@ def run_episodes(
                     batch = session.run_batch(seeds[k : k + session.num_envs])
                     results.extend(batch)
                     bar.update(len(batch))
-                    bar.set_postfix(success=sum(r.success(session.rules[0]) for r in results))
+                    bar.set_postfix(success=sum(r.success(PRIMARY_RULE) for r in results))
                 rules = session.rules
             finally:
                 session.close()
@@ -346,6 +350,7 @@ def run_episodes(
                 for fut in futures.as_completed(pending):
                     results.append(fut.result())
                     bar.update(1)
+                    bar.set_postfix(success=sum(r.success(PRIMARY_RULE) for r in results))
             results.sort(key=lambda r: r.seed)
             rules = list(results[0].first_success_step)
     finally:
