@@ -190,6 +190,8 @@ class _Track:
     first: dict[str, int | None]
     steps: int = 0
     policy_steps: int = 0
+    planning: tuple[int, int] | None = None
+    """(TOPP calls, failures) when the episode ended before the batch did."""
     done: bool = False
     writer: EpisodeVideoWriter | None = None
 
@@ -259,6 +261,9 @@ class EvalSession:
                             if track.first[r] is None and bool(flags[r][b]):
                                 track.first[r] = step
                         track.done = all(v is not None for v in track.first.values())
+                        if track.done:
+                            ex = self.execution
+                            track.planning = (int(ex.planning_calls[b]), int(ex.planning_failures[b]))
                         if track.writer is not None:
                             track.writer.append(self._frame(obs, b, step, track))
                     if step >= self.max_steps or all(t.done for t in tracks):
@@ -272,13 +277,14 @@ class EvalSession:
         results = []
         for b, track in enumerate(tracks[: len(seeds)]):
             video = str(track.writer.close()) if track.writer is not None else None
+            calls, failures = track.planning or (self.execution.planning_calls[b], self.execution.planning_failures[b])
             results.append(
                 EpisodeResult(
                     seed=track.seed,
                     steps=track.steps,
                     first_success_step=dict(track.first),
-                    planning_calls=int(self.execution.planning_calls[b]),
-                    planning_failures=int(self.execution.planning_failures[b]),
+                    planning_calls=int(calls),
+                    planning_failures=int(failures),
                     video=video,
                     extra={
                         "env_index": b,
