@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from envs.solvers import lift_barrier, pipeline, stacking
-from envs.solvers.planner import GraspFailed, MultiArmPlanner, PlanningFailed, TaskNotSolved
+from envs.solvers.planner import GraspFailed, MultiArmPlanner, PlanningFailed
 
 Solver = Callable[[Any, MultiArmPlanner], dict]
 
@@ -32,4 +32,4 @@ def get_solver(task: str) -> Solver:
     return SOLVERS[task]
 
 
-__all__ = ["SOLVERS", "Solver", "get_solver", "MultiArmPlanner", "PlanningFailed", "GraspFailed", "TaskNotSolved"]
+__all__ = ["SOLVERS", "Solver", "get_solver", "MultiArmPlanner", "PlanningFailed", "GraspFailed"]

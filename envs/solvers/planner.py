@@ -46,10 +46,6 @@ class GraspFailed(RuntimeError):
     """The gripper closed but the arm is not holding the object."""
 
 
-class TaskNotSolved(RuntimeError):
-    """All moves ran but the task's success rule is false at the end of the episode."""
-
-
 def as_pose(pose: PoseLike | Any) -> sapien.Pose:
     """A sapien.Pose from a sapien pose, a ManiSkill batched pose of batch 1, or a 7-vector [x,y,z,qw,qx,qy,qz]."""
     if isinstance(pose, sapien.Pose):
@@ -394,7 +390,6 @@ __all__ = [
     "MultiArmPlanner",
     "PlanningFailed",
     "GraspFailed",
-    "TaskNotSolved",
     "as_pose",
     "pose_vector",
     "lifted",
