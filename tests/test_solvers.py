@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 
@@ -125,6 +126,7 @@ def test_generate_rerecord_and_convert_cli(tmp_path):
     _run(
         "generate_data.py", "--task", "LiftBarrier-rf", "--num", "1", "--replay-from", str(plain.parent),
         "--camera-width", "32", "--camera-height", "24", "--cameras", *AGENT_CAMERAS, "--out", str(demos),
+        "--save-video",
     )
     task_dir = demos / "LiftBarrier-rf"
     meta = json.loads((task_dir / "seed_000001.json").read_text())
@@ -134,6 +136,8 @@ def test_generate_rerecord_and_convert_cli(tmp_path):
     report = json.loads((task_dir / "generation_report.json").read_text())
     assert report["kept"] == 1 and report["attempts"] == 1 and report["mode"] == "replay"
     assert not [p for p in task_dir.iterdir() if p.name.startswith(".")]
+    frames = iio.imread(task_dir / "videos" / "seed_000001.mp4")
+    assert frames.shape == (episode["elapsed_steps"] + 1, 24, 64, 3)
 
     _run("convert_to_zarr.py", "--task", "LiftBarrier-rf", "--all-agents", "--demos", str(demos), "--out", str(zarr_dir))
     length = episode["elapsed_steps"]
