@@ -60,8 +60,8 @@ class Args:
     """Cameras to record (default: all of the task's, e.g. head_camera_agent0/1 and head_camera_global)."""
     out: Path = Path("demos")
     """Output root; episodes go to ``<out>/<task>/``."""
-    no_render: bool = False
-    """Record no camera images (actions, joints and success flags only; re-render with --replay-from)."""
+    render: bool = True
+    """Record camera images; --no-render keeps actions, joints and success flags only (re-render with --replay-from)."""
     replay_from: Path | None = None
     """Folder of existing episodes (e.g. from --no-render) to re-record with cameras instead of planning."""
 
@@ -121,18 +121,18 @@ def generate(args: Args) -> dict[str, Any]:
         raise ValueError(f"--num must be >= 1, got {args.num}")
     if args.num_procs < 1:
         raise ValueError(f"--num-procs must be >= 1, got {args.num_procs}")
-    if args.no_render and args.replay_from is not None:
+    if not args.render and args.replay_from is not None:
         raise ValueError("--no-render and --replay-from exclude each other (replaying is for rendering)")
     max_attempts = args.max_attempts if args.max_attempts is not None else 3 * args.num + 10
     task_dir = args.out / args.task
     staging = task_dir / f".staging-{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
 
-    video = args.save_video and not args.no_render
+    video = args.save_video and args.render
 
     def job(seed: int) -> tuple[int, str, str | None, bool]:
         stem = staging / episode_name(seed)
-        return seed, str(stem.with_suffix(".h5")), str(stem.with_suffix(".mp4")) if video else None, not args.no_render
+        return seed, str(stem.with_suffix(".h5")), str(stem.with_suffix(".mp4")) if video else None, args.render
 
     if args.replay_from is not None:
         from envs.demo_io import list_episodes, read_seed
@@ -181,8 +181,8 @@ def generate(args: Args) -> dict[str, Any]:
     succeeded = [r for r in results if r["outcome"] == "success"]
     summary = {
         "task": args.task,
-        "camera": None if args.no_render else [args.camera_width, args.camera_height],
-        "mode": "replay" if args.replay_from is not None else ("plan, no images" if args.no_render else "plan"),
+        "camera": None if not args.render else [args.camera_width, args.camera_height],
+        "mode": "replay" if args.replay_from is not None else ("plan" if args.render else "plan, no images"),
         "num_procs": args.num_procs,
         "attempts": len(results),
         "kept": len(kept),
