@@ -327,7 +327,7 @@ class MultiArmPlanner:
         """
         grasps = {i: self.top_down_grasp(i, actor) for i, actor in actors.items()}
         self.move({i: g * sapien.Pose([0, 0, -approach]) for i, g in grasps.items()})
-        self.move(grasps, method="screw")
+        self.move(grasps)
         self.close_gripper(list(actors))
         for i, actor in actors.items():
             self.check_grasp(i, actor)
@@ -345,7 +345,7 @@ class MultiArmPlanner:
         offset = tcp.p - _numpy(held.pose.p)[0]
         above = sapien.Pose(p=np.asarray(goal_xyz, dtype=np.float64) + offset + np.array([0, 0, hover]), q=tcp.q)
         self.move({arm_id: above})
-        self.move({arm_id: lifted(above, -hover + 0.005)}, method="screw")
+        self.move({arm_id: lifted(above, -hover + 0.005)})
         self.open_gripper(arm_id)
         self.move({arm_id: lifted(arm.tcp_pose(), release_lift)})
 
