@@ -58,6 +58,8 @@ class Args:
     """DataLoader workers of the eager path."""
     curve_steps: int = 400
     """Steps of the fast-vs-eager loss-curve comparison."""
+    trainer_epochs: int = 3
+    """Epochs of each end-to-end trainer run (the last one is timed)."""
     predict_repeats: int = 20
     """Timed predict() calls per setting."""
     lerobot: bool = True
@@ -94,158 +96,37 @@ def build_policy(device: torch.device, dataset, **overrides):
     return DiffusionPolicy(cfg, dataset.fit_normalizer()).to(device).train()
 
 
-def fast_path(args: Args, dataset, device, steps: int, record: bool = False) -> dict[str, Any]:
-    """The trainer's GPU default: GPU-resident data and one CUDA graph per optimiser step."""
-    from diffusers.optimization import get_cosine_schedule_with_warmup
+def trainer_run(args: Args, compile_loss: bool, out_dir: Path) -> dict[str, Any]:
+    """The real trainer end to end (zarr -> GPU-resident data -> steps -> validation -> checkpoints) for
+    ``args.trainer_epochs`` epochs; throughput from its own metrics.jsonl (last epoch, after warm-up)."""
+    import shutil
 
-    from rf_dp_agents.training.ema import EMA
-    from rf_dp_agents.training.graphed import GraphedTrainStep, make_optimizer
+    from rf_dp_agents.training.config import preset_config
+    from rf_dp_agents.training.loop import train
 
-    policy = build_policy(device, dataset)
-    opt = make_optimizer(policy.parameters(), 1e-4, (0.95, 0.999), 1e-6, device, graph_safe=True)
-    sched = get_cosine_schedule_with_warmup(opt, 500, 300 * (dataset.n_train // args.batch_size))
-    ema = EMA(policy)
+    run_dir = out_dir / ("compiled" if compile_loss else "eager")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = preset_config(
+        "default", zarr_path=args.data, epochs=args.trainer_epochs, val_ratio=0.0, output_dir=run_dir,
+        compile="on" if compile_loss else "off", progress=False, batch_size=args.batch_size,
+    )
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    step = GraphedTrainStep(policy, opt, ema, dataset, args.batch_size)
-    capture_s = time.perf_counter() - t0
-    gen = torch.Generator(device=device).manual_seed(1)
-    perm = torch.randperm(dataset.n_train, device=device, generator=gen)
-    losses = []
-    counter = [0]
-
-    def one() -> None:
-        i = counter[0]
-        lo = (i * args.batch_size) % (dataset.n_train - args.batch_size)
-        loss, _ = step(perm[lo : lo + args.batch_size], seed=1000 + i)
-        sched.step()
-        counter[0] += 1
-        if record:
-            losses.append(loss)
-
-    if record:
-        timed(one, steps)
-        return {"losses": torch.stack(losses).float().cpu().tolist()}
-    timed(one, args.warmup_steps)
-    seconds = timed(one, steps)
+    train(cfg)
+    wall = time.perf_counter() - t0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if "train/samples_per_s" in r]
+    losses = [r["train/loss"] for r in records if "train/loss" in r and "train/learning_rate" in r]
+    last = epochs[-1]
     return {
-        "samples_per_s": steps * args.batch_size / seconds,
-        "step_ms": 1000 * seconds / steps,
-        "capture_s": capture_s,
+        "samples_per_s": last["train/samples_per_s"],
+        "step_ms": 1000 * args.batch_size / last["train/samples_per_s"],
+        "epoch_samples_per_s": [r["train/samples_per_s"] for r in epochs],
+        "data_wait_s_last_epoch": last.get("train/data_wait_s"),
+        "wall_s": wall,
         "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "losses": losses,
     }
-
-
-def lever_variants(args: Args, dataset, device) -> list[dict[str, Any]]:
-    """Step time of the known levers, each alone and combined: channels_last, bf16 autocast, CUDA graph,
-    torch.compile. Eager rows run the plain step on GPU-resident data (fused AdamW, TF32)."""
-    import contextlib
-
-    from rf_dp_agents.training.ema import EMA
-    from rf_dp_agents.training.graphed import GraphedTrainStep, make_optimizer
-
-    rows = []
-    variants = [
-        dict(graph=False, channels_last=False, bf16=False, compile=False),
-        dict(graph=False, channels_last=True, bf16=False, compile=False),
-        dict(graph=False, channels_last=False, bf16=True, compile=False),
-        dict(graph=False, channels_last=True, bf16=True, compile=False),
-        dict(graph=True, channels_last=True, bf16=False, compile=False),
-        dict(graph=True, channels_last=True, bf16=True, compile=False),
-        dict(graph=False, channels_last=False, bf16=False, compile=True),
-        dict(graph=False, channels_last=True, bf16=True, compile=True),
-    ]
-    ids = torch.arange(args.batch_size, device=device)
-    for v in variants:
-        row: dict[str, Any] = dict(v)
-        try:
-            policy = build_policy(device, dataset)
-            if v["channels_last"]:
-                policy = policy.to(memory_format=torch.channels_last)
-            opt = make_optimizer(policy.parameters(), 1e-4, (0.95, 0.999), 1e-6, device, graph_safe=v["graph"])
-            ema = EMA(policy)
-            torch.cuda.reset_peak_memory_stats()
-            if v["graph"]:
-                step = GraphedTrainStep(policy, opt, ema, dataset, args.batch_size,
-                                        autocast_dtype=torch.bfloat16 if v["bf16"] else None)
-                one = lambda: step(ids, 0)  # noqa: E731
-            else:
-                loss_fn = torch.compile(policy.compute_loss) if v["compile"] else policy.compute_loss
-
-                def one() -> None:
-                    opt.zero_grad(set_to_none=True)
-                    amp = torch.autocast("cuda", dtype=torch.bfloat16) if v["bf16"] else contextlib.nullcontext()
-                    with amp:
-                        loss = loss_fn(dataset.get_batch(ids))
-                    loss.backward()
-                    opt.step()
-                    ema.update(policy)
-            t0 = time.perf_counter()
-            timed(one, 5)
-            row["warmup_s"] = time.perf_counter() - t0
-            seconds = timed(one, 30)
-            row.update(step_ms=1000 * seconds / 30, samples_per_s=30 * args.batch_size / seconds,
-                       peak_gpu_mem_gib=torch.cuda.max_memory_allocated() / 2**30)
-        except Exception as exc:  # a lever that fails here is reported, not fatal
-            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
-        print("  ", row, flush=True)
-        rows.append(row)
-        del policy
-        torch.cuda.empty_cache()
-    return rows
-
-
-def profile_step(args: Args, dataset, device, rows: int = 25, fast: bool = False) -> str:
-    """Top CUDA kernels of one training step (torch.profiler) as a text table: the plain eager step, or
-    with ``fast`` the compiled channels_last bf16 step."""
-    import contextlib
-
-    from torch.profiler import ProfilerActivity, profile
-
-    policy = build_policy(device, dataset)
-    if fast:
-        policy = policy.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, fused=True)
-    ids = torch.arange(args.batch_size, device=device)
-    loss_fn = torch.compile(policy.compute_loss) if fast else policy.compute_loss
-
-    def one() -> None:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if fast else contextlib.nullcontext():
-            loss = loss_fn(dataset.get_batch(ids))
-        loss.backward()
-        opt.step()
-
-    timed(one, 5)
-    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
-        timed(one, 5)
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows)
-
-
-def eager_gpu_steps(args: Args, dataset, device, steps: int) -> list[float]:
-    """Same seeds and windows as the fast path, eager step: the loss curve to compare against."""
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-
-    from rf_dp_agents.training.ema import EMA
-
-    policy = build_policy(device, dataset)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6)
-    sched = get_cosine_schedule_with_warmup(opt, 500, 300 * (dataset.n_train // args.batch_size))
-    ema = EMA(policy)
-    gen = torch.Generator(device=device).manual_seed(1)
-    perm = torch.randperm(dataset.n_train, device=device, generator=gen)
-    losses = []
-    for i in range(steps):
-        lo = (i * args.batch_size) % (dataset.n_train - args.batch_size)
-        torch.cuda.manual_seed(1000 + i)
-        opt.zero_grad(set_to_none=True)
-        loss = policy.compute_loss(dataset.get_batch(perm[lo : lo + args.batch_size]))
-        loss.backward()
-        opt.step()
-        sched.step()
-        ema.update(policy)
-        losses.append(loss.detach())
-    return torch.stack(losses).float().cpu().tolist()
 
 
 def eager_dataloader(args: Args, cpu_dataset, device) -> dict[str, Any]:
@@ -331,26 +212,25 @@ def lerobot_step(args: Args, device, image_hw) -> dict[str, Any]:
 
 
 def predict_latency(args: Args, dataset, device) -> list[dict[str, Any]]:
-    """Milliseconds per action chunk (encoder + full denoising loop), eager and CUDA-graphed."""
-    from rf_dp_agents.model.graphed import GraphedSampler
-
+    """Milliseconds per action chunk through ``predict_action`` (encoder + full denoising loop): eager, the
+    default CUDA graph (TF32 on), and the CUDA graph with TF32 off."""
     rows = []
     for sampler, steps in (("ddpm", 100), ("ddim", 10)):
         policy = build_policy(device, dataset, sampler=sampler, num_inference_steps=steps).eval()
         for batch in (1, 32):
             obs = dataset.get_batch(torch.arange(batch, device=dataset.device))
             obs = {"img": obs["img"].to(device), "state": obs["state"].to(device)}
-            noise = torch.randn(batch, 16, 8, device=device)
-            with torch.no_grad():
-                eager = lambda: policy.predict_action(obs)  # noqa: E731
-                timed(eager, 3)
-                eager_ms = 1000 * timed(eager, args.predict_repeats) / args.predict_repeats
-                graphed_sampler = GraphedSampler(policy, batch, sampler, steps)
-                graph = lambda: graphed_sampler(obs, noise)  # noqa: E731
-                timed(graph, 3)
-                graph_ms = 1000 * timed(graph, args.predict_repeats) / args.predict_repeats
-            rows.append({"sampler": sampler, "steps": steps, "batch": batch, "eager_ms": eager_ms, "cuda_graph_ms": graph_ms})
-            print(f"  predict {sampler}-{steps} batch {batch}: eager {eager_ms:.1f} ms, CUDA graph {graph_ms:.2f} ms", flush=True)
+            row: dict[str, Any] = {"sampler": sampler, "steps": steps, "batch": batch}
+            for name, graphs, tf32 in (("eager_ms", False, True), ("cuda_graph_ms", True, True),
+                                       ("cuda_graph_fp32_ms", True, False)):
+                policy.cuda_graphs = graphs
+                policy._graphs.clear()
+                with torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=tf32):
+                    call = lambda: policy.predict_action(obs)  # noqa: E731
+                    timed(call, 3)
+                    row[name] = 1000 * timed(call, args.predict_repeats) / args.predict_repeats
+            rows.append(row)
+            print(f"  predict {row}", flush=True)
     return rows
 
 
@@ -378,21 +258,31 @@ def render_table(res: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     base = tr["eager_dataloader"]["samples_per_s"]
-    names = {"fast": "rf_dp_agents default (GPU data + CUDA graph)", "eager_dataloader": "plain eager fp32 + DataLoader",
-             "lerobot": "lerobot 0.6.1 DiffusionPolicy (synthetic GPU batch)"}
-    for key in ("fast", "eager_dataloader", "lerobot"):
+    names = {
+        "fast": "rf_dp_agents trainer, default on CUDA (GPU-resident data, torch.compile, fused AdamW, TF32)",
+        "trainer_no_compile": "rf_dp_agents trainer, --compile off",
+        "eager_dataloader": "plain eager fp32 step + torch DataLoader (8 workers)",
+        "lerobot": "lerobot 0.6.1 DiffusionPolicy, fp32 eager, synthetic GPU batch",
+    }
+    for key in ("fast", "trainer_no_compile", "eager_dataloader", "lerobot"):
         row = tr.get(key)
         if not row or "samples_per_s" not in row:
             continue
         lines.append(f"| {names[key]} | {row['samples_per_s']:,.0f} | {row['step_ms']:.1f} | "
                      f"{row['peak_gpu_mem_gib']:.1f} GiB | {row['samples_per_s'] / base:.1f}x |")
+    gap = res.get("loss_curves", {}).get("max_rel_gap")
+    if gap is not None:
+        window = res["loss_curves"]["window"]
+        lines += ["", f"Loss curves of the compiled and the eager trainer over the same steps ({window}-step means) "
+                      f"differ by at most {100 * gap:.1f}%."]
     epoch_s = res["n_windows"] / tr["fast"]["samples_per_s"]
     lines += ["", f"300 epochs at the fast path's rate: {300 * epoch_s / 60:.1f} minutes of steps "
                   f"({epoch_s:.1f} s per epoch; the seed reports 240 s per epoch on one GPU).", "",
-              "| predict() per chunk | batch | eager | CUDA graph |", "|---|---|---|---|"]
-    for row in res["predict"]:
+              "| predict() per chunk | batch | eager | CUDA graph (default) | CUDA graph, TF32 off |",
+              "|---|---|---|---|---|"]
+    for row in res.get("predict", []):
         lines.append(f"| {row['sampler'].upper()}-{row['steps']} | {row['batch']} | {row['eager_ms']:.1f} ms | "
-                     f"{row['cuda_graph_ms']:.2f} ms |")
+                     f"{row['cuda_graph_ms']:.1f} ms | {row['cuda_graph_fp32_ms']:.1f} ms |")
     return "\n".join(lines)
 
 
@@ -458,49 +348,51 @@ def main(args: Args) -> None:
         torch.backends.cudnn.benchmark = True
         print(profile_step(args, gpu_ds, device, rows=40, fast=True), flush=True)
         return
+    gpu = torch.cuda.get_device_name().split()[-1].lower()
+    out = args.out or ROOT / "benchmarks" / "results" / f"{res['date']}-{gpu}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(res, indent=2))
+        os.replace(tmp, out)
+
+    tr = res["training"]
+    for name, compile_loss in (("fast", True), ("trainer_no_compile", False)):
+        print(f"trainer end to end, compile={compile_loss} ...", flush=True)
+        tr[name] = trainer_run(args, compile_loss, args.data.parent / "runs")
+        print("  ", {k: v for k, v in tr[name].items() if k != "losses"}, flush=True)
+        save()
+    res["loss_curves"] = curve_agreement(tr["fast"].pop("losses"), tr["trainer_no_compile"].pop("losses"))
+    print("  loss curves:", res["loss_curves"]["max_rel_gap"], flush=True)
+    save()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
     print("eager fp32 + DataLoader ...", flush=True)
-    res["training"]["eager_dataloader"] = eager_dataloader(args, cpu_ds, device)
-    print(" ", res["training"]["eager_dataloader"], flush=True)
+    tr["eager_dataloader"] = eager_dataloader(args, cpu_ds, device)
+    print("  ", tr["eager_dataloader"], flush=True)
+    save()
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
-    print("fast path ...", flush=True)
-    res["training"]["fast"] = fast_path(args, gpu_ds, device, args.fast_steps)
-    print(" ", res["training"]["fast"], flush=True)
+    print("predict latency ...", flush=True)
+    res["predict"] = predict_latency(args, gpu_ds, device)
+    save()
     if args.lerobot:
         print("lerobot ...", flush=True)
         try:
             torch.backends.cuda.matmul.allow_tf32 = False
-            res["training"]["lerobot"] = lerobot_step(args, device, gpu_ds.shapes["img"][1:])
+            tr["lerobot"] = lerobot_step(args, device, gpu_ds.shapes["img"][1:])
         except Exception as exc:  # a missing or incompatible lerobot is reported, not fatal
-            res["training"]["lerobot"] = {"error": f"{type(exc).__name__}: {exc}"}
-        torch.backends.cuda.matmul.allow_tf32 = True
-        print(" ", res["training"]["lerobot"], flush=True)
-    if args.levers:
-        print("levers ...", flush=True)
-        res["levers"] = lever_variants(args, gpu_ds, device)
-        table = profile_step(args, gpu_ds, device)
-        res["profile_eager_step"] = table
-        print(table, flush=True)
-    print("loss curves fast vs eager ...", flush=True)
-    fast_losses = fast_path(args, gpu_ds, device, args.curve_steps, record=True)["losses"]
-    eager_losses = eager_gpu_steps(args, gpu_ds, device, args.curve_steps)
-    res["loss_curves"] = curve_agreement(fast_losses, eager_losses)
-    print(" ", {k: v for k, v in res["loss_curves"].items() if k == "max_rel_gap"}, flush=True)
-    print("predict latency ...", flush=True)
-    res["predict"] = predict_latency(args, gpu_ds, device)
-    tr = res["training"]
-    res["ratios"] = {"fast_vs_eager_dataloader": tr["fast"]["samples_per_s"] / tr["eager_dataloader"]["samples_per_s"]}
+            tr["lerobot"] = {"error": f"{type(exc).__name__}: {exc}"}
+        print("  ", tr["lerobot"], flush=True)
+    res["ratios"] = {
+        "fast_vs_eager_dataloader": tr["fast"]["samples_per_s"] / tr["eager_dataloader"]["samples_per_s"],
+        "fast_vs_trainer_no_compile": tr["fast"]["samples_per_s"] / tr["trainer_no_compile"]["samples_per_s"],
+    }
     if "samples_per_s" in tr.get("lerobot", {}):
         res["ratios"]["fast_vs_lerobot"] = tr["fast"]["samples_per_s"] / tr["lerobot"]["samples_per_s"]
-    gpu = torch.cuda.get_device_name().split()[-1].lower()
-    out = args.out or ROOT / "benchmarks" / "results" / f"{res['date']}-{gpu}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    os.replace(tmp, out)
+    save()
     print(render_table(res))
     print(f"wrote {out}")
-
-
 if __name__ == "__main__":
     main(tyro.cli(Args))

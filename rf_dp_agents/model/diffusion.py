@@ -9,7 +9,7 @@ normalisation happens inside, with the :class:`Normalizer` submodule whose buffe
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.data.normalizer import Normalizer
 from rf_dp_agents.model.unet import ConditionalUnet1D
 from rf_dp_agents.model.vision import FEATURE_DIM, ResNet18Encoder
+
+MAX_CUDA_GRAPHS = 8
+"""Captured sampling graphs kept per model (one per batch size, sampler and step count)."""
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 """One generator for the whole batch, one per batch row (row-wise reproducible), or None."""
@@ -103,6 +106,10 @@ class DiffusionPolicy(nn.Module):
         self.noise_scheduler = make_scheduler(config, "ddpm")
         self._samplers: dict[str, Scheduler] = {}
         self._timesteps_on_device: dict[tuple[str, int, torch.device], torch.Tensor] = {}
+        self.cuda_graphs = True
+        """On CUDA, sample through a captured CUDA graph per (batch size, sampler, steps): encoder and the whole
+        denoising loop in one replay (about 3x faster per chunk on an H200; README, Performance)."""
+        self._graphs: dict[tuple[int, str, int, torch.device], Any] = {}
 
     @property
     def device(self) -> torch.device:
@@ -212,20 +219,48 @@ class DiffusionPolicy(nn.Module):
             if len(generator) != size:
                 raise ValueError(f"got {len(generator)} generators for a batch of {size}")
         device = self.device
-        cond = self.encode_obs(obs)
+        noise = randn_tensor((size, cfg.pred_horizon, cfg.action_dim), generator=generator, device=device)
+        if self.cuda_graphs and device.type == "cuda" and not self.training:
+            return self._graphed(size, steps)(obs, noise, seed=_generator_seed(generator))
         scheduler = self._sampler()
         scheduler.set_timesteps(steps)
-        timesteps = scheduler.timesteps
         key = (cfg.sampler, steps, device)
         if key not in self._timesteps_on_device:  # copied to the device once, not at every call
-            self._timesteps_on_device[key] = timesteps.to(device)
-        timesteps_dev = self._timesteps_on_device[key]
-        sample = randn_tensor((size, cfg.pred_horizon, cfg.action_dim), generator=generator, device=device)
-        sample = sample * scheduler.init_noise_sigma
-        for i, t in enumerate(timesteps):
+            self._timesteps_on_device[key] = scheduler.timesteps.to(device)
+        return self.denoise(self.encode_obs(obs), noise, scheduler, self._timesteps_on_device[key], generator)
+
+    def denoise(
+        self,
+        cond: torch.Tensor,
+        noise: torch.Tensor,
+        scheduler: Scheduler,
+        timesteps_dev: torch.Tensor,
+        generator: Generator = None,
+    ) -> torch.Tensor:
+        """Run ``scheduler`` (timesteps already set) from ``noise`` under condition ``cond``; raw actions out."""
+        sample = noise * scheduler.init_noise_sigma
+        for i, t in enumerate(scheduler.timesteps):
             model_out = self.noise_pred_net(sample, timesteps_dev[i], cond)
             sample = scheduler.step(model_out, t, sample, generator=generator).prev_sample
         return self.normalizer.unnormalize(ACTION_KEY, sample)
+
+    def _graphed(self, size: int, steps: int) -> Any:
+        from rf_dp_agents.model.graphed import GraphedSampler
+
+        key = (size, self.config.sampler, steps, self.device)
+        if key not in self._graphs:
+            if len(self._graphs) >= MAX_CUDA_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+            self._graphs[key] = GraphedSampler(self, size, self.config.sampler, steps)
+        return self._graphs[key]
+
+
+def _generator_seed(generator: Generator) -> int | None:
+    """The seed a (list of) generator(s) started from, or None."""
+    if generator is None:
+        return None
+    first = generator[0] if isinstance(generator, Sequence) else generator
+    return int(first.initial_seed())
 
 
 __all__ = ["ACTION_KEY", "DiffusionPolicy", "Generator", "STATE_NORM_KEY", "Scheduler", "make_scheduler"]

@@ -13,7 +13,7 @@ from typing import Mapping
 
 import torch
 
-from rf_dp_agents.model.diffusion import ACTION_KEY, DiffusionPolicy, make_scheduler
+from rf_dp_agents.model.diffusion import DiffusionPolicy, make_scheduler
 
 
 class GraphedSampler:
@@ -47,14 +47,9 @@ class GraphedSampler:
             self.static_out = self._body()
 
     def _body(self) -> torch.Tensor:
-        policy, scheduler = self.policy, self.scheduler
-        cond = policy.encode_obs(self.static_obs)
-        scheduler.set_timesteps(self.num_inference_steps)
-        sample = self.static_noise * scheduler.init_noise_sigma
-        for i, t in enumerate(scheduler.timesteps):
-            model_out = policy.noise_pred_net(sample, self.timesteps_dev[i], cond)
-            sample = scheduler.step(model_out, t, sample).prev_sample
-        return policy.normalizer.unnormalize(ACTION_KEY, sample)
+        cond = self.policy.encode_obs(self.static_obs)
+        self.scheduler.set_timesteps(self.num_inference_steps)
+        return self.policy.denoise(cond, self.static_noise, self.scheduler, self.timesteps_dev)
 
     @torch.no_grad()
     def __call__(self, obs: Mapping[str, torch.Tensor], noise: torch.Tensor, seed: int | None = None) -> torch.Tensor:

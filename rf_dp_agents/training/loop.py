@@ -309,6 +309,7 @@ class Trainer:
         self._file_handler: logging.Handler | None = None
         self._deterministic_before = False
         self._cudnn_benchmark_before = torch.backends.cudnn.benchmark
+        self._tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
         self.resumed_from: Path | None = None
 
     # ---- set-up -----------------------------------------------------------------------------------------
@@ -362,9 +363,19 @@ class Trainer:
             new_api = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
             sync = {"forward_sync_buffers": False} if new_api else {"broadcast_buffers": False}
             loss_module = DistributedDataParallel(loss_module, device_ids=device_ids, **sync)
+        if self.compiled:
+            loss_module = torch.compile(loss_module)
         self.parts = StepParts(
             loss_module, self.policy, self.optimizer, self.scheduler, self.ema, cfg.grad_clip_norm, params
         )
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the loss is run through torch.compile (see ``TrainConfig.compile``)."""
+        choice = self.cfg.compile
+        if choice == "auto":
+            return self.info.device.type == "cuda" and not self.cfg.deterministic
+        return choice == "on"
 
     def _place_dataset(self) -> None:
         device, choice = self.info.device, self.cfg.dataset_device
@@ -554,8 +565,10 @@ class Trainer:
             )
         self._deterministic_before = torch.are_deterministic_algorithms_enabled()
         self._cudnn_benchmark_before = torch.backends.cudnn.benchmark
+        self._tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
         if self.info.device.type == "cuda":
             torch.backends.cudnn.benchmark = not cfg.deterministic  # fixed shapes: let cuDNN time its kernels once
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
         if cfg.deterministic:
             if self.info.device.type == "cuda":
                 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for determinism
@@ -594,6 +607,8 @@ class Trainer:
                 self.run_dir, self.job.zarr_path, self.dataset.n_train, self.dataset.n_val, n_params,
                 info.world_size, info.device, self.global_batch, self.steps_per_epoch, self.epoch + 1, cfg.epochs,
             )
+            if self.compiled:
+                log.info("torch.compile is on: the first steps include compiling the loss (1-2 minutes on a GPU)")
 
     def fit(self) -> Path:
         """Run the remaining epochs (after :meth:`prepare`); return the run directory."""
@@ -614,6 +629,7 @@ class Trainer:
             self._file_handler = None
         torch.use_deterministic_algorithms(self._deterministic_before)
         torch.backends.cudnn.benchmark = self._cudnn_benchmark_before
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self._tf32_before
 
     def _loop(self) -> None:
         cfg, info = self.cfg, self.info
