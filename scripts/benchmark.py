@@ -303,7 +303,7 @@ def main(args: Args) -> None:
         return
     if not torch.cuda.is_available():
         raise SystemExit("scripts/benchmark.py measures GPU speed: no CUDA device is visible")
-    from rf_dp_agents.benchmark_data import write_synthetic_dataset
+    from rf_dp_agents.data.synthetic import write_seed_size_dataset
     from rf_dp_agents.data import SequenceDataset
 
     device = torch.device("cuda")
@@ -315,7 +315,7 @@ def main(args: Args) -> None:
     }
     if not args.data.exists():
         t0 = time.perf_counter()
-        write_synthetic_dataset(args.data, args.n_windows, args.n_episodes)
+        write_seed_size_dataset(args.data, args.n_windows, args.n_episodes)
         res["dataset_write_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     cpu_ds = SequenceDataset(args.data, val_ratio=0.0)

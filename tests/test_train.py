@@ -21,7 +21,7 @@ from rf_dp_agents.training.distributed import DistInfo
 from rf_dp_agents.training.ema import EMA
 from rf_dp_agents.training.loop import BestTracker, Trainer, plan_jobs
 from rf_dp_agents.training.metrics import ALL_METRICS, read_metrics
-from rf_dp_agents.training.synthetic import write_synthetic_dataset
+from rf_dp_agents.data.synthetic import write_synthetic_dataset
 
 TINY = ["--preset", "tiny", "--device", "cpu", "--batch-size", "8", "--no-progress"]
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from rf_dp_agents.training.cli import main
 from rf_dp_agents.training.metrics import read_metrics
-from rf_dp_agents.training.synthetic import write_synthetic_dataset
+from rf_dp_agents.data.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = ["--preset", "tiny", "--device", "cpu", "--epochs", "2", "--batch-size", "4", "--no-progress"]

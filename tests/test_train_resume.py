@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from rf_dp_agents.training.metrics import read_metrics
 from rf_dp_agents.training.state import load_training_state
-from rf_dp_agents.training.synthetic import write_synthetic_dataset
+from rf_dp_agents.data.synthetic import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "scripts" / "train.py")

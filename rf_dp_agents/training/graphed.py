@@ -5,6 +5,10 @@ backward, computes the gradient norm (and clips), applies AdamW and moves the EM
 synchronisation. Per step the host only writes the window ids, reseeds the CUDA generator, steps the
 learning-rate schedule (a ``fill_`` of the tensor learning rate) and writes the EMA decay.
 
+Measured on an H200 at the seed config (benchmarks/results/raw/2026-11-29-h200-levers-and-profile.log): the step
+is compute-bound (38 ms of GPU time in a 40 ms step), so the graph gives no gain there and the trainer does not use
+it; ``scripts/benchmark.py --only levers`` measures it beside the other levers.
+
 Requirements, checked at construction: a CUDA device, one process, one micro-batch per step, an AdamW built
 with ``capturable=True`` and a tensor learning rate (see :func:`make_optimizer`), and the dataset on the
 same device. Anything else uses the eager :func:`rf_dp_agents.training.loop.train_step`.
