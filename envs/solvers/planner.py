@@ -76,6 +76,20 @@ def _numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def arm_planner(agent: Any, joint_vel_limits: float = 0.9, joint_acc_limits: float = 0.9) -> mplib.Planner:
+    """An mplib planner for one Panda of a ManiSkill agent: its URDF/SRDF, the TCP move group, joint limits
+    (rad/s, rad/s^2) for time parameterisation. Poses are in the arm's base frame."""
+    return mplib.Planner(
+        urdf=agent.urdf_path,
+        srdf=agent.urdf_path.replace(".urdf", ".srdf"),
+        user_link_names=[link.get_name() for link in agent.robot.get_links()],
+        user_joint_names=[joint.get_name() for joint in agent.robot.get_active_joints()],
+        move_group="panda_hand_tcp",
+        joint_vel_limits=np.ones(ARM_DOF) * joint_vel_limits,
+        joint_acc_limits=np.ones(ARM_DOF) * joint_acc_limits,
+    )
+
+
 @dataclass
 class Arm:
     """One Panda arm of the scene: its env key, ManiSkill agent, mplib planner and current commands."""
@@ -136,15 +150,7 @@ class MultiArmPlanner:
         self.refine_steps = refine_steps
         self.arms: list[Arm] = []
         for key, ag in items:
-            planner = mplib.Planner(
-                urdf=ag.urdf_path,
-                srdf=ag.urdf_path.replace(".urdf", ".srdf"),
-                user_link_names=[link.get_name() for link in ag.robot.get_links()],
-                user_joint_names=[joint.get_name() for joint in ag.robot.get_active_joints()],
-                move_group="panda_hand_tcp",
-                joint_vel_limits=np.ones(ARM_DOF) * joint_vel_limits,
-                joint_acc_limits=np.ones(ARM_DOF) * joint_acc_limits,
-            )
+            planner = arm_planner(ag, joint_vel_limits, joint_acc_limits)
             self.arms.append(Arm(key=key, agent=ag, planner=planner, target=np.zeros(ARM_DOF), gripper=OPEN))
         self.actions: list[dict[str, np.ndarray]] = []
         self.last_info: dict[str, Any] = {}

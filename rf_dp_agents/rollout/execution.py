@@ -99,20 +99,10 @@ class ToppExecution(Execution):
 
     def __init__(self, env: Any, joint_vel_limits: float = 0.9, joint_acc_limits: float = 0.9) -> None:
         super().__init__(env)
-        import mplib
+        from envs.solvers.planner import arm_planner
 
         self.dt = float(env.unwrapped.control_timestep)
-        self.planners = {}
-        for key, ag in self.agents.items():
-            self.planners[key] = mplib.Planner(
-                urdf=ag.urdf_path,
-                srdf=ag.urdf_path.replace(".urdf", ".srdf"),
-                user_link_names=[link.get_name() for link in ag.robot.get_links()],
-                user_joint_names=[joint.get_name() for joint in ag.robot.get_active_joints()],
-                move_group="panda_hand_tcp",
-                joint_vel_limits=np.ones(ARM_DOF) * joint_vel_limits,
-                joint_acc_limits=np.ones(ARM_DOF) * joint_acc_limits,
-            )
+        self.planners = {key: arm_planner(ag, joint_vel_limits, joint_acc_limits) for key, ag in self.agents.items()}
         self._commanded: dict[str, np.ndarray] = {}
 
     def begin_episode(self, num_envs: int) -> None:
