@@ -106,14 +106,14 @@ class ModelConfig:
                 )
         if self.sampler not in ("ddpm", "ddim", "dpmsolver"):
             raise ValueError(f"ModelConfig.sampler must be 'ddpm', 'ddim' or 'dpmsolver', got {self.sampler!r}")
-        if self.sampler == "ddpm" and self.num_inference_steps > self.num_train_timesteps:
+        if self.num_inference_steps > self.num_train_timesteps:
             raise ValueError(
                 f"ModelConfig.num_inference_steps ({self.num_inference_steps}) exceeds num_train_timesteps "
                 f"({self.num_train_timesteps})"
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable dict (tuples become lists)."""
+        """A dict of plain values that ``json.dumps`` accepts (tuples are written as JSON lists)."""
         return dataclasses.asdict(self)
 
     @classmethod

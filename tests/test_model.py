@@ -232,6 +232,11 @@ def test_config_and_normalizer_validation():
         tiny_model_config(obs_horizon=4, action_horizon=16)
     with pytest.raises(ValueError, match="crop_shape"):
         tiny_model_config(crop_shape=(80, 80))
+    for sampler in ("ddpm", "ddim", "dpmsolver"):
+        with pytest.raises(ValueError, match="exceeds num_train_timesteps"):
+            tiny_model_config(sampler=sampler, num_inference_steps=101)
+    with pytest.raises(ValueError, match="camera_keys"):
+        tiny_model_config(camera_keys=())
     with pytest.raises(ValueError, match="unknown ModelConfig keys"):
         ModelConfig.from_dict({**tiny_model_config().to_dict(), "bogus": 1})
     with pytest.raises(ValueError, match="'action' has dimension 7"):

@@ -116,10 +116,11 @@ class ReplayBuffer:
         for key in wanted:
             arr = stored[mapping[key]]
             _check_array(key, mapping[key], arr, where)
-            arrays[key] = arr[...] if in_memory else arr
             if key == "img" and arr.shape[-1] == 3 and arr.shape[1] != 3:
-                # (N, H, W, 3) on disk: expose channel-first.
-                arrays[key] = np.ascontiguousarray(np.moveaxis(np.asarray(arr[...]), -1, 1))
+                # (N, H, W, 3) on disk: loaded and exposed channel-first.
+                arrays[key] = np.ascontiguousarray(np.moveaxis(arr[...], -1, 1))
+            else:
+                arrays[key] = arr[...] if in_memory else arr
         ends = root["meta"]["episode_ends"][...]
         return cls(arrays, ends, source=where)
 
