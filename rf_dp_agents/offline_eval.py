@@ -1,0 +1,95 @@
+"""Offline action error of a trained policy on the held-out episodes of its dataset, per sampler.
+
+For every validation window the model samples a chunk from the window's observations; the error is taken
+on the executed part ``pred[:, To-1 : To-1+Ta]`` against the recorded actions, in raw units (rad for the
+joints, [-1, 1] for the gripper). Comparing samplers (DDPM-100 against DDIM-10, say) on the same windows
+and the same noise seeds tells whether fewer denoising steps lose accuracy, without a simulator.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from rf_dp_agents.checkpoint import load_checkpoint, resolve_checkpoint_dir, resolve_device
+from rf_dp_agents.data.dataset import SequenceDataset
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler and its number of denoising steps, written ``name:steps`` (``ddim:10``)."""
+
+    name: str
+    steps: int
+
+    @classmethod
+    def parse(cls, text: str) -> "SamplerSpec":
+        """Parse ``name:steps``; a clear error for anything else."""
+        name, _, steps = text.partition(":")
+        if name not in ("ddpm", "ddim", "dpmsolver") or not steps.isdigit() or int(steps) <= 0:
+            raise ValueError(f"sampler spec {text!r}: expected ddpm|ddim|dpmsolver:<steps>, e.g. ddim:10")
+        return cls(name, int(steps))
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.steps}"
+
+
+def run_settings(run_or_checkpoint: Path) -> dict:
+    """Dataset path and split settings recorded in the training run's ``run.json`` (searched upwards)."""
+    for folder in [run_or_checkpoint, *run_or_checkpoint.resolve().parents][:4]:
+        if (folder / "run.json").is_file():
+            doc = json.loads((folder / "run.json").read_text())
+            cfg = doc["config"]
+            return {"zarr_path": doc["dataset"]["path"], "val_ratio": cfg["val_ratio"], "seed": cfg["seed"],
+                    "max_train_episodes": cfg["max_train_episodes"], "image_key": cfg["image_key"]}
+    raise FileNotFoundError(f"no run.json in {run_or_checkpoint} or its parents: pass --zarr-path and the split")
+
+
+@torch.no_grad()
+def action_errors(
+    checkpoint: str | Path,
+    samplers: Sequence[SamplerSpec],
+    zarr_path: str | Path | None = None,
+    batch_size: int = 64,
+    max_windows: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+) -> dict:
+    """Mean squared and mean absolute error of the executed chunk on validation windows, per sampler."""
+    ckpt = resolve_checkpoint_dir(checkpoint)
+    settings = run_settings(Path(checkpoint))
+    model, metadata = load_checkpoint(ckpt, resolve_device(device))
+    cfg = model.config
+    dataset = SequenceDataset(
+        zarr_path or settings["zarr_path"], cfg.obs_horizon, cfg.pred_horizon, cfg.action_horizon,
+        val_ratio=settings["val_ratio"], seed=settings["seed"], max_train_episodes=settings["max_train_episodes"],
+        image_key=settings["image_key"],
+    )
+    n = dataset.n_val if max_windows is None else min(dataset.n_val, max_windows)
+    if n == 0:
+        raise ValueError(f"{dataset.source}: no validation windows (val_ratio {settings['val_ratio']})")
+    start, stop = cfg.obs_horizon - 1, cfg.obs_horizon - 1 + cfg.action_horizon
+    results = {}
+    for spec in samplers:
+        model.config.sampler = spec.name
+        sq = ab = 0.0
+        for lo in range(0, n, batch_size):
+            ids = torch.arange(lo, min(lo + batch_size, n))
+            batch = dataset.get_batch(ids, split="val")
+            gens = [torch.Generator().manual_seed(seed + int(i)) for i in ids]
+            obs = {key: batch[key] for key in ("img", "state")}
+            pred = model.predict_action(obs, generator=gens, num_inference_steps=spec.steps).cpu()
+            err = pred[:, start:stop] - batch["action"][:, start:stop]
+            sq += float(err.pow(2).sum())
+            ab += float(err.abs().sum())
+        count = n * cfg.action_horizon * cfg.action_dim
+        results[str(spec)] = {"mse": sq / count, "mae": ab / count}
+    return {"checkpoint": str(ckpt), "dataset": str(dataset.source), "windows": n,
+            "epoch": metadata.get("epoch"), "errors": results}
+
+
+__all__ = ["SamplerSpec", "action_errors", "run_settings"]

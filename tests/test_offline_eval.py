@@ -1,0 +1,45 @@
+"""Offline action error of a trained run on its held-out windows, per sampler."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rf_dp_agents.data.synthetic import write_synthetic_dataset
+from rf_dp_agents.offline_eval import SamplerSpec, action_errors
+from rf_dp_agents.training.cli import main as train_main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("offline")
+    zarr_path = write_synthetic_dataset(root / "Synthetic-rf_Agent0_5.zarr", n_episodes=5, episode_length=24)
+    out = root / "run"
+    args = ["--preset", "tiny", "--device", "cpu", "--batch-size", "8", "--no-progress", "--epochs", "1",
+            "--val-ratio", "0.2", "--zarr-path", str(zarr_path), "--output-dir", str(out)]
+    assert train_main(args) == 0
+    return out
+
+
+def test_errors_per_sampler_on_the_validation_windows(run_dir: Path) -> None:
+    specs = [SamplerSpec.parse("ddpm:4"), SamplerSpec.parse("ddim:2")]
+    res = action_errors(run_dir, specs, max_windows=6, device="cpu")
+    assert res["windows"] == 6 and set(res["errors"]) == {"ddpm:4", "ddim:2"}
+    for err in res["errors"].values():
+        assert math.isfinite(err["mse"]) and 0 < err["mse"] and err["mae"] ** 2 <= err["mse"] + 1e-9
+    again = action_errors(run_dir / "best", specs, max_windows=6, device="cpu")
+    assert again["errors"] == res["errors"]  # same windows, same noise seeds
+
+
+def test_bad_input(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="expected ddpm\\|ddim\\|dpmsolver:<steps>"):
+        SamplerSpec.parse("ddim")
+    with pytest.raises(ValueError, match="expected"):
+        SamplerSpec.parse("euler:10")
+    lonely = tmp_path / "ckpt"
+    shutil.copytree((run_dir / "best").resolve(), lonely)
+    with pytest.raises(FileNotFoundError, match="no run.json"):
+        action_errors(lonely, [SamplerSpec("ddim", 2)], device="cpu")
