@@ -12,7 +12,7 @@ TASK=${TASK:-LiftBarrier-rf}
 NUM=${NUM:-4}
 W=${CAMERA_WIDTH:-64}
 H=${CAMERA_HEIGHT:-48}
-EPOCHS=${EPOCHS:-3}
+EPOCHS=${EPOCHS:-10}
 STEPS=${MAX_STEPS:-150}
 OUT=${OUT_DIR:-runs/quickstart}
 
