@@ -311,7 +311,11 @@ class MultiAgentRouter:
 
 
 def default_routes(env: Any, policies: Sequence[Any] | Mapping[str, Any]) -> dict[str, AgentRoute]:
-    """RoboFactory's routing: agent i's policy sees ``head_camera_agent<i>`` and its own joint state."""
+    """RoboFactory's routing: agent i's policy sees ``head_camera_agent<i>`` and its own joint state.
+
+    A policy with more cameras gets them by the dataset naming convention: policy key ``img`` is the agent's
+    own ``head_camera_agent<i>``, ``img_<camera>`` is the env camera ``<camera>`` (``img_head_camera_global``).
+    """
     keys = env_agent_keys(env)
     if isinstance(policies, Mapping):
         items = [(k, policies[k]) for k in keys if k in policies]
@@ -321,7 +325,23 @@ def default_routes(env: Any, policies: Sequence[Any] | Mapping[str, Any]) -> dic
         if len(policies) != len(keys):
             raise ValueError(f"{len(policies)} policies for an env with {len(keys)} agents {keys}")
         items = list(zip(keys, policies))
-    return {key: AgentRoute(policy, cameras=(f"head_camera_agent{keys.index(key)}",)) for key, policy in items}
+    return {
+        key: AgentRoute(policy, cameras=policy_cameras(policy, f"head_camera_agent{keys.index(key)}"))
+        for key, policy in items
+    }
+
+
+def policy_cameras(policy: Any, own_camera: str) -> dict[str, str]:
+    """Map each of the policy's camera keys to an env camera: ``img`` (or a policy's only camera) ->
+    ``own_camera``, ``img_<cam>`` -> ``<cam>``, any other key -> the env camera of that name."""
+    keys = tuple(policy.config.camera_keys)
+    mapping = {}
+    for key in keys:
+        if key == "img" or len(keys) == 1:
+            mapping[key] = own_camera
+        else:
+            mapping[key] = key[len("img_"):] if key.startswith("img_") else key
+    return mapping
 
 
 __all__ = [
@@ -332,5 +352,6 @@ __all__ = [
     "agent_qpos",
     "agent_state",
     "default_routes",
+    "policy_cameras",
     "env_agent_keys",
 ]

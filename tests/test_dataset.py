@@ -70,3 +70,26 @@ def test_nan_and_short_episodes(tmp_path):
         writer.add_episode({"img": np.zeros((3, 3, 2, 2), np.uint8), "state": np.zeros((3, 8), np.float32), "action": np.zeros((3, 8), np.float32)})
     with pytest.raises(DatasetError, match="no training windows"):
         SequenceDataset(short, val_ratio=0.0)
+
+
+def test_extra_camera_arrays(tmp_path):
+    path = tmp_path / "two_cams.zarr"
+    rng = np.random.default_rng(0)
+    with ZarrWriter(path) as writer:
+        for n in (20, 25):
+            writer.add_episode({
+                "img": rng.integers(0, 256, (n, 3, 4, 5), dtype=np.uint8),
+                "img_head_camera_global": rng.integers(0, 256, (n, 3, 4, 5), dtype=np.uint8),
+                "state": rng.standard_normal((n, 8)).astype(np.float32),
+                "action": rng.standard_normal((n, 8)).astype(np.float32),
+            })
+    cams = ("img", "img_head_camera_global")
+    ds = SequenceDataset(path, val_ratio=0.0, camera_keys=cams)
+    assert ds.shapes["img_head_camera_global"] == (3, 4, 5)
+    batch = ds.get_batch(torch.arange(4))
+    assert set(batch) == {*cams, "state", "action"}
+    plain = SequenceDataset(path, val_ratio=0.0)
+    torch.testing.assert_close(batch["img"], plain.get_batch(torch.arange(4))["img"])
+    assert not torch.equal(batch["img"], batch["img_head_camera_global"])
+    with pytest.raises(DatasetError, match="missing array data/img_wrist"):
+        SequenceDataset(path, camera_keys=("img", "img_wrist"))

@@ -85,6 +85,19 @@ def test_each_policy_sees_its_own_camera_and_state(lift_env):
     assert not torch.equal(policies[0].seen[0]["state"], policies[1].seen[0]["state"])
 
 
+def test_default_routes_give_a_second_camera_by_its_dataset_key(lift_env):
+    cameras = ("img", "img_head_camera_global")
+    policies = [RecordingPolicy(camera_keys=cameras), RecordingPolicy()]
+    router = MultiAgentRouter(lift_env, default_routes(lift_env, policies))
+    obs, _ = router.reset(seed=0)
+    router.step(obs)
+    seen = policies[0].seen[0]
+    assert set(seen) == {*cameras, "state"}
+    assert torch.equal(seen["img"], obs["sensor_data"]["head_camera_agent0"]["rgb"])
+    assert torch.equal(seen["img_head_camera_global"], obs["sensor_data"]["head_camera_global"]["rgb"])
+    assert set(policies[1].seen[0]) == {"img", "state"}
+
+
 def test_actions_are_merged_by_agent_key(lift_env):
     policies = {"panda-0": RecordingPolicy(0.0), "panda-1": RecordingPolicy(0.02)}
     router = MultiAgentRouter(lift_env, default_routes(lift_env, policies))
@@ -119,7 +132,7 @@ def test_missing_camera_fails_at_construction_naming_agent(lift_env):
         (dict(image_shape=(3, 64, 64)), r"'panda-0'.*head_camera_agent0.*image_shape"),
         (dict(state_dim=9), r"'panda-0'.*state_dim"),
         (dict(action_dim=7), r"'panda-0'.*action_dim"),
-        (dict(camera_keys=("img", "wrist")), r"'panda-0'.*camera_keys"),
+        (dict(camera_keys=("img", "wrist")), r"'panda-0'.*camera 'wrist'.*not in the env"),
     ],
 )
 def test_shape_mismatch_fails_at_construction(lift_env, overrides, pattern):

@@ -217,3 +217,16 @@ def test_ema_decay_follows_chi_et_al() -> None:
     ema.update(model)  # decay 1 - 2**-0.75
     expected = before + (model.weight - before) * 2**-0.75
     assert torch.allclose(ema.averaged.weight, expected) and ema.optimization_step == 2
+
+
+def test_two_camera_run(tmp_path: Path) -> None:
+    cams = ("img", "img_head_camera_global")
+    data = write_synthetic_dataset(tmp_path / "Two-rf_Agent0_4.zarr", extra_cameras=cams[1:])
+    out = tmp_path / "run"
+    assert main([*TINY, "--zarr-path", str(data), "--output-dir", str(out), "--epochs", "1",
+                 "--model.camera-keys", *cams]) == 0
+    policy = load_policy(out, device="cpu")
+    assert policy.config.camera_keys == cams
+    img = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    action, _ = policy.predict({"img": img, "img_head_camera_global": img, "state": np.zeros((1, 8), np.float32)})
+    assert action.shape == (1, 8) and np.isfinite(action).all()

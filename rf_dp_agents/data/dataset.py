@@ -1,6 +1,7 @@
 """Training data for one agent: a zarr dataset held as tensors, split by episode, gathered in whole batches.
 
-``SequenceDataset`` loads ``img`` (uint8), ``state`` and ``action`` into tensors (move them to the GPU with
+``SequenceDataset`` loads the camera arrays (uint8; ``img`` by default, more with ``camera_keys``), ``state``
+and ``action`` into tensors (move them to the GPU with
 :meth:`to`), builds train and validation windows with :class:`SequenceSampler`, and returns batches with
 :meth:`get_batch` by pure tensor indexing. It is also a ``torch.utils.data.Dataset`` over the training
 windows (one sample per item) for a standard ``DataLoader``.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -39,11 +41,16 @@ class SequenceDataset(Dataset):
         seed: int = 42,
         max_train_episodes: int | None = None,
         image_key: str | None = None,
+        camera_keys: Sequence[str] = ("img",),
     ) -> None:
+        self.camera_keys = tuple(camera_keys)
+        if not self.camera_keys:
+            raise ValueError("SequenceDataset: camera_keys must name at least one camera array")
         if isinstance(zarr_path, ReplayBuffer):
             buffer = zarr_path
         else:
-            buffer = ReplayBuffer.open(zarr_path, keys=("img", "state", "action"), image_key=image_key)
+            keys = (*self.camera_keys, "state", "action")
+            buffer = ReplayBuffer.open(zarr_path, keys=keys, image_key=image_key, required=keys)
         self.source = buffer.source
         if not 0 < obs_horizon <= pred_horizon or action_horizon <= 0:
             raise ValueError(
@@ -52,7 +59,7 @@ class SequenceDataset(Dataset):
             )
         self.obs_horizon, self.pred_horizon, self.action_horizon = obs_horizon, pred_horizon, action_horizon
         self.episode_ends = buffer.episode_ends
-        self.img = torch.from_numpy(np.ascontiguousarray(buffer["img"]))
+        self.images = {key: torch.from_numpy(np.ascontiguousarray(buffer[key])) for key in self.camera_keys}
         self.state = torch.from_numpy(np.asarray(buffer["state"], dtype=np.float32))
         self.action = torch.from_numpy(np.asarray(buffer["action"], dtype=np.float32))
         for key, value in (("state", self.state), ("action", self.action)):
@@ -73,17 +80,24 @@ class SequenceDataset(Dataset):
     @property
     def device(self) -> torch.device:
         """Where the data tensors live."""
-        return self.img.device
+        return self.state.device
+
+    @property
+    def tensors(self) -> list[torch.Tensor]:
+        """Every data tensor: the camera arrays, state and action."""
+        return [*self.images.values(), self.state, self.action]
 
     def to(self, device: str | torch.device) -> "SequenceDataset":
         """Move the data tensors (images stay uint8) to ``device``; returns self."""
-        self.img, self.state, self.action = (t.to(device) for t in (self.img, self.state, self.action))
+        self.images = {key: t.to(device) for key, t in self.images.items()}
+        self.state, self.action = self.state.to(device), self.action.to(device)
         return self
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Per-step shapes: ``img`` (C, H, W), ``state`` (D,), ``action`` (A,)."""
-        return {"img": tuple(self.img.shape[1:]), "state": tuple(self.state.shape[1:]), "action": tuple(self.action.shape[1:])}
+        """Per-step shapes: each camera (C, H, W), ``state`` (D,), ``action`` (A,)."""
+        shapes = {key: tuple(t.shape[1:]) for key, t in self.images.items()}
+        return {**shapes, "state": tuple(self.state.shape[1:]), "action": tuple(self.action.shape[1:])}
 
     @property
     def n_train(self) -> int:
@@ -96,14 +110,15 @@ class SequenceDataset(Dataset):
         return len(self.val_sampler)
 
     def get_batch(self, window_ids: torch.Tensor | np.ndarray, split: str = "train") -> Batch:
-        """Gather a batch of windows: ``img`` uint8 (B, To, C, H, W), ``state`` (B, To, D), ``action`` (B, T, A)."""
+        """Gather a batch of windows: each camera uint8 (B, To, C, H, W), ``state`` (B, To, D), ``action`` (B, T, A)."""
         sampler = self.train_sampler if split == "train" else self.val_sampler
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         ids = torch.as_tensor(window_ids, dtype=torch.int64, device=self.device)
         idx = sampler.indices(ids)
         obs_idx = idx[:, : self.obs_horizon]
-        return {"img": self.img[obs_idx], "state": self.state[obs_idx], "action": self.action[idx]}
+        batch = {key: t[obs_idx] for key, t in self.images.items()}
+        return {**batch, "state": self.state[obs_idx], "action": self.action[idx]}
 
     def __len__(self) -> int:
         return self.n_train
@@ -126,7 +141,7 @@ class SequenceDataset(Dataset):
         if self._hash is None:
             h = hashlib.blake2b(digest_size=16)
             h.update(self.episode_ends.tobytes())
-            for t in (self.img, self.state, self.action):
+            for t in self.tensors:
                 h.update(str(tuple(t.shape)).encode())
                 h.update(t.cpu().numpy().tobytes())
             self._hash = h.hexdigest()

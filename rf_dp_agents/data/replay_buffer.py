@@ -65,7 +65,8 @@ class ReplayBuffer:
     """Episodes stored back to back: ``buffer[key]`` is the (N, ...) array, ``episode_ends`` the cumulative ends.
 
     Build one with :meth:`open` (from a zarr file) or directly from in-memory arrays. The camera array is
-    exposed as ``"img"`` whichever accepted name (``img`` or ``head_camera``) it has on disk, in (N, C, H, W).
+    exposed as ``"img"`` whichever accepted name (``img`` or ``head_camera``) it has on disk, in (N, C, H, W);
+    further cameras are arrays named ``img_<camera>`` (``img_head_camera_global``).
     """
 
     def __init__(self, data: Mapping[str, np.ndarray | zarr.Array], episode_ends: np.ndarray, source: str = "<memory>"):
@@ -116,7 +117,7 @@ class ReplayBuffer:
         for key in wanted:
             arr = stored[mapping[key]]
             _check_array(key, mapping[key], arr, where)
-            if key == "img" and arr.shape[-1] == 3 and arr.shape[1] != 3:
+            if key.startswith("img") and arr.shape[-1] == 3 and arr.shape[1] != 3:
                 # (N, H, W, 3) on disk: loaded and exposed channel-first.
                 arrays[key] = np.ascontiguousarray(np.moveaxis(arr[...], -1, 1))
             else:
@@ -167,7 +168,7 @@ class ReplayBuffer:
 
 
 def _check_array(key: str, stored_name: str, arr: zarr.Array, where: str) -> None:
-    if key == "img":
+    if key.startswith("img"):
         if arr.dtype != np.uint8 or arr.ndim != 4 or 3 not in (arr.shape[1], arr.shape[-1]):
             raise DatasetError(
                 f"{where}: data/{stored_name} must be uint8 (N, 3, H, W), got {arr.dtype} {tuple(arr.shape)}"

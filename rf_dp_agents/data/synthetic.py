@@ -23,8 +23,10 @@ def write_synthetic_dataset(
     state_dim: int = 8,
     action_dim: int = 8,
     seed: int = 0,
+    extra_cameras: tuple[str, ...] = (),
 ) -> Path:
-    """Write ``n_episodes`` episodes (``img`` uint8 (L,3,H,W), ``state`` (L,D), ``action`` (L,A)) to ``path``."""
+    """Write ``n_episodes`` episodes (``img`` uint8 (L,3,H,W), ``state`` (L,D), ``action`` (L,A)) to ``path``;
+    each name in ``extra_cameras`` (``img_<camera>``) adds another image array (the inverted ``img``)."""
     rng = np.random.default_rng(seed)
     t = np.linspace(0.0, 1.0, episode_length, dtype=np.float32)[:, None]
     with ZarrWriter(path) as writer:
@@ -36,7 +38,8 @@ def write_synthetic_dataset(
             img = np.zeros((episode_length, 3, *image_hw), dtype=np.uint8)
             img[:, 0] = (t[:, 0] * 255).astype(np.uint8)[:, None, None]
             img[:, 1] = np.uint8(phase[0, 0] * 255)
-            writer.add_episode({"img": img, "state": state, "action": action})
+            cameras = {key: 255 - img for key in extra_cameras}
+            writer.add_episode({"img": img, **cameras, "state": state, "action": action})
     return Path(path)
 
 

@@ -273,7 +273,10 @@ def adopt_dataset_shapes(model_cfg: ModelConfig, shapes: dict[str, tuple[int, ..
             f"{source}: data/state has {state_dim} dims per step but the model expects state_dim="
             f"{model_cfg.state_dim} (pass --model.state-dim {state_dim} if the data is right)"
         )
-    image_shape = tuple(int(v) for v in shapes["img"])
+    cameras = {key: tuple(int(v) for v in shapes[key]) for key in model_cfg.camera_keys}
+    if len(set(cameras.values())) > 1:
+        raise ValueError(f"{source}: the model's cameras must share one image shape, the dataset has {cameras}")
+    image_shape = next(iter(cameras.values()))
     if image_shape == tuple(model_cfg.image_shape):
         return model_cfg
     changes: dict[str, Any] = {"image_shape": image_shape}
@@ -326,6 +329,7 @@ class Trainer:
             seed=cfg.seed,
             max_train_episodes=cfg.max_train_episodes,
             image_key=cfg.image_key,
+            camera_keys=mcfg.camera_keys,
         )
         self.model_cfg = adopt_dataset_shapes(mcfg, self.dataset.shapes, str(self.job.zarr_path))
         self._place_dataset()
@@ -382,7 +386,7 @@ class Trainer:
         if device.type == "cpu" or choice == "cpu":
             return
         ds = self.dataset
-        nbytes = sum(t.numel() * t.element_size() for t in (ds.img, ds.state, ds.action))
+        nbytes = sum(t.numel() * t.element_size() for t in ds.tensors)
         if choice == "auto":
             free, _ = torch.cuda.mem_get_info(device)
             if nbytes > free // 2:
