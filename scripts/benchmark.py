@@ -21,8 +21,6 @@ import datetime as dt
 import json
 import math
 import os
-import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +125,92 @@ def trainer_run(args: Args, compile_loss: bool, out_dir: Path) -> dict[str, Any]
         "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
         "losses": losses,
     }
+
+
+def lever_variants(args: Args, dataset, device) -> list[dict[str, Any]]:
+    """Step time of the known levers, each alone and combined: channels_last, bf16 autocast, CUDA graph,
+    torch.compile. Eager rows run the plain step on GPU-resident data (fused AdamW, TF32)."""
+    import contextlib
+
+    from rf_dp_agents.training.ema import EMA
+    from rf_dp_agents.training.graphed import GraphedTrainStep, make_optimizer
+
+    rows = []
+    variants = [
+        dict(graph=False, channels_last=False, bf16=False, compile=False),
+        dict(graph=False, channels_last=True, bf16=False, compile=False),
+        dict(graph=False, channels_last=False, bf16=True, compile=False),
+        dict(graph=False, channels_last=True, bf16=True, compile=False),
+        dict(graph=True, channels_last=True, bf16=False, compile=False),
+        dict(graph=True, channels_last=True, bf16=True, compile=False),
+        dict(graph=False, channels_last=False, bf16=False, compile=True),
+        dict(graph=False, channels_last=True, bf16=True, compile=True),
+    ]
+    ids = torch.arange(args.batch_size, device=device)
+    for v in variants:
+        row: dict[str, Any] = dict(v)
+        try:
+            policy = build_policy(device, dataset)
+            if v["channels_last"]:
+                policy = policy.to(memory_format=torch.channels_last)
+            opt = make_optimizer(policy.parameters(), 1e-4, (0.95, 0.999), 1e-6, device, graph_safe=v["graph"])
+            ema = EMA(policy)
+            torch.cuda.reset_peak_memory_stats()
+            if v["graph"]:
+                step = GraphedTrainStep(policy, opt, ema, dataset, args.batch_size,
+                                        autocast_dtype=torch.bfloat16 if v["bf16"] else None)
+                one = lambda: step(ids, 0)  # noqa: E731
+            else:
+                loss_fn = torch.compile(policy.compute_loss) if v["compile"] else policy.compute_loss
+
+                def one() -> None:
+                    opt.zero_grad(set_to_none=True)
+                    amp = torch.autocast("cuda", dtype=torch.bfloat16) if v["bf16"] else contextlib.nullcontext()
+                    with amp:
+                        loss = loss_fn(dataset.get_batch(ids))
+                    loss.backward()
+                    opt.step()
+                    ema.update(policy)
+            t0 = time.perf_counter()
+            timed(one, 5)
+            row["warmup_s"] = time.perf_counter() - t0
+            seconds = timed(one, 30)
+            row.update(step_ms=1000 * seconds / 30, samples_per_s=30 * args.batch_size / seconds,
+                       peak_gpu_mem_gib=torch.cuda.max_memory_allocated() / 2**30)
+        except Exception as exc:  # a lever that fails here is reported, not fatal
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        print("  ", row, flush=True)
+        rows.append(row)
+        policy = opt = ema = step = None  # free this variant's model before the next one
+        torch.cuda.empty_cache()
+    return rows
+
+
+def profile_step(args: Args, dataset, device, rows: int = 25, fast: bool = False) -> str:
+    """Top CUDA kernels of one training step (torch.profiler) as a text table: the plain eager step, or
+    with ``fast`` the compiled channels_last bf16 step."""
+    import contextlib
+
+    from torch.profiler import ProfilerActivity, profile
+
+    policy = build_policy(device, dataset)
+    if fast:
+        policy = policy.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4, fused=True)
+    ids = torch.arange(args.batch_size, device=device)
+    loss_fn = torch.compile(policy.compute_loss) if fast else policy.compute_loss
+
+    def one() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16) if fast else contextlib.nullcontext():
+            loss = loss_fn(dataset.get_batch(ids))
+        loss.backward()
+        opt.step()
+
+    timed(one, 5)
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        timed(one, 5)
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows)
 
 
 def eager_dataloader(args: Args, cpu_dataset, device) -> dict[str, Any]:

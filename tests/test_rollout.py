@@ -14,14 +14,8 @@ import sys
 from pathlib import Path
 
 import imageio.v2 as imageio
-import numpy as np
 import pytest
-import torch
 
-from rf_dp_agents.checkpoint import save_checkpoint
-from rf_dp_agents.config import tiny_model_config
-from rf_dp_agents.data.normalizer import Normalizer
-from rf_dp_agents.model import DiffusionPolicy
 from rf_dp_agents.rollout.config import RolloutConfig
 from rf_dp_agents.rollout.metrics import summarize, wilson_interval
 from rf_dp_agents.rollout.video import count_frames
@@ -30,36 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 TASK = "LiftBarrier-rf"
 IMAGE_HW = (48, 64)
 MAX_STEPS = 8
-PANDA_TARGET = np.array([0.0, np.pi / 8, 0.0, -np.pi * 5 / 8, 0.0, np.pi * 3 / 4, np.pi / 4, 1.0], np.float32)
-"""RoboFactory's initial arm joints + an open gripper command: the tiny policies act around it."""
-
-
-def tiny_checkpoint(path: Path, image_hw: tuple[int, int] = IMAGE_HW, seed: int = 0, steps: int = 3) -> Path:
-    """Train a tiny policy for a few Adam steps on synthetic data near the Panda's start pose; save it at ``path``."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    h, w = image_hw
-    actions = PANDA_TARGET + rng.normal(0.0, 0.05, (64, 8)).astype(np.float32)
-    model = DiffusionPolicy(tiny_model_config(image_shape=(3, h, w)), Normalizer.fit({"state": actions, "action": actions}))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(steps):
-        batch = {
-            "img": torch.randint(0, 256, (4, 2, 3, h, w), dtype=torch.uint8),
-            "state": torch.as_tensor(actions[:8].reshape(4, 2, 8)),
-            "action": torch.as_tensor(np.resize(actions, (4, 16, 8))),
-        }
-        loss = model.compute_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return save_checkpoint(path, model, {"epoch": 0, "train_steps": steps})
-
-
 @pytest.fixture(scope="module")
-def checkpoint_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def checkpoint_root(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> Path:
     root = tmp_path_factory.mktemp("checkpoints")
     for i in range(2):
-        tiny_checkpoint(root / f"{TASK}_Agent{i}" / "best", seed=i)
+        tiny_checkpoint(root / f"{TASK}_Agent{i}" / "best", image_hw=IMAGE_HW, seed=i)
     return root
 
 

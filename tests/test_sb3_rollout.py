@@ -8,14 +8,13 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 from rf_dp_agents import DiffusionPolicyAgent, load_policy
-from test_rollout import tiny_checkpoint
 
 TASK = "StackCube-rf"
 MAX_STEPS = 5
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory: pytest.TempPathFactory) -> DiffusionPolicyAgent:
+def policy(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> DiffusionPolicyAgent:
     run = tmp_path_factory.mktemp("checkpoints") / f"{TASK}_Agent0"
     tiny_checkpoint(run / "best", image_hw=(32, 48))
     loaded = load_policy(run, device="cpu")
