@@ -64,10 +64,9 @@ def action_errors(
     settings = run_settings(Path(checkpoint))
     model, metadata = load_checkpoint(ckpt, resolve_device(device))
     cfg = model.config
-    dataset = SequenceDataset(
-        zarr_path or settings["zarr_path"], cfg.obs_horizon, cfg.pred_horizon, cfg.action_horizon,
-        val_ratio=settings["val_ratio"], seed=settings["seed"], max_train_episodes=settings["max_train_episodes"],
-        image_key=settings["image_key"],
+    dataset = SequenceDataset.for_model(
+        zarr_path or settings["zarr_path"], cfg, settings["val_ratio"], settings["seed"],
+        settings["max_train_episodes"], settings["image_key"],
     )
     n = dataset.n_val if max_windows is None else min(dataset.n_val, max_windows)
     if n == 0:
@@ -81,7 +80,7 @@ def action_errors(
             ids = torch.arange(lo, min(lo + batch_size, n))
             batch = dataset.get_batch(ids, split="val")
             gens = [torch.Generator().manual_seed(seed + int(i)) for i in ids]
-            obs = {key: batch[key] for key in ("img", "state")}
+            obs = {key: value for key, value in batch.items() if key != "action"}
             pred = model.predict_action(obs, generator=gens, num_inference_steps=spec.steps).cpu()
             err = pred[:, start:stop] - batch["action"][:, start:stop]
             sq += float(err.pow(2).sum())

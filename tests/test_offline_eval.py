@@ -16,10 +16,14 @@ from rf_dp_agents.training.cli import main as train_main
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("offline")
-    zarr_path = write_synthetic_dataset(root / "Synthetic-rf_Agent0_5.zarr", n_episodes=5, episode_length=24)
+    # Two cameras: the evaluation must read every camera the model was trained on, not only img.
+    zarr_path = write_synthetic_dataset(
+        root / "Synthetic-rf_Agent0_5.zarr", n_episodes=5, episode_length=24, extra_cameras=("img_head_camera_global",)
+    )
     out = root / "run"
     args = ["--preset", "tiny", "--device", "cpu", "--batch-size", "8", "--no-progress", "--epochs", "1",
-            "--val-ratio", "0.2", "--zarr-path", str(zarr_path), "--output-dir", str(out)]
+            "--val-ratio", "0.2", "--zarr-path", str(zarr_path), "--output-dir", str(out),
+            "--model.camera-keys", "img", "img_head_camera_global"]
     assert train_main(args) == 0
     return out
 

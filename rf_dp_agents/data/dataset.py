@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.data.errors import DatasetError
 from rf_dp_agents.data.normalizer import Mode, Normalizer
 from rf_dp_agents.data.replay_buffer import ReplayBuffer
@@ -76,6 +77,22 @@ class SequenceDataset(Dataset):
                 f"{pred_horizon - obs_horizon - action_horizon + 2} steps, or none selected)"
             )
         self._hash: str | None = None
+
+    @classmethod
+    def for_model(
+        cls,
+        zarr_path: str | Path,
+        model: ModelConfig,
+        val_ratio: float,
+        seed: int,
+        max_train_episodes: int | None = None,
+        image_key: str | None = None,
+    ) -> "SequenceDataset":
+        """The dataset a model with config ``model`` trains on: its horizons and its cameras."""
+        return cls(
+            zarr_path, model.obs_horizon, model.pred_horizon, model.action_horizon, val_ratio=val_ratio, seed=seed,
+            max_train_episodes=max_train_episodes, image_key=image_key, camera_keys=model.camera_keys,
+        )
 
     @property
     def device(self) -> torch.device:

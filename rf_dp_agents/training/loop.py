@@ -320,16 +320,8 @@ class Trainer:
         cfg, info = self.cfg, self.info
         seed_everything(cfg.seed)
         mcfg = cfg.model
-        self.dataset = SequenceDataset(
-            self.job.zarr_path,
-            obs_horizon=mcfg.obs_horizon,
-            pred_horizon=mcfg.pred_horizon,
-            action_horizon=mcfg.action_horizon,
-            val_ratio=cfg.val_ratio,
-            seed=cfg.seed,
-            max_train_episodes=cfg.max_train_episodes,
-            image_key=cfg.image_key,
-            camera_keys=mcfg.camera_keys,
+        self.dataset = SequenceDataset.for_model(
+            self.job.zarr_path, mcfg, cfg.val_ratio, cfg.seed, cfg.max_train_episodes, cfg.image_key
         )
         self.model_cfg = adopt_dataset_shapes(mcfg, self.dataset.shapes, str(self.job.zarr_path))
         self._place_dataset()
