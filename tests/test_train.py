@@ -193,6 +193,19 @@ def test_config_validation() -> None:
         TrainConfig().check_data_source()
 
 
+def test_time_budget_ends_the_run_like_a_last_epoch(zarr_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "budget"
+    assert main([*TINY, "--zarr-path", str(zarr_path), "--output-dir", str(out), "--epochs", "50",
+                 "--val-every", "20", "--save-every", "20", "--max-minutes", "1e-6"]) == 0
+    last = json.loads((out / "last" / "config.json").read_text())
+    assert last["epoch"] == 1  # stopped after the first epoch, and saved it although 1 % 20 != 0
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["train/epoch"] for r in records if "val/loss" in r] == [1]
+    assert (out / "best" / "model.safetensors").is_file()
+    with pytest.raises(ValueError, match="max_minutes must be positive"):
+        TrainConfig(task="x", max_minutes=0)
+
+
 def test_early_stopping_tracker() -> None:
     tracker = BestTracker(patience=2)
     assert [tracker.update(v) for v in (1.0, 0.9, 0.95, 0.9)] == [True, True, False, False]

@@ -91,6 +91,9 @@ class TrainConfig:
     """Write <output-dir>/last every this many epochs, and after the last one."""
     early_stopping_patience: int | None = None
     """Stop after this many validations without a lower val/loss (default: never stop early)."""
+    max_minutes: float | None = None
+    """Wall-clock budget of this run's training in minutes: the first epoch that ends past it is treated as
+    the last one (validated and saved), then the run stops. The LR schedule still follows --epochs."""
     seed: int = 100
     """Seed of model initialisation, episode split, shuffling, noise and timesteps."""
     resume: bool = False
@@ -149,6 +152,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
         if not 0.0 <= self.val_ratio < 1.0:
             raise ValueError(f"TrainConfig.val_ratio must be in [0, 1), got {self.val_ratio}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"TrainConfig.max_minutes must be positive, got {self.max_minutes}")
         if self.early_stopping_patience is not None and self.early_stopping_patience <= 0:
             raise ValueError(
                 f"TrainConfig.early_stopping_patience must be positive, got {self.early_stopping_patience}"

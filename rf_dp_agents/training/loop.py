@@ -306,6 +306,7 @@ class Trainer:
         self.run_dir = job.run_dir
         self.global_step = 0
         self.epoch = 0
+        self._loop_started = time.perf_counter()
         self.tracker = BestTracker(cfg.early_stopping_patience)
         self.wandb_run_id: str | None = None
         self.logger: MetricsLogger | None = None
@@ -634,6 +635,7 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True)
+        self._loop_started = time.perf_counter()
         try:
             while self.epoch < cfg.epochs:
                 stop = self._run_epoch(bar)
@@ -687,9 +689,12 @@ class Trainer:
                 "train/samples_per_s": self.steps_per_epoch * self.global_batch / epoch_time,
                 "train/data_wait_s": data_wait,
             }])
-        last_epoch = self.epoch == cfg.epochs
+        out_of_time = self._out_of_time()
+        last_epoch = self.epoch == cfg.epochs or out_of_time
         val_loss = None
-        stop = False
+        stop = out_of_time
+        if out_of_time and info.is_main:
+            log.info("stopping after epoch %d: the --max-minutes budget of %s minutes is spent", self.epoch, cfg.max_minutes)
         if self.epoch % cfg.val_every == 0 or last_epoch:
             val_loss = validate(self.eval_model, ds, info, cfg.batch_size, cfg.seed)
             score = val_loss if val_loss is not None else train_loss
@@ -723,6 +728,15 @@ class Trainer:
         if info.is_main and (self.epoch % cfg.save_every == 0 or last_epoch or stop):
             self._save_last(val_loss, train_loss)
         return stop
+
+    def _out_of_time(self) -> bool:
+        """Whether ``--max-minutes`` has run out; every rank gets the same answer (any rank out stops all)."""
+        if self.cfg.max_minutes is None:
+            return False
+        over = (time.perf_counter() - self._loop_started) / 60.0 >= self.cfg.max_minutes
+        flag = torch.tensor([1.0 if over else 0.0], device=self.info.device)
+        all_reduce_sum(self.info, flag)
+        return bool(flag.item() > 0)
 
     def _flush(self, pending: list[tuple[int, torch.Tensor, torch.Tensor, float]], epoch: int) -> list[float]:
         """Fetch the pending steps' losses (averaged over ranks) and grad norms; log them; stop on NaN/inf."""
