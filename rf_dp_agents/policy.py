@@ -31,8 +31,13 @@ class DiffusionPolicyAgent:
     """
 
     def __init__(self, model: DiffusionPolicy, seed: int = 0, metadata: Mapping[str, Any] | None = None) -> None:
-        if not isinstance(model, DiffusionPolicy):
-            raise TypeError(f"DiffusionPolicyAgent wraps a DiffusionPolicy, got {type(model).__name__}")
+        if not isinstance(model, DiffusionPolicy) and not (
+            isinstance(getattr(model, "config", None), ModelConfig) and callable(getattr(model, "predict_action", None))
+        ):
+            raise TypeError(
+                f"DiffusionPolicyAgent wraps a DiffusionPolicy (or a stand-in with a ModelConfig `config` and "
+                f"`predict_action`, such as rollout's RemoteModel), got {type(model).__name__}"
+            )
         self.model = model.eval()
         self.seed = int(seed)
         """Seed of the noise used when ``deterministic=True`` (reseeded at every inference)."""

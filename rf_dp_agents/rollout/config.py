@@ -33,6 +33,8 @@ class RolloutConfig:
     TOPP as RoboFactory's evaluation does (and reports the motion-planning failure rate)."""
     record_video: bool = False
     """Write one mp4 per episode: global + per-agent cameras tiled, with step count and success state."""
+    video_episodes: int | None = None
+    """With --record-video, record only the first this many episodes (seeds seed..seed+N-1); default: all."""
     video_dir: str = "videos"
     """Videos go to <video-dir>/<task>/."""
     output: str = "results.json"
@@ -51,6 +53,10 @@ class RolloutConfig:
     """Sample the diffusion noise from each policy's fixed seed (equal observations give equal actions)."""
     device: str = "auto"
     """Torch device of the policies: auto (cuda if available), cpu, cuda, cuda:1..."""
+    inference: Literal["auto", "shared", "per-worker"] = "auto"
+    """With --num-envs > 1 on the CPU backend: 'shared' runs each model once in this process on the batched
+    requests of all env workers; 'per-worker' gives every worker its own copy. auto: shared when the policies
+    run on CUDA, per-worker on the CPU."""
     torch_threads: int | None = None
     """Torch CPU threads per process; default: half the CPU cores divided among the processes (at least 1)."""
     progress: bool = True
@@ -63,7 +69,8 @@ class RolloutConfig:
         for name in ("num_episodes", "num_envs"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"RolloutConfig.{name} must be positive, got {getattr(self, name)}")
-        for name in ("camera_width", "camera_height", "max_episode_steps", "num_inference_steps", "torch_threads"):
+        for name in ("camera_width", "camera_height", "max_episode_steps", "num_inference_steps", "torch_threads",
+                     "video_episodes"):
             value = getattr(self, name)
             if value is not None and int(value) <= 0:
                 raise ValueError(f"RolloutConfig.{name} must be positive, got {value}")
@@ -75,6 +82,8 @@ class RolloutConfig:
             raise ValueError(f"RolloutConfig.execution must be 'direct' or 'topp', got {self.execution!r}")
         if self.sampler not in (None, "ddpm", "ddim", "dpmsolver"):
             raise ValueError(f"RolloutConfig.sampler must be 'ddpm', 'ddim' or 'dpmsolver', got {self.sampler!r}")
+        if self.inference not in ("auto", "shared", "per-worker"):
+            raise ValueError(f"RolloutConfig.inference must be 'auto', 'shared' or 'per-worker', got {self.inference!r}")
         if not self.output.endswith(".json"):
             raise ValueError(f"RolloutConfig.output must be a .json path, got {self.output!r}")
 

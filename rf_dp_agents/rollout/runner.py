@@ -4,8 +4,10 @@
 default ``<checkpoint_dir>/<task>_Agent<i>/``, its ``best/`` checkpoint), sizes the env cameras from the
 policies' ``image_shape``, and runs ``num_episodes`` episodes with seeds ``seed, seed+1, ...``:
 
-* CPU backend: ``num_envs`` worker processes (spawned), each with its own env and its own copy of the
-  policies, one episode at a time; with ``num_envs=1`` everything runs in this process.
+* CPU backend: ``num_envs`` worker processes (spawned), each with its own env, one episode at a time; with
+  ``num_envs=1`` everything runs in this process. The models either run once in this process on the batched
+  requests of all workers (``inference='shared'``, the default on CUDA; see ``rollout.inference``) or each
+  worker loads its own copy (``'per-worker'``, the default on the CPU).
 * GPU backend: one ManiSkill vectorised env of ``num_envs`` parallel envs, episodes in lock-step batches.
 
 An episode runs until every success rule of the task has held at least once, or the step cap. Each
@@ -32,10 +34,12 @@ from tqdm.auto import tqdm
 
 import envs.tasks  # noqa: F401  (registers the -rf tasks)
 from envs.router import MultiAgentRouter, default_routes
-from rf_dp_agents.checkpoint import load_policy, resolve_checkpoint_dir
+from rf_dp_agents.checkpoint import load_policy, resolve_checkpoint_dir, resolve_device
+from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.policy import DiffusionPolicyAgent
 from rf_dp_agents.rollout.config import RolloutConfig
 from rf_dp_agents.rollout.execution import Execution, as_agent_actions, make_execution, to_env_action
+from rf_dp_agents.rollout.inference import InferenceServer, RemoteModel, claim_slot
 from rf_dp_agents.rollout.metrics import (
     EpisodeResult,
     format_summary,
@@ -236,7 +240,9 @@ class EvalSession:
         self.execution.begin_episode(n)
         tracks = [_Track(seed=int(s), first={r: None for r in self.rules}) for s in padded]
         for b, track in enumerate(tracks[: len(seeds)]):
-            if self.cfg.record_video:
+            if self.cfg.record_video and (
+                self.cfg.video_episodes is None or track.seed - self.cfg.seed < self.cfg.video_episodes
+            ):
                 track.writer = EpisodeVideoWriter(episode_video_path(self.cfg.video_dir, self.cfg.task, track.seed))
                 track.writer.append(self._frame(obs, b, 0, track))
         for track in tracks[len(seeds):]:
@@ -311,6 +317,20 @@ def _init_worker(cfg_dict: dict[str, Any], paths: list[str], threads: int) -> No
     _SESSION = EvalSession(RolloutConfig(**cfg_dict), [Path(p) for p in paths], num_envs=1)
 
 
+def _init_shared_worker(
+    cfg_dict: dict[str, Any], paths: list[str], configs: list[dict[str, Any]], requests: Any, replies: Any, slots: Any
+) -> None:
+    global _SESSION
+    torch.set_num_threads(1)
+    cfg = RolloutConfig(**cfg_dict)
+    slot = claim_slot(slots)
+    policies = [
+        DiffusionPolicyAgent(RemoteModel(ModelConfig.from_dict(c), i, slot, requests, replies), seed=cfg.seed + i)
+        for i, c in enumerate(configs)
+    ]
+    _SESSION = EvalSession(cfg, [Path(p) for p in paths], num_envs=1, policies=policies)
+
+
 def _worker_episode(seed: int) -> EpisodeResult:
     assert _SESSION is not None, "worker was not initialised"
     return _SESSION.run_batch([seed])[0]
@@ -323,18 +343,51 @@ def _threads(cfg: RolloutConfig, processes: int) -> int:
     return max(1, (os.cpu_count() or 1) // (2 * processes))
 
 
+def inference_mode(cfg: RolloutConfig, device: torch.device) -> str:
+    """'in-process' (one process), 'shared' or 'per-worker' (CPU-backend worker processes), as ``cfg`` says."""
+    if cfg.sim_backend == "gpu" or cfg.num_envs == 1 or cfg.num_episodes == 1:
+        return "in-process"
+    if cfg.inference == "auto":
+        return "shared" if device.type == "cuda" else "per-worker"
+    return cfg.inference
+
+
+def _pool_episodes(
+    cfg: RolloutConfig, seeds: Sequence[int], workers: int, init: Any, initargs: tuple, bar: Any
+) -> list[EpisodeResult]:
+    """Run ``seeds`` on a spawned pool of ``workers`` env processes set up by ``init(*initargs)``."""
+    ctx = multiprocessing.get_context("spawn")
+    results: list[EpisodeResult] = []
+    with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=init, initargs=initargs) as pool:
+        pending = [pool.submit(_worker_episode, s) for s in seeds]
+        for fut in futures.as_completed(pending):
+            results.append(fut.result())
+            bar.update(1)
+            bar.set_postfix(success=sum(r.success(PRIMARY_RULE) for r in results))
+    return sorted(results, key=lambda r: r.seed)
+
+
 def run_episodes(
-    cfg: RolloutConfig, paths: Sequence[Path], policies: Sequence[DiffusionPolicyAgent] | None = None
+    cfg: RolloutConfig,
+    paths: Sequence[Path],
+    policies: Sequence[DiffusionPolicyAgent] | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> tuple[list[EpisodeResult], list[str]]:
     """Run every seed of ``cfg``; return the episode results (in seed order) and the success rules.
 
-    ``policies`` (already loaded from ``paths``) are used when the episodes run in this process.
+    ``policies`` (already loaded from ``paths``) are used when the episodes run in this process, and serve
+    every worker with shared inference (they are loaded here if not given). ``stats`` receives the inference
+    mode and, with shared inference, the server's batching figures.
     """
     seeds = cfg.seeds
+    device = policies[0].device if policies else resolve_device(cfg.device)
+    mode = inference_mode(cfg, device)
+    if stats is not None:
+        stats["mode"] = mode
     bar = tqdm(total=len(seeds), desc=f"{cfg.task} episodes", unit="ep", disable=not cfg.progress)
     results: list[EpisodeResult] = []
     try:
-        if cfg.sim_backend == "gpu" or cfg.num_envs == 1:
+        if mode == "in-process":
             torch.set_num_threads(_threads(cfg, 1))
             num_envs = cfg.num_envs if cfg.sim_backend == "gpu" else 1
             session = EvalSession(cfg, paths, num_envs=num_envs, policies=policies)
@@ -349,15 +402,19 @@ def run_episodes(
                 session.close()
         else:
             workers = min(cfg.num_envs, len(seeds))
-            ctx = multiprocessing.get_context("spawn")
-            init = (cfg.to_dict(), [str(p) for p in paths], _threads(cfg, workers))
-            with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
-                pending = [pool.submit(_worker_episode, s) for s in seeds]
-                for fut in futures.as_completed(pending):
-                    results.append(fut.result())
-                    bar.update(1)
-                    bar.set_postfix(success=sum(r.success(PRIMARY_RULE) for r in results))
-            results.sort(key=lambda r: r.seed)
+            names = [str(p) for p in paths]
+            if mode == "shared":
+                policies = list(policies) if policies is not None else load_agent_policies(cfg, paths)
+                server = InferenceServer([p.model for p in policies], workers, multiprocessing.get_context("spawn"))
+                configs = [p.config.to_dict() for p in policies]
+                with server:
+                    initargs = (cfg.to_dict(), names, configs, server.requests, server.replies, server.slots)
+                    results = _pool_episodes(cfg, seeds, workers, _init_shared_worker, initargs, bar)
+                if stats is not None:
+                    stats["server"] = server.stats.to_dict()
+            else:
+                initargs = (cfg.to_dict(), names, _threads(cfg, workers))
+                results = _pool_episodes(cfg, seeds, workers, _init_worker, initargs, bar)
             rules = list(results[0].first_success_step)
     finally:
         bar.close()
@@ -388,9 +445,9 @@ def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
         key: {"checkpoint": str(path), "config": p.config.to_dict(), "metadata": p.metadata}
         for key, path, p in zip(agent_keys(num_arms), paths, policies)
     }
-    in_process = cfg.sim_backend == "gpu" or cfg.num_envs == 1
     start = time.perf_counter()
-    episodes, rules = run_episodes(cfg, paths, policies if in_process else None)
+    inference: dict[str, Any] = {}
+    episodes, rules = run_episodes(cfg, paths, policies, stats=inference)
     wall = time.perf_counter() - start
     summary = summarize(episodes, rules, topp=cfg.execution == "topp")
     doc = {
@@ -409,6 +466,7 @@ def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
         "rollout_config": cfg.to_dict(),
         "versions": package_versions(),
         "timing": timing(episodes, wall),
+        "inference": inference,
     }
     write_json_atomic(cfg.output, doc)
     return doc
@@ -424,6 +482,7 @@ __all__ = [
     "camera_size",
     "checkpoint_paths",
     "format_summary",
+    "inference_mode",
     "load_agent_policies",
     "make_env",
     "run_episodes",

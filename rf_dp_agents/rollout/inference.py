@@ -1,0 +1,222 @@
+"""Shared batched inference: env worker processes send their chunk requests to one copy of each model.
+
+With ``--inference shared`` (the default when the policies run on CUDA and ``--num-envs`` > 1 on the CPU
+backend) every worker process keeps its env, router and each policy's observation history and action queue,
+but the diffusion model is a :class:`RemoteModel`: when an env needs a new action chunk, the worker sends the
+history (uint8 images, raw state) to the parent. There an :class:`InferenceServer` thread takes every request
+that is waiting, runs each agent's model once on the stacked rows and sends each worker its rows back.
+On a GPU this is what makes many envs cheap: DDPM-100 costs about the same at batch 16 as at batch 1, while
+separate processes would take turns on the GPU one row at a time.
+
+Batches are padded to the next power of two (at most the number of workers), so a CUDA-graphed model captures
+a handful of graphs. With ``deterministic=True`` each row's initial noise comes from its policy's seed, as in a
+worker's own model.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from rf_dp_agents.config import ModelConfig
+
+REQUEST_POLL_S = 0.1
+"""How long the server thread waits for a request before checking whether it should stop."""
+GATHER_S = 0.003
+"""After the first request of a batch, how long the server waits for more before running the model."""
+
+
+def batch_sizes(max_rows: int) -> list[int]:
+    """The padded batch sizes used for up to ``max_rows`` rows: powers of two below it, then ``max_rows``."""
+    if max_rows <= 0:
+        raise ValueError(f"max_rows must be positive, got {max_rows}")
+    sizes, size = [], 1
+    while size < max_rows:
+        sizes.append(size)
+        size *= 2
+    return sizes + [max_rows]
+
+
+def padded_size(rows: int, max_rows: int) -> int:
+    """The smallest entry of :func:`batch_sizes` that holds ``rows`` (``rows`` itself above ``max_rows``)."""
+    for size in batch_sizes(max_rows):
+        if size >= rows:
+            return size
+    return rows
+
+
+@dataclass
+class ServerStats:
+    """What the server did: model calls, rows served, rows added as padding, seconds inside the models."""
+
+    batches: int = 0
+    rows: int = 0
+    padded_rows: int = 0
+    model_seconds: float = 0.0
+    rows_per_batch: dict[int, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable summary."""
+        return {
+            "batches": self.batches,
+            "rows": self.rows,
+            "padded_rows": self.padded_rows,
+            "mean_rows_per_batch": self.rows / self.batches if self.batches else None,
+            "model_seconds": self.model_seconds,
+            "batches_by_rows": {str(k): v for k, v in sorted(self.rows_per_batch.items())},
+        }
+
+
+class InferenceServer:
+    """Runs the models of every agent for requests from worker processes, in a thread of this process.
+
+    ``models[i]`` serves agent i. Give the workers :attr:`requests`, :attr:`replies` and :attr:`slots`
+    (multiprocessing objects of ``ctx``); each worker claims a reply slot with :func:`claim_slot`.
+    Use as a context manager: the thread runs inside the ``with`` block.
+    """
+
+    def __init__(self, models: Sequence[Any], num_workers: int, ctx: Any) -> None:
+        if not models:
+            raise ValueError("InferenceServer needs at least one model")
+        self.models = list(models)
+        self.num_workers = int(num_workers)
+        self.requests = ctx.Queue()
+        self.replies = [ctx.Queue() for _ in range(self.num_workers)]
+        self.slots = ctx.Value("i", 0)
+        self.stats = ServerStats()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: str | None = None
+
+    def __enter__(self) -> "InferenceServer":
+        self._thread = threading.Thread(target=self._serve, name="inference-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        for q in (self.requests, *self.replies):
+            q.close()
+            q.cancel_join_thread()
+
+    # ------------------------------------------------------------------ the server thread
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                first = self.requests.get(timeout=REQUEST_POLL_S)
+            except queue.Empty:
+                continue
+            pending = [first]
+            deadline = time.perf_counter() + GATHER_S
+            while len(pending) < self.num_workers * len(self.models):
+                try:
+                    pending.append(self.requests.get(timeout=max(deadline - time.perf_counter(), 0.0)))
+                except queue.Empty:
+                    break
+            by_agent: dict[tuple[int, bool], list[tuple]] = {}
+            for req in pending:
+                by_agent.setdefault((req[1], req[3] is not None), []).append(req)
+            for (agent, _), reqs in by_agent.items():
+                self._run(agent, reqs)
+
+    def _run(self, agent: int, reqs: list[tuple]) -> None:
+        """Run agent ``agent``'s model on the rows of ``reqs`` (slot, agent, obs, seeds); reply to each slot."""
+        if self._failure is not None:
+            for slot, *_ in reqs:
+                self.replies[slot].put(("error", self._failure))
+            return
+        try:
+            model = self.models[agent]
+            keys = list(reqs[0][2])
+            counts = [len(r[2][keys[0]]) for r in reqs]
+            rows = sum(counts)
+            size = padded_size(rows, self.num_workers)
+            obs = {}
+            for key in keys:
+                stacked = np.concatenate([r[2][key] for r in reqs], axis=0)
+                if size > rows:
+                    stacked = np.concatenate([stacked, np.repeat(stacked[:1], size - rows, axis=0)], axis=0)
+                obs[key] = torch.from_numpy(stacked).to(model.device, non_blocking=True)
+            generator = None
+            if reqs[0][3] is not None:
+                seeds = [s for r, n in zip(reqs, counts) for s in (r[3] if len(r[3]) == n else r[3][:1] * n)]
+                seeds += [seeds[0]] * (size - rows)
+                generator = [torch.Generator().manual_seed(int(s)) for s in seeds]
+            start = time.perf_counter()
+            with torch.no_grad():
+                out = model.predict_action(obs, generator=generator)[:rows].float().cpu().numpy()
+            stats = self.stats
+            stats.model_seconds += time.perf_counter() - start
+            stats.batches += 1
+            stats.rows += rows
+            stats.padded_rows += size - rows
+            stats.rows_per_batch[rows] = stats.rows_per_batch.get(rows, 0) + 1
+        except Exception as err:  # the workers raise it; the server keeps serving the others
+            message = f"inference for agent {agent} failed in the parent process: {type(err).__name__}: {err}"
+            for slot, *_ in reqs:
+                self.replies[slot].put(("error", message))
+            return
+        at = 0
+        for (slot, *_), n in zip(reqs, counts):
+            self.replies[slot].put(("ok", out[at : at + n]))
+            at += n
+
+
+def claim_slot(slots: Any) -> int:
+    """A worker's own reply slot: 0, 1, ... in the order workers start."""
+    with slots.get_lock():
+        slot = int(slots.value)
+        slots.value += 1
+    return slot
+
+
+class RemoteModel:
+    """Stands in for a ``DiffusionPolicy`` inside a worker: ``predict_action`` asks the parent's server.
+
+    It holds the model's configuration only (no weights); ``DiffusionPolicyAgent`` keeps the observation
+    history and the action queue in the worker as usual.
+    """
+
+    training = False
+
+    def __init__(self, config: ModelConfig, agent: int, slot: int, requests: Any, replies: Any) -> None:
+        self.config = config
+        self.agent, self.slot = int(agent), int(slot)
+        self._requests, self._reply = requests, replies[slot]
+
+    @property
+    def device(self) -> torch.device:
+        """The worker side lives on the CPU."""
+        return torch.device("cpu")
+
+    def eval(self) -> "RemoteModel":
+        """No-op (the parent's model is already in eval mode); returns self."""
+        return self
+
+    def predict_action(
+        self, obs: Mapping[str, torch.Tensor], generator: Any = None, num_inference_steps: int | None = None
+    ) -> torch.Tensor:
+        """Raw action chunks ``(B, T, A)`` for raw observations, sampled by the parent's model."""
+        if num_inference_steps is not None:
+            raise ValueError("a shared-inference model uses the sampler settings the parent loaded it with")
+        seeds = None
+        if generator is not None:
+            gens = list(generator) if isinstance(generator, Sequence) else [generator]
+            seeds = [int(g.initial_seed()) for g in gens]
+        payload = {key: value.detach().cpu().numpy() for key, value in obs.items()}
+        self._requests.put((self.slot, self.agent, payload, seeds))
+        status, value = self._reply.get()
+        if status != "ok":
+            raise RuntimeError(value)
+        return torch.from_numpy(value)
+
+
+__all__ = ["InferenceServer", "RemoteModel", "ServerStats", "batch_sizes", "claim_slot", "padded_size"]

@@ -1,0 +1,110 @@
+"""Shared batched inference: worker requests batched into one model call give each worker its own rows.
+
+The server and its clients are tested in one process with client threads (real multiprocessing queues, a
+real tiny model), then end to end: a CPU rollout whose two env worker processes are served by the parent.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rf_dp_agents import load_policy
+from rf_dp_agents.policy import DiffusionPolicyAgent
+from rf_dp_agents.rollout.config import RolloutConfig
+from rf_dp_agents.rollout.inference import InferenceServer, RemoteModel, batch_sizes, claim_slot, padded_size
+
+TASK = "LiftBarrier-rf"
+IMAGE_HW = (48, 64)
+
+
+def test_padded_batch_sizes() -> None:
+    assert batch_sizes(1) == [1]
+    assert batch_sizes(16) == [1, 2, 4, 8, 16]
+    assert batch_sizes(25) == [1, 2, 4, 8, 16, 25]
+    assert [padded_size(n, 25) for n in (1, 3, 9, 17, 25, 30)] == [1, 4, 16, 25, 25, 30]
+    with pytest.raises(ValueError, match="max_rows must be positive"):
+        batch_sizes(0)
+
+
+@pytest.fixture(scope="module")
+def tiny_policy_dir(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "agent", image_hw=IMAGE_HW, seed=3)
+
+
+def _observations(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "img": rng.integers(0, 256, (1, *IMAGE_HW, 3), dtype=np.uint8),
+        "state": rng.normal(0.0, 0.1, (1, 8)).astype(np.float32),
+    }
+
+
+def test_batched_rows_equal_each_clients_own_model(tiny_policy_dir: Path) -> None:
+    local = load_policy(tiny_policy_dir, device="cpu", seed=7)
+    clients = 3
+    ctx = multiprocessing.get_context("spawn")
+    server = InferenceServer([local.model], clients, ctx)
+    got: dict[int, list[np.ndarray]] = {}
+    errors: list[BaseException] = []
+
+    def client(k: int) -> None:
+        try:
+            slot = claim_slot(server.slots)
+            agent = DiffusionPolicyAgent(RemoteModel(local.config, 0, slot, server.requests, server.replies), seed=7)
+            got[k] = [agent.predict(_observations(10 * k + t), deterministic=True)[0] for t in range(3)]
+        except BaseException as err:  # surfaced in the main thread
+            errors.append(err)
+
+    with server:
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert not errors, errors
+    for k in range(clients):
+        local.reset()
+        want = [local.predict(_observations(10 * k + t), deterministic=True)[0] for t in range(3)]
+        np.testing.assert_allclose(np.stack(got[k]), np.stack(want), atol=1e-4)
+    stats = server.stats.to_dict()
+    # one chunk per client (the first observation; the queue covers the next two), in one or more batches
+    assert stats["rows"] == clients and 1 <= stats["batches"] <= clients
+    assert stats["padded_rows"] == sum((padded_size(int(r), clients) - int(r)) * n
+                                       for r, n in stats["batches_by_rows"].items())
+
+
+def test_model_failure_reaches_the_worker(tiny_policy_dir: Path) -> None:
+    local = load_policy(tiny_policy_dir, device="cpu")
+    server = InferenceServer([local.model], 1, multiprocessing.get_context("spawn"))
+    remote = RemoteModel(local.config, 0, claim_slot(server.slots), server.requests, server.replies)
+    bad = {"img": torch.zeros(1, 2, 3, 8, 8, dtype=torch.uint8), "state": torch.zeros(1, 2, 8)}
+    with server, pytest.raises(RuntimeError, match="inference for agent 0 failed in the parent process"):
+        remote.predict_action(bad)
+
+
+def test_rollout_workers_share_the_parents_models(tmp_path: Path, tiny_checkpoint) -> None:
+    from rf_dp_agents.rollout.runner import run_rollout
+
+    for i in range(2):
+        tiny_checkpoint(tmp_path / "ckpt" / f"{TASK}_Agent{i}" / "best", image_hw=IMAGE_HW, seed=i)
+    common = dict(task=TASK, checkpoint_dir=str(tmp_path / "ckpt"), num_episodes=3, num_envs=2, seed=40,
+                  max_episode_steps=3, num_inference_steps=2, deterministic=True, progress=False)
+    shared = run_rollout(RolloutConfig(**common, inference="shared", output=str(tmp_path / "shared.json"),
+                                       record_video=True, video_episodes=1, video_dir=str(tmp_path / "videos")))
+    assert shared["inference"]["mode"] == "shared"
+    server = shared["inference"]["server"]
+    assert server["rows"] == 3 * 2  # one chunk per agent per episode: 3 steps < the 8-action queue
+    assert [ep["seed"] for ep in shared["episodes"]] == [40, 41, 42]
+    assert [ep["video"] is not None for ep in shared["episodes"]] == [True, False, False]
+    per_worker = run_rollout(RolloutConfig(**common, inference="per-worker", output=str(tmp_path / "own.json")))
+    assert per_worker["inference"] == {"mode": "per-worker"}
+    for a, b in zip(shared["episodes"], per_worker["episodes"]):
+        assert (a["steps"], a["first_success_step"]) == (b["steps"], b["first_success_step"])
+    assert json.loads((tmp_path / "shared.json").read_text())["inference"]["server"]["rows"] == 6
