@@ -63,7 +63,8 @@ class Args:
     render: bool = True
     """Record camera images; --no-render keeps actions, joints and success flags only (re-render with --replay-from)."""
     replay_from: Path | None = None
-    """Folder of existing episodes (e.g. from --no-render) to re-record with cameras instead of planning."""
+    """Folder of existing episodes (e.g. from --no-render; the --out root of that run works too) to re-record with
+    cameras instead of planning."""
 
 
 def episode_name(seed: int) -> str:
@@ -137,7 +138,10 @@ def generate(args: Args) -> dict[str, Any]:
     if args.replay_from is not None:
         from envs.demo_io import list_episodes, read_seed
 
-        sources = list_episodes(args.replay_from)[:max_attempts]
+        source_dir = args.replay_from
+        if (source_dir / args.task).is_dir():  # the --out root of an earlier run: its <task>/ folder
+            source_dir = source_dir / args.task
+        sources = list_episodes(source_dir)[:max_attempts]
         worker, jobs = _rerecord, []
         for ref in sources:
             stem = staging / episode_name(read_seed(ref))

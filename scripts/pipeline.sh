@@ -4,6 +4,10 @@
 # variable; the defaults are the full recipe (150 demos at 320x240, the seed's training configuration).
 #   bash scripts/pipeline.sh                                   # full recipe (a GPU for training is advised)
 #   NUM=4 CAMERA_WIDTH=64 CAMERA_HEIGHT=48 PRESET=tiny EPOCHS=10 EPISODES=2 MAX_STEPS=150 bash scripts/pipeline.sh
+# More knobs: DEMOS_FROM (render these state-only demos, e.g. from generate_data.py --no-render, instead of
+# planning), TRAIN_MINUTES (wall-clock budget per agent), TRAIN_PARALLEL=1 (train the agents side by side),
+# SAMPLERS ("ddpm:100 ddim:10": one rollout per sampler:steps; default: the policies' own), VIDEOS (record the
+# first N episodes; default all), NUM_ENVS (env worker processes of the rollout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -21,22 +25,51 @@ ENVS=${NUM_ENVS:-1}
 OUT=${OUT_DIR:-runs/$TASK}
 STEP_CAP=()
 [ -n "${MAX_STEPS:-}" ] && STEP_CAP=(--max-episode-steps "$MAX_STEPS")
-
-echo "== 1/5 demos: $NUM motion-planned $TASK episodes at ${W}x${H}, $PROCS processes"
+TRAIN_EXTRA=()
+[ -n "${TRAIN_MINUTES:-}" ] && TRAIN_EXTRA=(--max-minutes "$TRAIN_MINUTES")
+VIDEO_CAP=()
+[ -n "${VIDEOS:-}" ] && VIDEO_CAP=(--video-episodes "$VIDEOS")
+DEMO_SOURCE=()
+if [ -n "${DEMOS_FROM:-}" ]; then
+  DEMO_SOURCE=(--replay-from "$DEMOS_FROM")
+  echo "== 1/5 demos: rendering the episodes of $DEMOS_FROM at ${W}x${H}, $PROCS processes"
+else
+  echo "== 1/5 demos: $NUM motion-planned $TASK episodes at ${W}x${H}, $PROCS processes"
+fi
 rm -rf "$OUT/demos"
 $PY scripts/generate_data.py --task "$TASK" --num "$NUM" --num-procs "$PROCS" --camera-width "$W" \
-  --camera-height "$H" --out "$OUT/demos"
+  --camera-height "$H" --out "$OUT/demos" "${DEMO_SOURCE[@]}"
 echo "== 2/5 convert: one zarr per agent"
 $PY scripts/convert_to_zarr.py --task "$TASK" --all-agents --demos "$OUT/demos" --out "$OUT/zarr" --overwrite
-echo "== 3/5 train: every agent, preset $PRESET, $EPOCHS epochs"
+echo "== 3/5 train: every agent, preset $PRESET, $EPOCHS epochs${TRAIN_MINUTES:+, at most $TRAIN_MINUTES minutes each}"
 rm -rf "$OUT/checkpoints"
-$PY scripts/train.py --task "$TASK" --all-agents --preset "$PRESET" --epochs "$EPOCHS" --data-root "$OUT/zarr" \
-  --output-dir "$OUT/checkpoints"
+if [ "${TRAIN_PARALLEL:-0}" = 1 ]; then
+  pids=()
+  for zarr in "$OUT/zarr/${TASK}"_Agent*.zarr; do
+    id=${zarr##*_Agent}; id=${id%%_*}
+    $PY scripts/train.py --task "$TASK" --agent-id "$id" --preset "$PRESET" --epochs "$EPOCHS" --zarr-path "$zarr" \
+      --output-dir "$OUT/checkpoints/${TASK}_Agent$id" --no-progress "${TRAIN_EXTRA[@]}" > "$OUT/train_agent$id.log" 2>&1 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  tail -n 3 "$OUT"/train_agent*.log
+else
+  $PY scripts/train.py --task "$TASK" --all-agents --preset "$PRESET" --epochs "$EPOCHS" --data-root "$OUT/zarr" \
+    --output-dir "$OUT/checkpoints" "${TRAIN_EXTRA[@]}"
+fi
 echo "== 4/5 rollout: $EPISODES episodes from seed $SEED, with video"
-$PY scripts/rollout.py --task "$TASK" --checkpoint-dir "$OUT/checkpoints" --num-episodes "$EPISODES" --seed "$SEED" \
-  --num-envs "$ENVS" "${STEP_CAP[@]}" --record-video --video-dir "$OUT/videos" --output "$OUT/results.json"
+for sampler in ${SAMPLERS:-own}; do
+  name=results; args=(); videos=$OUT/videos
+  if [ "$sampler" != own ]; then
+    name=results_${sampler/:/}; args=(--sampler "${sampler%%:*}" --num-inference-steps "${sampler##*:}")
+    videos=$OUT/videos_$name
+  fi
+  $PY scripts/rollout.py --task "$TASK" --checkpoint-dir "$OUT/checkpoints" --num-episodes "$EPISODES" --seed "$SEED" \
+    --num-envs "$ENVS" "${STEP_CAP[@]}" "${args[@]}" --record-video "${VIDEO_CAP[@]}" --video-dir "$videos" \
+    --output "$OUT/$name.json"
+done
 echo "== 5/5 offline action error per sampler, agent 0's held-out episodes"
 $PY scripts/offline_eval.py "$OUT/checkpoints/${TASK}_Agent0" --samplers ddpm:100 ddim:10 --max-windows 256 \
   --output "$OUT/offline_eval.json"
-echo "results: $OUT/results.json, $OUT/offline_eval.json"
-ls "$OUT/videos/$TASK"/*.mp4
+echo "results: $(ls "$OUT"/results*.json | tr '\n' ' ')$OUT/offline_eval.json"
+ls "$OUT"/videos*/"$TASK"/*.mp4
