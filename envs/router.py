@@ -253,13 +253,21 @@ class MultiAgentRouter:
         policy so it can clear that env's history and action queue.
         """
         starts = _to_numpy_bool(episode_start, self.num_envs, "episode_start")
+        pending: dict[str, Any] = {}
+        for key in self.agent_keys:  # policies that can start their model without waiting all start first
+            policy = self.plans[key].policy
+            if callable(getattr(policy, "submit", None)) and callable(getattr(policy, "collect", None)):
+                pending[key] = policy.submit(self.policy_observation(obs, key), starts, deterministic)
         actions: dict[str, torch.Tensor] = {}
         for key in self.agent_keys:
             plan = self.plans[key]
-            result = plan.policy.predict(
-                self.policy_observation(obs, key), state=None, episode_start=starts, deterministic=deterministic
-            )
-            action = result[0] if isinstance(result, tuple) else result
+            if key in pending:
+                action = plan.policy.collect(pending[key])
+            else:
+                result = plan.policy.predict(
+                    self.policy_observation(obs, key), state=None, episode_start=starts, deterministic=deterministic
+                )
+                action = result[0] if isinstance(result, tuple) else result
             action = torch.as_tensor(action, dtype=torch.float32, device=self.device)
             if action.shape != (self.num_envs, plan.action_dim):
                 raise ValueError(

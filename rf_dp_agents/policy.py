@@ -10,7 +10,8 @@ keep executing their chunk; in lock-step rollouts that is every env at once).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -19,6 +20,17 @@ from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.model import DiffusionPolicy
 
 ArrayLike = np.ndarray | torch.Tensor
+
+
+@dataclass
+class PendingAction:
+    """What :meth:`DiffusionPolicyAgent.submit` started: the caller's observation, and the chunk being computed
+    for envs ``rows`` (``result`` is None when every env still had actions queued)."""
+
+    observation: Mapping[str, Any]
+    batched: bool
+    rows: np.ndarray
+    result: Callable[[], torch.Tensor] | None
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
@@ -159,16 +171,21 @@ class DiffusionPolicyAgent:
                 hist[fresh_idx] = new[fresh_idx].unsqueeze(1)
             self._history[key] = hist
 
-    def _infer(self, rows: np.ndarray, deterministic: bool) -> torch.Tensor:
-        """Run the model on the histories of envs ``rows``; return their executable chunks (len(rows), Ta, A)."""
+    def _start_infer(self, rows: np.ndarray, deterministic: bool) -> Callable[[], torch.Tensor]:
+        """Start the model on the histories of envs ``rows``; the returned call gives their executable chunks
+        (len(rows), Ta, A). A model with ``submit_action`` (rollout's RemoteModel) computes meanwhile."""
         cfg = self.config
         idx = torch.as_tensor(rows, device=self.device)
         obs = {key: hist[idx] for key, hist in self._history.items()}
         generator = [torch.Generator().manual_seed(self.seed) for _ in rows] if deterministic else None
-        pred = self.model.predict_action(obs, generator=generator)
         self.num_model_calls += 1
         start = cfg.obs_horizon - 1
-        return pred[:, start : start + cfg.action_horizon]
+        submit = getattr(self.model, "submit_action", None)
+        if submit is not None:
+            wait = submit(obs, generator=generator)
+            return lambda: wait()[:, start : start + cfg.action_horizon]
+        pred = self.model.predict_action(obs, generator=generator)[:, start : start + cfg.action_horizon]
+        return lambda: pred
 
     @staticmethod
     def _output(action: torch.Tensor, observation: Mapping[str, Any], state_key: str, batched: bool) -> ArrayLike:
@@ -194,21 +211,34 @@ class DiffusionPolicyAgent:
         is used. ``deterministic=True`` samples with noise seeded by ``self.seed``, so equal histories give
         equal actions. Returns numpy for numpy input, a tensor on the input's device for torch input.
         """
+        return self.collect(self.submit(observation, episode_start, deterministic)), state
+
+    @torch.no_grad()
+    def submit(self, observation: Mapping[str, Any], episode_start: Any = None, deterministic: bool = False) -> PendingAction:
+        """The first half of :meth:`predict`: take the observation and start the model for the envs whose queue
+        is empty. With a remote model the chunk is computed while the caller goes on (e.g. submits for the other
+        agents); :meth:`collect` must follow before the next ``submit``."""
         obs, batched = self._parse(observation)
         self._observe(obs, episode_start)
+        need = np.nonzero(self._left == 0)[0]
+        result = self._start_infer(need, deterministic) if need.size else None
+        return PendingAction(observation, batched, need, result)
+
+    @torch.no_grad()
+    def collect(self, pending: PendingAction) -> ArrayLike:
+        """The second half of :meth:`predict`: wait for the chunk (if the model ran), return one action per env."""
         cfg = self.config
         n = self._n_envs
         assert n is not None
         if self._queue is None:
             self._queue = torch.zeros(n, cfg.action_horizon, cfg.action_dim, device=self.device)
-        need = np.nonzero(self._left == 0)[0]
-        if need.size:
-            self._queue[torch.as_tensor(need, device=self.device)] = self._infer(need, deterministic)
-            self._left[need] = cfg.action_horizon
+        if pending.result is not None:
+            self._queue[torch.as_tensor(pending.rows, device=self.device)] = pending.result().to(self.device)
+            self._left[pending.rows] = cfg.action_horizon
         pos = torch.as_tensor(cfg.action_horizon - self._left, device=self.device)
         action = self._queue[torch.arange(n, device=self.device), pos]
         self._left -= 1
-        return self._output(action, observation, cfg.state_key, batched), state
+        return self._output(action, pending.observation, cfg.state_key, pending.batched)
 
     @torch.no_grad()
     def predict_action_chunk(
@@ -221,9 +251,9 @@ class DiffusionPolicyAgent:
         obs, batched = self._parse(observation)
         self._observe(obs, episode_start)
         assert self._n_envs is not None
-        chunk = self._infer(np.arange(self._n_envs), deterministic)
+        chunk = self._start_infer(np.arange(self._n_envs), deterministic)()
         self._left[:] = 0
         return self._output(chunk, observation, self.config.state_key, batched)
 
 
-__all__ = ["DiffusionPolicyAgent"]
+__all__ = ["DiffusionPolicyAgent", "PendingAction"]

@@ -166,6 +166,17 @@ def test_deterministic_sampling_repeats_and_random_sampling_varies(model):
     assert not np.array_equal(a, c)
 
 
+def test_submit_then_collect_is_predict(model):
+    split, whole = DiffusionPolicyAgent(model, seed=3), DiffusionPolicyAgent(model, seed=3)
+    for t in range(12):  # crosses a chunk boundary (Ta = 8) with an episode start in env 1 at t = 5
+        obs = make_obs(2, seed=t)
+        start = np.array([t == 0, t in (0, 5)])
+        pending = split.submit(obs, episode_start=start, deterministic=True)
+        assert (pending.result is not None) == (t in (0, 5, 8))  # the model runs only when some queue is empty
+        np.testing.assert_array_equal(split.collect(pending), whole.predict(obs, episode_start=start, deterministic=True)[0])
+    assert split.num_model_calls == whole.num_model_calls == 3
+
+
 def test_number_of_envs_changes_only_after_reset(model):
     agent = DiffusionPolicyAgent(model)
     agent.predict(make_obs(2))

@@ -18,7 +18,14 @@ import torch
 from rf_dp_agents import load_policy
 from rf_dp_agents.policy import DiffusionPolicyAgent
 from rf_dp_agents.rollout.config import RolloutConfig
-from rf_dp_agents.rollout.inference import InferenceServer, RemoteModel, batch_sizes, claim_slot, padded_size
+from rf_dp_agents.rollout.inference import (
+    InferenceClient,
+    InferenceServer,
+    RemoteModel,
+    batch_sizes,
+    claim_slot,
+    padded_size,
+)
 
 TASK = "LiftBarrier-rf"
 IMAGE_HW = (48, 64)
@@ -56,8 +63,8 @@ def test_batched_rows_equal_each_clients_own_model(tiny_policy_dir: Path) -> Non
 
     def client(k: int) -> None:
         try:
-            slot = claim_slot(server.slots)
-            agent = DiffusionPolicyAgent(RemoteModel(local.config, 0, slot, server.requests, server.replies), seed=7)
+            client = InferenceClient(claim_slot(server.slots), server.requests, server.replies)
+            agent = DiffusionPolicyAgent(RemoteModel(local.config, 0, client), seed=7)
             got[k] = [agent.predict(_observations(10 * k + t), deterministic=True)[0] for t in range(3)]
         except BaseException as err:  # surfaced in the main thread
             errors.append(err)
@@ -83,10 +90,28 @@ def test_batched_rows_equal_each_clients_own_model(tiny_policy_dir: Path) -> Non
 def test_model_failure_reaches_the_worker(tiny_policy_dir: Path) -> None:
     local = load_policy(tiny_policy_dir, device="cpu")
     server = InferenceServer([local.model], 1, multiprocessing.get_context("spawn"))
-    remote = RemoteModel(local.config, 0, claim_slot(server.slots), server.requests, server.replies)
+    remote = RemoteModel(local.config, 0, InferenceClient(claim_slot(server.slots), server.requests, server.replies))
     bad = {"img": torch.zeros(1, 2, 3, 8, 8, dtype=torch.uint8), "state": torch.zeros(1, 2, 8)}
     with server, pytest.raises(RuntimeError, match="inference for agent 0 failed in the parent process"):
         remote.predict_action(bad)
+
+
+def test_requests_of_two_agents_in_flight_come_back_to_their_agent(tiny_policy_dir: Path, tiny_checkpoint,
+                                                                   tmp_path: Path) -> None:
+    other_dir = tiny_checkpoint(tmp_path / "other", image_hw=IMAGE_HW, seed=4)
+    locals_ = [load_policy(tiny_policy_dir, device="cpu", seed=1), load_policy(other_dir, device="cpu", seed=2)]
+    server = InferenceServer([p.model for p in locals_], 1, multiprocessing.get_context("spawn"))
+    client = InferenceClient(claim_slot(server.slots), server.requests, server.replies)
+    remotes = [DiffusionPolicyAgent(RemoteModel(p.config, i, client), seed=p.seed) for i, p in enumerate(locals_)]
+    obs = _observations(5)
+    with server:
+        pending = [r.submit(obs, deterministic=True) for r in remotes]  # both requests out before either waits
+        got = [r.collect(p) for r, p in zip(remotes[::-1], pending[::-1])]  # collected in the other order
+    want = [p.predict(obs, deterministic=True)[0] for p in locals_[::-1]]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    assert not np.allclose(want[0], want[1], atol=1e-3)  # the two agents' models differ
+    assert server.stats.rows == 2
 
 
 def test_rollout_workers_share_the_parents_models(tmp_path: Path, tiny_checkpoint) -> None:

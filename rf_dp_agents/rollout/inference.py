@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -78,7 +78,8 @@ class InferenceServer:
 
     ``models[i]`` serves agent i. Give the workers :attr:`requests`, :attr:`replies` and :attr:`slots`
     (multiprocessing objects of ``ctx``); each worker claims a reply slot with :func:`claim_slot`.
-    Use as a context manager: the thread runs inside the ``with`` block.
+    Use as a context manager: the thread runs inside the ``with`` block. A failed model call is sent to the
+    workers that asked (they raise it); the server goes on serving.
     """
 
     def __init__(self, models: Sequence[Any], num_workers: int, ctx: Any) -> None:
@@ -92,7 +93,6 @@ class InferenceServer:
         self.stats = ServerStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._failure: str | None = None
 
     def __enter__(self) -> "InferenceServer":
         self._thread = threading.Thread(target=self._serve, name="inference-server", daemon=True)
@@ -123,31 +123,27 @@ class InferenceServer:
                     break
             by_agent: dict[tuple[int, bool], list[tuple]] = {}
             for req in pending:
-                by_agent.setdefault((req[1], req[3] is not None), []).append(req)
+                by_agent.setdefault((req[2], req[4] is not None), []).append(req)
             for (agent, _), reqs in by_agent.items():
                 self._run(agent, reqs)
 
     def _run(self, agent: int, reqs: list[tuple]) -> None:
-        """Run agent ``agent``'s model on the rows of ``reqs`` (slot, agent, obs, seeds); reply to each slot."""
-        if self._failure is not None:
-            for slot, *_ in reqs:
-                self.replies[slot].put(("error", self._failure))
-            return
+        """Run agent ``agent``'s model on the rows of ``reqs`` (slot, id, agent, obs, seeds); reply to each slot."""
         try:
             model = self.models[agent]
-            keys = list(reqs[0][2])
-            counts = [len(r[2][keys[0]]) for r in reqs]
+            keys = list(reqs[0][3])
+            counts = [len(r[3][keys[0]]) for r in reqs]
             rows = sum(counts)
             size = padded_size(rows, self.num_workers)
             obs = {}
             for key in keys:
-                stacked = np.concatenate([r[2][key] for r in reqs], axis=0)
+                stacked = np.concatenate([r[3][key] for r in reqs], axis=0)
                 if size > rows:
                     stacked = np.concatenate([stacked, np.repeat(stacked[:1], size - rows, axis=0)], axis=0)
                 obs[key] = torch.from_numpy(stacked).to(model.device, non_blocking=True)
             generator = None
-            if reqs[0][3] is not None:
-                seeds = [s for r, n in zip(reqs, counts) for s in (r[3] if len(r[3]) == n else r[3][:1] * n)]
+            if reqs[0][4] is not None:
+                seeds = [s for r, n in zip(reqs, counts) for s in (r[4] if len(r[4]) == n else r[4][:1] * n)]
                 seeds += [seeds[0]] * (size - rows)
                 generator = [torch.Generator().manual_seed(int(s)) for s in seeds]
             start = time.perf_counter()
@@ -161,12 +157,12 @@ class InferenceServer:
             stats.rows_per_batch[rows] = stats.rows_per_batch.get(rows, 0) + 1
         except Exception as err:  # the workers raise it; the server keeps serving the others
             message = f"inference for agent {agent} failed in the parent process: {type(err).__name__}: {err}"
-            for slot, *_ in reqs:
-                self.replies[slot].put(("error", message))
+            for slot, rid, *_ in reqs:
+                self.replies[slot].put(("error", rid, message))
             return
         at = 0
-        for (slot, *_), n in zip(reqs, counts):
-            self.replies[slot].put(("ok", out[at : at + n]))
+        for (slot, rid, *_), n in zip(reqs, counts):
+            self.replies[slot].put(("ok", rid, out[at : at + n]))
             at += n
 
 
@@ -178,19 +174,50 @@ def claim_slot(slots: Any) -> int:
     return slot
 
 
+class InferenceClient:
+    """A worker's line to the server: sends requests tagged with an id, sorts the replies back to them.
+
+    Several requests may be in flight at once (one per agent, say); replies can come back in any order.
+    """
+
+    def __init__(self, slot: int, requests: Any, replies: Any) -> None:
+        self.slot = int(slot)
+        self._requests, self._replies = requests, replies[self.slot]
+        self._next_id = 0
+        self._arrived: dict[int, tuple[str, Any]] = {}
+
+    def submit(self, agent: int, obs: Mapping[str, np.ndarray], seeds: list[int] | None) -> int:
+        """Send one request for agent ``agent``; returns its id for :meth:`result`."""
+        rid = self._next_id
+        self._next_id += 1
+        self._requests.put((self.slot, rid, int(agent), dict(obs), seeds))
+        return rid
+
+    def result(self, rid: int) -> np.ndarray:
+        """Wait for request ``rid``'s rows (keeping any other reply that arrives first)."""
+        while rid not in self._arrived:
+            status, got, value = self._replies.get()
+            self._arrived[got] = (status, value)
+        status, value = self._arrived.pop(rid)
+        if status != "ok":
+            raise RuntimeError(value)
+        return value
+
+
 class RemoteModel:
-    """Stands in for a ``DiffusionPolicy`` inside a worker: ``predict_action`` asks the parent's server.
+    """Stands in for a ``DiffusionPolicy`` inside a worker: its chunks are sampled by the parent's server.
 
     It holds the model's configuration only (no weights); ``DiffusionPolicyAgent`` keeps the observation
-    history and the action queue in the worker as usual.
+    history and the action queue in the worker as usual, and uses :meth:`submit_action` so that the requests
+    of all agents are in flight together.
     """
 
     training = False
 
-    def __init__(self, config: ModelConfig, agent: int, slot: int, requests: Any, replies: Any) -> None:
+    def __init__(self, config: ModelConfig, agent: int, client: InferenceClient) -> None:
         self.config = config
-        self.agent, self.slot = int(agent), int(slot)
-        self._requests, self._reply = requests, replies[slot]
+        self.agent = int(agent)
+        self.client = client
 
     @property
     def device(self) -> torch.device:
@@ -201,22 +228,31 @@ class RemoteModel:
         """No-op (the parent's model is already in eval mode); returns self."""
         return self
 
+    def submit_action(self, obs: Mapping[str, torch.Tensor], generator: Any = None) -> Callable[[], torch.Tensor]:
+        """Send the request; the returned call waits for the raw action chunks ``(B, T, A)``."""
+        seeds = None
+        if generator is not None:
+            gens = list(generator) if isinstance(generator, Sequence) else [generator]
+            seeds = [int(g.initial_seed()) for g in gens]
+        payload = {key: value.detach().cpu().numpy() for key, value in obs.items()}
+        rid = self.client.submit(self.agent, payload, seeds)
+        return lambda: torch.from_numpy(self.client.result(rid))
+
     def predict_action(
         self, obs: Mapping[str, torch.Tensor], generator: Any = None, num_inference_steps: int | None = None
     ) -> torch.Tensor:
         """Raw action chunks ``(B, T, A)`` for raw observations, sampled by the parent's model."""
         if num_inference_steps is not None:
             raise ValueError("a shared-inference model uses the sampler settings the parent loaded it with")
-        seeds = None
-        if generator is not None:
-            gens = list(generator) if isinstance(generator, Sequence) else [generator]
-            seeds = [int(g.initial_seed()) for g in gens]
-        payload = {key: value.detach().cpu().numpy() for key, value in obs.items()}
-        self._requests.put((self.slot, self.agent, payload, seeds))
-        status, value = self._reply.get()
-        if status != "ok":
-            raise RuntimeError(value)
-        return torch.from_numpy(value)
+        return self.submit_action(obs, generator)()
 
 
-__all__ = ["InferenceServer", "RemoteModel", "ServerStats", "batch_sizes", "claim_slot", "padded_size"]
+__all__ = [
+    "InferenceClient",
+    "InferenceServer",
+    "RemoteModel",
+    "ServerStats",
+    "batch_sizes",
+    "claim_slot",
+    "padded_size",
+]

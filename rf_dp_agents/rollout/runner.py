@@ -39,7 +39,7 @@ from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.policy import DiffusionPolicyAgent
 from rf_dp_agents.rollout.config import RolloutConfig
 from rf_dp_agents.rollout.execution import Execution, as_agent_actions, make_execution, to_env_action
-from rf_dp_agents.rollout.inference import InferenceServer, RemoteModel, claim_slot
+from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer, RemoteModel, claim_slot
 from rf_dp_agents.rollout.metrics import (
     EpisodeResult,
     format_summary,
@@ -323,9 +323,9 @@ def _init_shared_worker(
     global _SESSION
     torch.set_num_threads(1)
     cfg = RolloutConfig(**cfg_dict)
-    slot = claim_slot(slots)
+    client = InferenceClient(claim_slot(slots), requests, replies)
     policies = [
-        DiffusionPolicyAgent(RemoteModel(ModelConfig.from_dict(c), i, slot, requests, replies), seed=cfg.seed + i)
+        DiffusionPolicyAgent(RemoteModel(ModelConfig.from_dict(c), i, client), seed=cfg.seed + i)
         for i, c in enumerate(configs)
     ]
     _SESSION = EvalSession(cfg, [Path(p) for p in paths], num_envs=1, policies=policies)
