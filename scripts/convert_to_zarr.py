@@ -12,6 +12,9 @@ Example::
 
 from __future__ import annotations
 
+import concurrent.futures as futures
+import multiprocessing
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +50,8 @@ class Args:
     """Output folder of the zarr datasets."""
     overwrite: bool = False
     """Replace an existing dataset of the same name."""
+    num_procs: int | None = None
+    """Agents converted side by side in worker processes (default: one per agent, at most the CPU count)."""
 
 
 def convert(args: Args) -> list[Path]:
@@ -63,20 +68,36 @@ def convert(args: Args) -> list[Path]:
     for i in agent_ids:
         if not 0 <= i < n_agents:
             raise ValueError(f"--agent-id {i} out of range: {args.task} demos have {n_agents} agents")
+    if args.num_procs is not None and args.num_procs < 1:
+        raise ValueError(f"--num-procs must be >= 1, got {args.num_procs}")
+    procs = min(len(agent_ids), args.num_procs or os.cpu_count() or 1)
+    jobs = [(refs, args.out / zarr_name(args.task, i, len(refs)), i, args) for i in agent_ids]
     written = []
-    for i in agent_ids:
-        path = args.out / zarr_name(args.task, i, len(refs))
-        convert_agent(
-            refs,
-            path,
-            agent_id=i,
-            state_source=args.state_source,
-            include_global_camera=args.include_global_camera,
-            overwrite=args.overwrite,
-        )
-        print(f"agent {i}: {len(refs)} episodes -> {path}")
-        written.append(path)
+    if procs == 1:
+        done = map(_convert_one, jobs)
+    else:
+        pool = futures.ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"))
+        done = pool.map(_convert_one, jobs)
+    try:
+        for (_, path, i, _), result in zip(jobs, done):
+            print(f"agent {i}: {len(refs)} episodes -> {result}")
+            written.append(path)
+    finally:
+        if procs > 1:
+            pool.shutdown(cancel_futures=True)
     return written
+
+
+def _convert_one(job: tuple[list, Path, int, Args]) -> Path:
+    refs, path, agent_id, args = job
+    return convert_agent(
+        refs,
+        path,
+        agent_id=agent_id,
+        state_source=args.state_source,
+        include_global_camera=args.include_global_camera,
+        overwrite=args.overwrite,
+    )
 
 
 def main() -> None:

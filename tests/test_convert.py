@@ -183,5 +183,14 @@ def test_convert_cli(demo_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == ["Toy-rf_Agent0_2.zarr", "Toy-rf_Agent1_2.zarr"]
     np.testing.assert_array_equal(ReplayBuffer.open(out / "Toy-rf_Agent0_2.zarr").episode_ends, [5, 12])
+    serial = subprocess.run(cmd + ["--out", str(tmp_path / "serial"), "--all-agents", "--num", "2", "--num-procs", "1"],
+                            capture_output=True, text=True)
+    assert serial.returncode == 0, serial.stderr
+    assert done.stdout == serial.stdout.replace(str(tmp_path / "serial"), str(out))  # same report, agent order kept
+    for i in range(2):  # agents converted in two processes equal the one-process conversion
+        a = ReplayBuffer.open(out / f"Toy-rf_Agent{i}_2.zarr")
+        b = ReplayBuffer.open(tmp_path / "serial" / f"Toy-rf_Agent{i}_2.zarr")
+        for key in ("img", "state", "action"):
+            np.testing.assert_array_equal(a[key], b[key])
     too_many = subprocess.run(cmd + ["--out", str(out), "--num", "9"], capture_output=True, text=True)
     assert too_many.returncode == 2 and "--num 9 asked but only 3 episodes exist" in too_many.stderr
