@@ -297,7 +297,7 @@ def lerobot_step(args: Args, device, image_hw) -> dict[str, Any]:
 
 def predict_latency(args: Args, dataset, device) -> list[dict[str, Any]]:
     """Milliseconds per action chunk through ``predict_action`` (encoder + full denoising loop): eager, the
-    default CUDA graph (TF32 on), and the CUDA graph with TF32 off."""
+    default CUDA graph (TF32 on), the CUDA graph with TF32 off, and the CUDA graph of a torch.compile'd U-Net."""
     rows = []
     for sampler, steps in (("ddpm", 100), ("ddim", 10)):
         policy = build_policy(device, dataset, sampler=sampler, num_inference_steps=steps).eval()
@@ -305,9 +305,10 @@ def predict_latency(args: Args, dataset, device) -> list[dict[str, Any]]:
             obs = dataset.get_batch(torch.arange(batch, device=dataset.device))
             obs = {"img": obs["img"].to(device), "state": obs["state"].to(device)}
             row: dict[str, Any] = {"sampler": sampler, "steps": steps, "batch": batch}
-            for name, graphs, tf32 in (("eager_ms", False, True), ("cuda_graph_ms", True, True),
-                                       ("cuda_graph_fp32_ms", True, False)):
-                policy.cuda_graphs = graphs
+            for name, graphs, tf32, compiled in (("eager_ms", False, True, False), ("cuda_graph_ms", True, True, False),
+                                                 ("cuda_graph_fp32_ms", True, False, False),
+                                                 ("cuda_graph_compiled_ms", True, True, True)):
+                policy.cuda_graphs, policy.compile_graphs = graphs, compiled
                 policy._graphs.clear()
                 with torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=tf32):
                     call = lambda: policy.predict_action(obs)  # noqa: E731
@@ -363,12 +364,16 @@ def render_table(res: dict[str, Any]) -> str:
                       f"differ by at most {100 * gap:.1f}%."]
     epoch_s = res["n_windows"] / tr["fast"]["samples_per_s"]
     lines += ["", f"300 epochs at the fast path's rate: {300 * epoch_s / 60:.1f} minutes of steps "
-                  f"({epoch_s:.1f} s per epoch; the seed reports 240 s per epoch on one GPU).", "",
-              "| predict() per chunk | batch | eager | CUDA graph (default) | CUDA graph, TF32 off |",
-              "|---|---|---|---|---|"]
-    for row in res.get("predict", []):
+                  f"({epoch_s:.1f} s per epoch; the seed reports 240 s per epoch on one GPU).", ""]
+    rows = res.get("predict", [])
+    compiled = bool(rows) and all("cuda_graph_compiled_ms" in row for row in rows)
+    lines += ["| predict() per chunk | batch | eager | CUDA graph (default) | CUDA graph, TF32 off |"
+              + (" CUDA graph of the compiled U-Net |" if compiled else ""),
+              "|---|---|---|---|---|" + ("---|" if compiled else "")]
+    for row in rows:
         lines.append(f"| {row['sampler'].upper()}-{row['steps']} | {row['batch']} | {row['eager_ms']:.1f} ms | "
-                     f"{row['cuda_graph_ms']:.1f} ms | {row['cuda_graph_fp32_ms']:.1f} ms |")
+                     f"{row['cuda_graph_ms']:.1f} ms | {row['cuda_graph_fp32_ms']:.1f} ms |"
+                     + (f" {row['cuda_graph_compiled_ms']:.1f} ms |" if compiled else ""))
     return "\n".join(lines)
 
 

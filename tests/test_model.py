@@ -8,7 +8,7 @@ from torch import nn
 
 from rf_dp_agents.config import ModelConfig, tiny_model_config
 from rf_dp_agents.data.normalizer import Normalizer
-from rf_dp_agents.model import ConditionalUnet1D, DiffusionPolicy, ResNet18Encoder, crop_images
+from rf_dp_agents.model import ConditionalUnet1D, DiffusionPolicy, ResNet18Encoder, crop_images, make_scheduler
 
 SIZE = 32
 
@@ -157,6 +157,27 @@ def test_per_row_generators_make_rows_independent_of_the_batch():
     assert torch.allclose(full[2:], last, atol=1e-5)
     with pytest.raises(ValueError, match="2 generators for a batch of 3"):
         model.predict_action(obs, generator=gens(2))
+
+
+def test_denoise_runs_the_given_net_once_per_step():
+    config = small_config(sampler="ddim", num_inference_steps=4)
+    model = DiffusionPolicy(config).eval()
+    obs = obs_of(make_batch(config, batch=2))
+    calls = []
+
+    def wrapped(sample, t, cond):
+        calls.append(int(t))
+        return model.noise_pred_net(sample, t, cond)
+
+    scheduler = make_scheduler(config, "ddim")
+    scheduler.set_timesteps(4)
+    noise = torch.randn(2, config.pred_horizon, config.action_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cond = model.encode_obs(obs)
+        via_wrapper = model.denoise(cond, noise, scheduler, scheduler.timesteps, net=wrapped)
+        direct = model.denoise(cond, noise, scheduler, scheduler.timesteps)
+    assert calls == [int(t) for t in scheduler.timesteps]
+    assert torch.equal(via_wrapper, direct)
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver"])

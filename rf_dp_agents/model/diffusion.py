@@ -109,7 +109,10 @@ class DiffusionPolicy(nn.Module):
         self.cuda_graphs = True
         """On CUDA, sample through a captured CUDA graph per (batch size, sampler, steps): encoder and the whole
         denoising loop in one replay (about 3x faster per chunk on an H200; README, Performance)."""
-        self._graphs: dict[tuple[int, str, int, torch.device], Any] = {}
+        self.compile_graphs = False
+        """Compile the U-Net with torch.compile (Inductor kernels, GroupNorm and Mish fused) before a CUDA graph
+        captures it; each new batch size then costs a compilation. Off by default; see benchmark.py's predict rows."""
+        self._graphs: dict[tuple[int, str, int, torch.device, bool], Any] = {}
 
     @property
     def device(self) -> torch.device:
@@ -236,22 +239,26 @@ class DiffusionPolicy(nn.Module):
         scheduler: Scheduler,
         timesteps_dev: torch.Tensor,
         generator: Generator = None,
+        net: nn.Module | None = None,
     ) -> torch.Tensor:
-        """Run ``scheduler`` (timesteps already set) from ``noise`` under condition ``cond``; raw actions out."""
+        """Run ``scheduler`` (timesteps already set) from ``noise`` under condition ``cond``; raw actions out.
+
+        ``net`` replaces ``self.noise_pred_net`` (e.g. a compiled wrapper of it)."""
+        net = self.noise_pred_net if net is None else net
         sample = noise * scheduler.init_noise_sigma
         for i, t in enumerate(scheduler.timesteps):
-            model_out = self.noise_pred_net(sample, timesteps_dev[i], cond)
+            model_out = net(sample, timesteps_dev[i], cond)
             sample = scheduler.step(model_out, t, sample, generator=generator).prev_sample
         return self.normalizer.unnormalize(ACTION_KEY, sample)
 
     def _graphed(self, size: int, steps: int) -> Any:
         from rf_dp_agents.model.graphed import GraphedSampler
 
-        key = (size, self.config.sampler, steps, self.device)
+        key = (size, self.config.sampler, steps, self.device, self.compile_graphs)
         if key not in self._graphs:
             if len(self._graphs) >= MAX_CUDA_GRAPHS:
                 self._graphs.pop(next(iter(self._graphs)))
-            self._graphs[key] = GraphedSampler(self, size, self.config.sampler, steps)
+            self._graphs[key] = GraphedSampler(self, size, self.config.sampler, steps, compile_unet=self.compile_graphs)
         return self._graphs[key]
 
 

@@ -1,6 +1,7 @@
 """Action sampling captured in a CUDA graph: observation encoding plus the whole denoising loop in one replay.
 
-A :class:`GraphedSampler` is built for one batch size, sampler and step count. Its inputs (uint8 images,
+A :class:`GraphedSampler` is built for one batch size, sampler and step count (``compile_unet``: the U-Net
+compiled with torch.compile first, its Inductor kernels then captured like any others). Its inputs (uint8 images,
 raw state, the initial noise) are copied into static buffers; one ``replay`` runs the encoder, every
 U-Net call and every scheduler update with no Python in between. The initial noise is drawn outside the
 graph, so a caller's generators still decide it; DDPM's per-step noise comes from the default CUDA
@@ -19,12 +20,21 @@ from rf_dp_agents.model.diffusion import DiffusionPolicy, make_scheduler
 class GraphedSampler:
     """``sampler(obs, noise, seed=None) -> (B, T, A)`` raw actions, replaying a captured CUDA graph."""
 
-    def __init__(self, policy: DiffusionPolicy, batch_size: int, sampler: str, num_inference_steps: int, warmup: int = 2):
+    def __init__(
+        self,
+        policy: DiffusionPolicy,
+        batch_size: int,
+        sampler: str,
+        num_inference_steps: int,
+        warmup: int = 2,
+        compile_unet: bool = False,
+    ):
         device = policy.device
         if device.type != "cuda":
             raise ValueError("GraphedSampler needs the policy on a CUDA device")
         cfg = policy.config
         self.policy, self.batch_size = policy, int(batch_size)
+        self.net = torch.compile(policy.noise_pred_net, dynamic=False) if compile_unet else policy.noise_pred_net
         self.sampler, self.num_inference_steps = sampler, int(num_inference_steps)
         to = cfg.obs_horizon
         self.static_obs: dict[str, torch.Tensor] = {
@@ -49,7 +59,7 @@ class GraphedSampler:
     def _body(self) -> torch.Tensor:
         cond = self.policy.encode_obs(self.static_obs)
         self.scheduler.set_timesteps(self.num_inference_steps)
-        return self.policy.denoise(cond, self.static_noise, self.scheduler, self.timesteps_dev)
+        return self.policy.denoise(cond, self.static_noise, self.scheduler, self.timesteps_dev, net=self.net)
 
     @torch.no_grad()
     def __call__(self, obs: Mapping[str, torch.Tensor], noise: torch.Tensor, seed: int | None = None) -> torch.Tensor:
