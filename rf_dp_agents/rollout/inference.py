@@ -30,6 +30,8 @@ REQUEST_POLL_S = 0.1
 """How long the server thread waits for a request before checking whether it should stop."""
 GATHER_S = 0.003
 """After the first request of a batch, how long the server waits for more before running the model."""
+REPLY_TIMEOUT_S = 900.0
+"""A worker gives up on a request after this long without a reply (the parent died or hangs)."""
 
 
 def batch_sizes(max_rows: int) -> list[int]:
@@ -114,6 +116,8 @@ class InferenceServer:
                 first = self.requests.get(timeout=REQUEST_POLL_S)
             except queue.Empty:
                 continue
+            except (EOFError, OSError):  # the queue was closed under us: the run is over
+                return
             pending = [first]
             deadline = time.perf_counter() + GATHER_S
             while len(pending) < self.num_workers * len(self.models):
@@ -196,7 +200,12 @@ class InferenceClient:
     def result(self, rid: int) -> np.ndarray:
         """Wait for request ``rid``'s rows (keeping any other reply that arrives first)."""
         while rid not in self._arrived:
-            status, got, value = self._replies.get()
+            try:
+                status, got, value = self._replies.get(timeout=REPLY_TIMEOUT_S)
+            except queue.Empty:
+                raise RuntimeError(
+                    f"worker slot {self.slot}: no reply from the inference server in {REPLY_TIMEOUT_S:.0f} s"
+                ) from None
             self._arrived[got] = (status, value)
         status, value = self._arrived.pop(rid)
         if status != "ok":
