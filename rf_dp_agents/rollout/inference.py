@@ -111,25 +111,31 @@ class InferenceServer:
 
     # ------------------------------------------------------------------ the server thread
     def _serve(self) -> None:
+        """Take every waiting request, run the agent whose oldest request waited longest on all of its requests,
+        repeat: requests that arrive while a model runs join the next call for their agent."""
+        pending: list[tuple] = []
         while not self._stop.is_set():
-            try:
-                first = self.requests.get(timeout=REQUEST_POLL_S)
-            except queue.Empty:
-                continue
-            except (EOFError, OSError):  # the queue was closed under us: the run is over
-                return
-            pending = [first]
-            deadline = time.perf_counter() + GATHER_S
-            while len(pending) < self.num_workers * len(self.models):
+            if not pending:
                 try:
-                    pending.append(self.requests.get(timeout=max(deadline - time.perf_counter(), 0.0)))
+                    pending.append(self.requests.get(timeout=REQUEST_POLL_S))
+                except queue.Empty:
+                    continue
+                except (EOFError, OSError):  # the queue was closed under us: the run is over
+                    return
+                wait_until = time.perf_counter() + GATHER_S
+            else:
+                wait_until = time.perf_counter()
+            while True:
+                try:
+                    pending.append(self.requests.get(timeout=max(wait_until - time.perf_counter(), 0.0)))
                 except queue.Empty:
                     break
-            by_agent: dict[tuple[int, bool], list[tuple]] = {}
-            for req in pending:
-                by_agent.setdefault((req[2], req[4] is not None), []).append(req)
-            for (agent, _), reqs in by_agent.items():
-                self._run(agent, reqs)
+                except (EOFError, OSError):
+                    return
+            group = (pending[0][2], pending[0][4] is not None)  # the oldest request's agent and seeding
+            chosen = [r for r in pending if (r[2], r[4] is not None) == group]
+            pending = [r for r in pending if (r[2], r[4] is not None) != group]
+            self._run(group[0], chosen)
 
     def _run(self, agent: int, reqs: list[tuple]) -> None:
         """Run agent ``agent``'s model on the rows of ``reqs`` (slot, id, agent, obs, seeds); reply to each slot."""
