@@ -7,7 +7,8 @@
 # More knobs: DEMOS_FROM (render these state-only demos, e.g. from generate_data.py --no-render, instead of
 # planning), TRAIN_MINUTES (wall-clock budget per agent), TRAIN_PARALLEL=1 (train the agents side by side),
 # SAMPLERS ("ddpm:100 ddim:10": one rollout per sampler:steps; default: the policies' own), VIDEOS (record the
-# first N episodes; default all), NUM_ENVS (env worker processes of the rollout).
+# first N episodes; default all), NUM_ENVS (env worker processes of the rollout), CAMERAS (cameras recorded in the
+# demos, e.g. "head_camera_agent0 head_camera_agent1"; default all of the task's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -30,8 +31,9 @@ TRAIN_EXTRA=()
 VIDEO_CAP=()
 [ -n "${VIDEOS:-}" ] && VIDEO_CAP=(--video-episodes "$VIDEOS")
 DEMO_SOURCE=()
+[ -n "${CAMERAS:-}" ] && DEMO_SOURCE=(--cameras $CAMERAS)
 if [ -n "${DEMOS_FROM:-}" ]; then
-  DEMO_SOURCE=(--replay-from "$DEMOS_FROM")
+  DEMO_SOURCE+=(--replay-from "$DEMOS_FROM")
   echo "== 1/5 demos: rendering the episodes of $DEMOS_FROM at ${W}x${H}, $PROCS processes"
 else
   echo "== 1/5 demos: $NUM motion-planned $TASK episodes at ${W}x${H}, $PROCS processes"
