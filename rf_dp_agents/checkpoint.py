@@ -34,6 +34,8 @@ RESERVED_KEYS = ("format_version", "model", "normalizer")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".pkl", ".pickle", ".bin")
 RUN_SUBDIRS = ("best", "last")
 """Checkpoint subdirectories of a training run directory, in order of preference."""
+EPOCHS_DIR = "epochs"
+"""Subdirectory of a training run with the weights kept every ``--keep-every`` epochs."""
 
 
 def save_checkpoint(
@@ -83,6 +85,11 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def epoch_checkpoint_dir(run_dir: str | os.PathLike, epoch: int) -> Path:
+    """Where a run keeps the weights of epoch ``epoch`` (``train.py --keep-every``): ``<run>/epochs/epoch-<NNNNN>``."""
+    return Path(run_dir) / EPOCHS_DIR / f"epoch-{int(epoch):05d}"
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
@@ -207,8 +214,10 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "auto", se
 
 __all__ = [
     "CONFIG_NAME",
+    "EPOCHS_DIR",
     "FORMAT_VERSION",
     "WEIGHTS_NAME",
+    "epoch_checkpoint_dir",
     "load_checkpoint",
     "load_policy",
     "read_checkpoint_config",

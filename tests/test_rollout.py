@@ -150,6 +150,17 @@ def test_missing_checkpoint_names_agent_and_path(checkpoint_root: Path, tmp_path
     assert not (tmp_path / "r.json").exists()
 
 
+def test_checkpoint_epoch_picks_the_kept_weights(tmp_path: Path, tiny_checkpoint) -> None:
+    from rf_dp_agents.rollout.runner import checkpoint_paths
+
+    for i in range(2):
+        tiny_checkpoint(tmp_path / f"{TASK}_Agent{i}" / "epochs" / "epoch-00020", image_hw=IMAGE_HW, seed=i)
+    cfg = RolloutConfig(task=TASK, checkpoint_dir=str(tmp_path), checkpoint_epoch=20)
+    assert checkpoint_paths(cfg, 2) == [tmp_path / f"{TASK}_Agent{i}" / "epochs" / "epoch-00020" for i in range(2)]
+    with pytest.raises(FileNotFoundError, match=r"no weights of epoch 30 for agent 0 .* epochs kept in .*: \[20\]"):
+        checkpoint_paths(RolloutConfig(task=TASK, checkpoint_dir=str(tmp_path), checkpoint_epoch=30), 2)
+
+
 def test_cli_reports_missing_checkpoint(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "rollout.py"), "--task", TASK, "--checkpoint-dir", str(tmp_path),

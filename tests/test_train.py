@@ -206,6 +206,25 @@ def test_time_budget_ends_the_run_like_a_last_epoch(zarr_path: Path, tmp_path: P
         TrainConfig(task="x", max_minutes=0)
 
 
+def test_keep_every_keeps_loadable_weights_of_those_epochs(zarr_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "kept"
+    assert main([*TINY, "--zarr-path", str(zarr_path), "--output-dir", str(out), "--epochs", "4",
+                 "--keep-every", "2", "--save-every", "1"]) == 0
+    assert sorted(p.name for p in (out / "epochs").iterdir()) == ["epoch-00002", "epoch-00004"]
+    for epoch in (2, 4):
+        kept = out / "epochs" / f"epoch-{epoch:05d}"
+        assert json.loads((kept / "config.json").read_text())["epoch"] == epoch
+        assert not (kept / "training_state.safetensors").exists()  # weights only, no optimiser state
+        load_policy(kept, device="cpu")
+    # the last epoch's kept weights are the EMA weights that last/ holds
+    from safetensors.torch import load_file
+
+    a, b = load_file(out / "epochs" / "epoch-00004" / "model.safetensors"), load_file(out / "last" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="keep_every must be positive"):
+        TrainConfig(task="x", keep_every=0)
+
+
 def test_early_stopping_tracker() -> None:
     tracker = BestTracker(patience=2)
     assert [tracker.update(v) for v in (1.0, 0.9, 0.95, 0.9)] == [True, True, False, False]

@@ -20,6 +20,9 @@ class RolloutConfig:
     """Directory of training runs, one per agent: <checkpoint-dir>/<task>_Agent<i>/ (best/ is used, else last/)."""
     checkpoints: tuple[str, ...] = ()
     """Explicit checkpoint (or run) directories, one per agent in agent order; overrides --checkpoint-dir."""
+    checkpoint_epoch: int | None = None
+    """Use each agent's weights kept at this epoch (train.py --keep-every), <run>/epochs/epoch-<NNNNN>/, instead
+    of best/."""
     num_episodes: int = 10
     """Number of evaluation episodes; episode k uses seed seed+k."""
     seed: int = 10000
@@ -70,7 +73,7 @@ class RolloutConfig:
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"RolloutConfig.{name} must be positive, got {getattr(self, name)}")
         for name in ("camera_width", "camera_height", "max_episode_steps", "num_inference_steps", "torch_threads",
-                     "video_episodes"):
+                     "video_episodes", "checkpoint_epoch"):
             value = getattr(self, name)
             if value is not None and int(value) <= 0:
                 raise ValueError(f"RolloutConfig.{name} must be positive, got {value}")

@@ -34,7 +34,13 @@ from tqdm.auto import tqdm
 
 import envs.tasks  # noqa: F401  (registers the -rf tasks)
 from envs.router import MultiAgentRouter, default_routes
-from rf_dp_agents.checkpoint import load_policy, resolve_checkpoint_dir, resolve_device
+from rf_dp_agents.checkpoint import (
+    CONFIG_NAME,
+    epoch_checkpoint_dir,
+    load_policy,
+    resolve_checkpoint_dir,
+    resolve_device,
+)
 from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.policy import DiffusionPolicyAgent
 from rf_dp_agents.rollout.config import RolloutConfig
@@ -88,6 +94,16 @@ def checkpoint_paths(cfg: RolloutConfig, num_arms: int) -> list[Path]:
         runs = [Path(c) for c in cfg.checkpoints]
     else:
         runs = [Path(cfg.checkpoint_dir) / f"{cfg.task}_Agent{i}" for i in range(num_arms)]
+    if cfg.checkpoint_epoch is not None:
+        paths = [epoch_checkpoint_dir(run, cfg.checkpoint_epoch) for run in runs]
+        for i, (run, path) in enumerate(zip(runs, paths)):
+            if not (path / CONFIG_NAME).is_file():
+                kept = sorted(int(p.name.split("-")[1]) for p in path.parent.glob("epoch-*") if p.name[6:].isdigit())
+                raise FileNotFoundError(
+                    f"{cfg.task}: no weights of epoch {cfg.checkpoint_epoch} for agent {i} (panda-{i}) at {path}; "
+                    f"epochs kept in {run}: {kept or 'none (train with --keep-every K)'}"
+                )
+        return paths
     paths = []
     for i, run in enumerate(runs):
         try:

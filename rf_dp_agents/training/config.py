@@ -89,6 +89,9 @@ class TrainConfig:
     """Validate (with the EMA weights, on held-out episodes) every this many epochs, and after the last one."""
     save_every: int = 10
     """Write <output-dir>/last every this many epochs, and after the last one."""
+    keep_every: int | None = None
+    """Also keep the policy weights (EMA, no optimiser state) of every this-many-th epoch, as
+    <output-dir>/epochs/epoch-<NNNNN>/ (rollout.py --checkpoint-epoch N); default: keep best and last only."""
     early_stopping_patience: int | None = None
     """Stop after this many validations without a lower val/loss (default: never stop early)."""
     max_minutes: float | None = None
@@ -152,6 +155,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
         if not 0.0 <= self.val_ratio < 1.0:
             raise ValueError(f"TrainConfig.val_ratio must be in [0, 1), got {self.val_ratio}")
+        if self.keep_every is not None and self.keep_every <= 0:
+            raise ValueError(f"TrainConfig.keep_every must be positive, got {self.keep_every}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"TrainConfig.max_minutes must be positive, got {self.max_minutes}")
         if self.early_stopping_patience is not None and self.early_stopping_patience <= 0:

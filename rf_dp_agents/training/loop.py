@@ -727,6 +727,11 @@ class Trainer:
                     )
         if info.is_main and (self.epoch % cfg.save_every == 0 or last_epoch or stop):
             self._save_last(val_loss, train_loss)
+        if info.is_main and cfg.keep_every is not None and self.epoch % cfg.keep_every == 0:
+            from rf_dp_agents.checkpoint import epoch_checkpoint_dir, save_checkpoint
+
+            save_checkpoint(epoch_checkpoint_dir(self.run_dir, self.epoch), self.eval_model,
+                            self._checkpoint_metadata(val_loss, train_loss))
         return stop
 
     def _out_of_time(self) -> bool:
