@@ -368,9 +368,7 @@ def inference_mode(cfg: RolloutConfig, device: torch.device) -> str:
     return cfg.inference
 
 
-def _pool_episodes(
-    cfg: RolloutConfig, seeds: Sequence[int], workers: int, init: Any, initargs: tuple, bar: Any
-) -> list[EpisodeResult]:
+def _pool_episodes(seeds: Sequence[int], workers: int, init: Any, initargs: tuple, bar: Any) -> list[EpisodeResult]:
     """Run ``seeds`` on a spawned pool of ``workers`` env processes set up by ``init(*initargs)``."""
     ctx = multiprocessing.get_context("spawn")
     results: list[EpisodeResult] = []
@@ -425,12 +423,12 @@ def run_episodes(
                 configs = [p.config.to_dict() for p in policies]
                 with server:
                     initargs = (cfg.to_dict(), names, configs, server.requests, server.replies, server.slots)
-                    results = _pool_episodes(cfg, seeds, workers, _init_shared_worker, initargs, bar)
+                    results = _pool_episodes(seeds, workers, _init_shared_worker, initargs, bar)
                 if stats is not None:
                     stats["server"] = server.stats.to_dict()
             else:
                 initargs = (cfg.to_dict(), names, _threads(cfg, workers))
-                results = _pool_episodes(cfg, seeds, workers, _init_worker, initargs, bar)
+                results = _pool_episodes(seeds, workers, _init_worker, initargs, bar)
             rules = list(results[0].first_success_step)
     finally:
         bar.close()
