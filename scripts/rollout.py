@@ -25,6 +25,11 @@ def main() -> int:
     t = doc["timing"]
     print(f"{doc['summary']['env_steps']} env steps in {t['wall_seconds']:.1f} s "
           f"({t['env_steps_per_second_per_env']:.1f} steps/s per env while running episodes)")
+    server = doc["inference"].get("server")
+    if server and server["batches"]:
+        busy = server["model_seconds"] / t["wall_seconds"] if t["wall_seconds"] else 0.0
+        print(f"shared inference: {server['batches']} model calls, {server['mean_rows_per_batch']:.1f} rows per call, "
+              f"models busy {100 * busy:.0f}% of the wall time")
     print(f"results: {cfg.output}")
     videos = [ep["video"] for ep in doc["episodes"] if ep["video"]]
     if videos:
