@@ -682,13 +682,16 @@ class Trainer:
         self.epoch = epoch + 1
         train_loss = sum(epoch_losses) / len(epoch_losses)
         if self.logger is not None:
-            self.logger.log_many([{
+            record = {
                 "train/epoch": self.epoch,
                 "train/global_step": self.global_step,
                 **epoch_loss_stats(epoch_losses),
                 "train/samples_per_s": self.steps_per_epoch * self.global_batch / epoch_time,
                 "train/data_wait_s": data_wait,
-            }])
+            }
+            if info.device.type == "cuda":
+                record["train/peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(info.device) / 2**30
+            self.logger.log_many([record])
         out_of_time = self._out_of_time()
         last_epoch = self.epoch == cfg.epochs or out_of_time
         val_loss = None
