@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,21 @@ def padded_size(rows: int, max_rows: int) -> int:
         if size >= rows:
             return size
     return rows
+
+
+class Request(NamedTuple):
+    """One worker's chunk request: its reply slot, the request id, the agent, the observation rows, the seeds."""
+
+    slot: int
+    rid: int
+    agent: int
+    obs: dict[str, np.ndarray]
+    seeds: list[int] | None
+
+    @property
+    def group(self) -> tuple[int, bool]:
+        """Requests of one group share a model call: same agent, and seeded or not."""
+        return self.agent, self.seeds is not None
 
 
 @dataclass
@@ -113,7 +128,7 @@ class InferenceServer:
     def _serve(self) -> None:
         """Take every waiting request, run the agent whose oldest request waited longest on all of its requests,
         repeat: requests that arrive while a model runs join the next call for their agent."""
-        pending: list[tuple] = []
+        pending: list[Request] = []
         while not self._stop.is_set():
             if not pending:
                 try:
@@ -132,28 +147,28 @@ class InferenceServer:
                     break
                 except (EOFError, OSError):
                     return
-            group = (pending[0][2], pending[0][4] is not None)  # the oldest request's agent and seeding
-            chosen = [r for r in pending if (r[2], r[4] is not None) == group]
-            pending = [r for r in pending if (r[2], r[4] is not None) != group]
+            group = pending[0].group  # the oldest request's agent and seeding
+            chosen = [r for r in pending if r.group == group]
+            pending = [r for r in pending if r.group != group]
             self._run(group[0], chosen)
 
-    def _run(self, agent: int, reqs: list[tuple]) -> None:
-        """Run agent ``agent``'s model on the rows of ``reqs`` (slot, id, agent, obs, seeds); reply to each slot."""
+    def _run(self, agent: int, reqs: list[Request]) -> None:
+        """Run agent ``agent``'s model on the rows of ``reqs``; reply to each request's slot."""
         try:
             model = self.models[agent]
-            keys = list(reqs[0][3])
-            counts = [len(r[3][keys[0]]) for r in reqs]
+            keys = list(reqs[0].obs)
+            counts = [len(r.obs[keys[0]]) for r in reqs]
             rows = sum(counts)
             size = padded_size(rows, self.num_workers)
             obs = {}
             for key in keys:
-                stacked = np.concatenate([r[3][key] for r in reqs], axis=0)
+                stacked = np.concatenate([r.obs[key] for r in reqs], axis=0)
                 if size > rows:
                     stacked = np.concatenate([stacked, np.repeat(stacked[:1], size - rows, axis=0)], axis=0)
                 obs[key] = torch.from_numpy(stacked).to(model.device, non_blocking=True)
             generator = None
-            if reqs[0][4] is not None:
-                seeds = [s for r, n in zip(reqs, counts) for s in (r[4] if len(r[4]) == n else r[4][:1] * n)]
+            if reqs[0].seeds is not None:
+                seeds = [s for r, n in zip(reqs, counts) for s in (r.seeds if len(r.seeds) == n else r.seeds[:1] * n)]
                 seeds += [seeds[0]] * (size - rows)
                 generator = [torch.Generator().manual_seed(int(s)) for s in seeds]
             start = time.perf_counter()
@@ -167,12 +182,12 @@ class InferenceServer:
             stats.rows_per_batch[rows] = stats.rows_per_batch.get(rows, 0) + 1
         except Exception as err:  # the workers raise it; the server keeps serving the others
             message = f"inference for agent {agent} failed in the parent process: {type(err).__name__}: {err}"
-            for slot, rid, *_ in reqs:
-                self.replies[slot].put(("error", rid, message))
+            for r in reqs:
+                self.replies[r.slot].put(("error", r.rid, message))
             return
         at = 0
-        for (slot, rid, *_), n in zip(reqs, counts):
-            self.replies[slot].put(("ok", rid, out[at : at + n]))
+        for r, n in zip(reqs, counts):
+            self.replies[r.slot].put(("ok", r.rid, out[at : at + n]))
             at += n
 
 
@@ -200,7 +215,7 @@ class InferenceClient:
         """Send one request for agent ``agent``; returns its id for :meth:`result`."""
         rid = self._next_id
         self._next_id += 1
-        self._requests.put((self.slot, rid, int(agent), dict(obs), seeds))
+        self._requests.put(Request(self.slot, rid, int(agent), dict(obs), seeds))
         return rid
 
     def result(self, rid: int) -> np.ndarray:
@@ -266,6 +281,7 @@ __all__ = [
     "InferenceClient",
     "InferenceServer",
     "RemoteModel",
+    "Request",
     "ServerStats",
     "batch_sizes",
     "claim_slot",
