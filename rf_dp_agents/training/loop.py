@@ -47,7 +47,7 @@ from rf_dp_agents.training.config import (
 )
 from rf_dp_agents.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from rf_dp_agents.training.ema import EMA
-from rf_dp_agents.training.metrics import MetricsLogger, epoch_loss_stats
+from rf_dp_agents.training.metrics import PEAK_GPU_MEMORY, MetricsLogger, epoch_loss_stats
 from rf_dp_agents.training.state import (
     CheckpointError,
     capture_rng,
@@ -690,7 +690,7 @@ class Trainer:
                 "train/data_wait_s": data_wait,
             }
             if info.device.type == "cuda":
-                record["train/peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated(info.device) / 2**30
+                record[PEAK_GPU_MEMORY] = torch.cuda.max_memory_allocated(info.device) / 2**30
             self.logger.log_many([record])
         out_of_time = self._out_of_time()
         last_epoch = self.epoch == cfg.epochs or out_of_time

@@ -22,7 +22,7 @@ STEP_METRICS = ("train/loss", "train/learning_rate", "train/grad_norm", "train/e
 EPOCH_METRICS = ("train/loss_std", "train/loss_min", "train/loss_max", "train/samples_per_s", "train/data_wait_s")
 VAL_METRICS = ("val/loss",)
 ALL_METRICS = STEP_METRICS + EPOCH_METRICS + VAL_METRICS
-CUDA_METRICS = ("train/peak_gpu_mem_gib",)
+PEAK_GPU_MEMORY = "train/peak_gpu_mem_gib"
 """Logged per epoch only when training on CUDA: the largest GPU memory this process has allocated so far."""
 
 
@@ -166,9 +166,9 @@ def epoch_loss_stats(losses: list[float]) -> dict[str, float]:
 
 __all__ = [
     "ALL_METRICS",
-    "CUDA_METRICS",
     "EPOCH_METRICS",
     "MetricsLogger",
+    "PEAK_GPU_MEMORY",
     "STEP_METRICS",
     "VAL_METRICS",
     "epoch_loss_stats",
