@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole pipeline for one task: motion-planned demos -> one zarr per agent -> train every agent -> roll
-# them out together (metrics, videos) -> offline action error per sampler. Every setting is an environment
+# The whole pipeline for one task: motion-planned demos -> one zarr per agent -> train every agent -> offline
+# action error per sampler -> roll them out together (metrics, videos). Every setting is an environment
 # variable; the defaults are the full recipe (150 demos at 320x240, the seed's training configuration).
 #   bash scripts/pipeline.sh                                   # full recipe (a GPU for training is advised)
 #   NUM=4 CAMERA_WIDTH=64 CAMERA_HEIGHT=48 PRESET=tiny EPOCHS=10 EPISODES=2 MAX_STEPS=150 bash scripts/pipeline.sh
@@ -59,7 +59,10 @@ else
   $PY scripts/train.py --task "$TASK" --all-agents --preset "$PRESET" --epochs "$EPOCHS" --data-root "$OUT/zarr" \
     --output-dir "$OUT/checkpoints" "${TRAIN_EXTRA[@]}"
 fi
-echo "== 4/5 rollout: $EPISODES episodes from seed $SEED, with video"
+echo "== 4/5 offline action error per sampler, agent 0's held-out episodes"
+$PY scripts/offline_eval.py "$OUT/checkpoints/${TASK}_Agent0" --samplers ddpm:100 ddim:10 --max-windows 256 \
+  --output "$OUT/offline_eval.json"
+echo "== 5/5 rollout: $EPISODES episodes from seed $SEED, with video"
 for sampler in ${SAMPLERS:-own}; do
   name=results; args=(); videos=$OUT/videos
   if [ "$sampler" != own ]; then
@@ -70,8 +73,5 @@ for sampler in ${SAMPLERS:-own}; do
     --num-envs "$ENVS" "${STEP_CAP[@]}" "${args[@]}" --record-video "${VIDEO_CAP[@]}" --video-dir "$videos" \
     --output "$OUT/$name.json"
 done
-echo "== 5/5 offline action error per sampler, agent 0's held-out episodes"
-$PY scripts/offline_eval.py "$OUT/checkpoints/${TASK}_Agent0" --samplers ddpm:100 ddim:10 --max-windows 256 \
-  --output "$OUT/offline_eval.json"
 echo "results: $(ls "$OUT"/results*.json | tr '\n' ' ')$OUT/offline_eval.json"
 ls "$OUT"/videos*/"$TASK"/*.mp4
