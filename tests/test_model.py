@@ -159,8 +159,11 @@ def test_per_row_generators_make_rows_independent_of_the_batch():
         model.predict_action(obs, generator=gens(2))
 
 
-def test_denoise_runs_the_given_net_once_per_step():
-    config = small_config(sampler="ddim", num_inference_steps=4)
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_denoise_runs_the_given_net_once_per_step(sampler: str):
+    """Four steps of either sampler are four U-Net calls on a subset of the 100 training timesteps (DDPM with
+    fewer steps than it was trained with is the fast stochastic sampler)."""
+    config = small_config(sampler=sampler, num_inference_steps=4)
     model = DiffusionPolicy(config).eval()
     obs = obs_of(make_batch(config, batch=2))
     calls = []
@@ -169,14 +172,16 @@ def test_denoise_runs_the_given_net_once_per_step():
         calls.append(int(t))
         return model.noise_pred_net(sample, t, cond)
 
-    scheduler = make_scheduler(config, "ddim")
+    scheduler = make_scheduler(config, sampler)
     scheduler.set_timesteps(4)
     noise = torch.randn(2, config.pred_horizon, config.action_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         cond = model.encode_obs(obs)
-        via_wrapper = model.denoise(cond, noise, scheduler, scheduler.timesteps, net=wrapped)
-        direct = model.denoise(cond, noise, scheduler, scheduler.timesteps)
-    assert calls == [int(t) for t in scheduler.timesteps]
+        seeded = lambda: torch.Generator().manual_seed(1)  # noqa: E731  (DDPM draws noise at every step)
+        via_wrapper = model.denoise(cond, noise, scheduler, scheduler.timesteps, seeded(), net=wrapped)
+        direct = model.denoise(cond, noise, scheduler, scheduler.timesteps, seeded())
+    assert calls == [int(t) for t in scheduler.timesteps] and len(calls) == 4
+    assert calls == sorted(calls, reverse=True) and calls[0] >= config.num_train_timesteps // 2
     assert torch.equal(via_wrapper, direct)
 
 

@@ -38,7 +38,17 @@ def test_errors_per_sampler_on_the_validation_windows(run_dir: Path) -> None:
     assert again["errors"] == res["errors"]  # same windows, same noise seeds
 
 
+def test_training_windows_are_a_separate_split(run_dir: Path) -> None:
+    specs = [SamplerSpec.parse("ddpm:4")]
+    train = action_errors(run_dir, specs, max_windows=6, device="cpu", split="train")
+    val = action_errors(run_dir, specs, max_windows=6, device="cpu", split="val")
+    assert train["split"] == "train" and val["split"] == "val" and train["windows"] == 6
+    assert train["errors"]["ddpm:4"]["mse"] != val["errors"]["ddpm:4"]["mse"]  # other windows, other actions
+
+
 def test_bad_input(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="split must be one of val, train, got 'test'"):
+        action_errors(run_dir, [SamplerSpec("ddim", 2)], device="cpu", split="test")
     with pytest.raises(ValueError, match="expected ddpm\\|ddim\\|dpmsolver:<steps>"):
         SamplerSpec.parse("ddim")
     with pytest.raises(ValueError, match="expected"):
