@@ -5,7 +5,7 @@ Measured in one process on one GPU, each figure after warm-up:
     the whole optimiser step replayed as one CUDA graph, fused AdamW, TF32);
   * eager: the same model as a plain eager fp32 step fed by a standard DataLoader (what users run today);
   * lerobot: lerobot's DiffusionPolicy at the same shapes (when it is importable), synthetic GPU batch;
-  * predict(): one action chunk at batch 1 and 32, DDPM-100 and DDIM-10, eager and CUDA-graphed;
+  * predict(): one action chunk at batch 1 and 32, DDPM-100, DDPM-10 and DDIM-10, eager and CUDA-graphed;
   * the fast path's loss curve against the eager path's over the same steps.
 Writes benchmarks/results/<date>-<gpu>.json (or --out) and prints a table; ``--readme-from FILE`` renders a
 results JSON into the README's performance table instead of measuring.
@@ -299,7 +299,7 @@ def predict_latency(args: Args, dataset, device) -> list[dict[str, Any]]:
     """Milliseconds per action chunk through ``predict_action`` (encoder + full denoising loop): eager, the
     default CUDA graph (TF32 on), the CUDA graph with TF32 off, and the CUDA graph of a torch.compile'd U-Net."""
     rows = []
-    for sampler, steps in (("ddpm", 100), ("ddim", 10)):
+    for sampler, steps in (("ddpm", 100), ("ddpm", 10), ("ddim", 10)):
         policy = build_policy(device, dataset, sampler=sampler, num_inference_steps=steps).eval()
         for batch in (1, 32):
             obs = dataset.get_batch(torch.arange(batch, device=dataset.device))

@@ -6,7 +6,7 @@
 #   NUM=4 CAMERA_WIDTH=64 CAMERA_HEIGHT=48 PRESET=tiny EPOCHS=10 EPISODES=2 MAX_STEPS=150 bash scripts/pipeline.sh
 # More knobs: DEMOS_FROM (render these state-only demos, e.g. from generate_data.py --no-render, instead of
 # planning), TRAIN_MINUTES (wall-clock budget per agent), TRAIN_PARALLEL=1 (train the agents side by side),
-# SAMPLERS ("ddpm:100 ddim:10": one rollout per sampler:steps; default: the policies' own), VIDEOS (record the
+# SAMPLERS ("ddpm:100 ddpm:10": one rollout per sampler:steps; default: the policies' own), VIDEOS (record the
 # first N episodes; default all), NUM_ENVS (env worker processes of the rollout), CAMERAS (cameras recorded in the
 # demos, e.g. "head_camera_agent0 head_camera_agent1"; default all of the task's).
 set -euo pipefail
@@ -60,7 +60,7 @@ else
     --output-dir "$OUT/checkpoints" "${TRAIN_EXTRA[@]}"
 fi
 echo "== 4/5 offline action error per sampler, agent 0's held-out episodes"
-$PY scripts/offline_eval.py "$OUT/checkpoints/${TASK}_Agent0" --samplers ddpm:100 ddim:10 --max-windows 256 \
+$PY scripts/offline_eval.py "$OUT/checkpoints/${TASK}_Agent0" --samplers ddpm:100 ddpm:10 ddim:10 --max-windows 256 \
   --output "$OUT/offline_eval.json"
 echo "== 5/5 rollout: $EPISODES episodes from seed $SEED, with video"
 for sampler in ${SAMPLERS:-own}; do
