@@ -19,6 +19,7 @@ import torch
 
 from rf_dp_agents.checkpoint import load_checkpoint, resolve_checkpoint_dir, resolve_device
 from rf_dp_agents.data.dataset import SequenceDataset
+from rf_dp_agents.model.diffusion import DiffusionPolicy
 
 
 SPLITS = ("val", "train")
@@ -55,6 +56,28 @@ def run_settings(run_or_checkpoint: Path) -> dict:
 
 
 @torch.no_grad()
+def chunk_error_sums(
+    model: DiffusionPolicy,
+    dataset: SequenceDataset,
+    ids: torch.Tensor,
+    split: str,
+    seed: int,
+    num_inference_steps: int | None = None,
+) -> tuple[float, float, int]:
+    """Sums of squared and absolute errors of the executed chunk over windows ``ids`` of ``split``, and the
+    number of values summed. Window ``i`` samples with noise seeded ``seed + i``, so the result does not depend on
+    how the windows are batched or spread over processes."""
+    cfg = model.config
+    start, stop = cfg.obs_horizon - 1, cfg.obs_horizon - 1 + cfg.action_horizon
+    batch = dataset.get_batch(ids, split=split)
+    gens = [torch.Generator().manual_seed(seed + int(i)) for i in ids]
+    obs = {key: value.to(model.device) for key, value in batch.items() if key != "action"}
+    pred = model.predict_action(obs, generator=gens, num_inference_steps=num_inference_steps).cpu()
+    err = pred[:, start:stop] - batch["action"][:, start:stop].cpu()
+    return float(err.pow(2).sum()), float(err.abs().sum()), err.numel()
+
+
+@torch.no_grad()
 def action_errors(
     checkpoint: str | Path,
     samplers: Sequence[SamplerSpec],
@@ -81,24 +104,17 @@ def action_errors(
     n = available if max_windows is None else min(available, max_windows)
     if n == 0:
         raise ValueError(f"{dataset.source}: no {split} windows (val_ratio {settings['val_ratio']})")
-    start, stop = cfg.obs_horizon - 1, cfg.obs_horizon - 1 + cfg.action_horizon
     results = {}
     for spec in samplers:
         model.config.sampler = spec.name
-        sq = ab = 0.0
+        sq = ab = count = 0.0
         for lo in range(0, n, batch_size):
             ids = torch.arange(lo, min(lo + batch_size, n))
-            batch = dataset.get_batch(ids, split=split)
-            gens = [torch.Generator().manual_seed(seed + int(i)) for i in ids]
-            obs = {key: value for key, value in batch.items() if key != "action"}
-            pred = model.predict_action(obs, generator=gens, num_inference_steps=spec.steps).cpu()
-            err = pred[:, start:stop] - batch["action"][:, start:stop]
-            sq += float(err.pow(2).sum())
-            ab += float(err.abs().sum())
-        count = n * cfg.action_horizon * cfg.action_dim
+            sums = chunk_error_sums(model, dataset, ids, split, seed, spec.steps)
+            sq, ab, count = sq + sums[0], ab + sums[1], count + sums[2]
         results[str(spec)] = {"mse": sq / count, "mae": ab / count}
     return {"checkpoint": str(ckpt), "dataset": str(dataset.source), "split": split, "windows": n,
             "epoch": metadata.get("epoch"), "errors": results}
 
 
-__all__ = ["SPLITS", "SamplerSpec", "action_errors", "run_settings"]
+__all__ = ["SPLITS", "SamplerSpec", "action_errors", "chunk_error_sums", "run_settings"]

@@ -63,6 +63,41 @@ def test_wandb_offline_run_holds_the_metrics(run_dir: Path) -> None:
         assert name.encode() in data
 
 
+def best_epoch_follows(records: list[dict], metric: str) -> int:
+    """The epoch whose validation had the lowest ``metric`` (the first one on ties)."""
+    vals = [(r[metric], r["train/epoch"]) for r in records if metric in r]
+    return min(vals, key=lambda v: v[0])[1]
+
+
+def test_best_follows_the_sampled_action_error_by_default(run_dir: Path) -> None:
+    records = read_metrics(run_dir / "metrics.jsonl")
+    mse = [r["val/action_mse"] for r in records if "val/action_mse" in r]
+    assert len(mse) == 3 and all(math.isfinite(v) and v > 0 for v in mse)
+    best = json.loads((run_dir / "best" / "config.json").read_text())
+    assert best["best_metric"] == "action_mse"
+    assert best["epoch"] == best_epoch_follows(records, "val/action_mse")
+    assert best["val_action_mse"] == min(mse)
+
+
+def test_best_metric_val_loss(zarr_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "by_loss"
+    assert main([*TINY, "--zarr-path", str(zarr_path), "--output-dir", str(out), "--epochs", "2",
+                 "--best-metric", "val_loss"]) == 0
+    records = read_metrics(out / "metrics.jsonl")
+    assert not any("val/action_mse" in r for r in records)  # not sampled when nothing follows it
+    best = json.loads((out / "best" / "config.json").read_text())
+    assert best["best_metric"] == "val_loss" and best["val_action_mse"] is None
+    assert best["epoch"] == best_epoch_follows(records, "val/loss")
+    # Resuming under the other metric starts a new best: the scores of the two metrics are not comparable.
+    assert main([*TINY, "--zarr-path", str(zarr_path), "--output-dir", str(out), "--epochs", "3", "--resume"]) == 0
+    best = json.loads((out / "best" / "config.json").read_text())
+    assert best["best_metric"] == "action_mse" and best["epoch"] == 3 and best["val_action_mse"] > 0
+    with pytest.raises(SystemExit):
+        parse_args([*TINY, "--zarr-path", str(zarr_path), "--best-metric", "success"])
+    with pytest.raises(ValueError, match="val_action_windows must be positive"):
+        TrainConfig(task="x", val_action_windows=0)
+
+
 def test_best_last_and_run_record(run_dir: Path, zarr_path: Path) -> None:
     for name in ("best", "last"):
         ckpt = run_dir / name

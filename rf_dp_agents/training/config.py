@@ -92,8 +92,14 @@ class TrainConfig:
     keep_every: int | None = None
     """Also keep the policy weights (EMA, no optimiser state) of every this-many-th epoch, as
     <output-dir>/epochs/epoch-<NNNNN>/ (rollout.py --checkpoint-epoch N); default: keep best and last only."""
+    best_metric: Literal["action_mse", "val_loss"] = "action_mse"
+    """What best/ and early stopping follow: 'action_mse', the squared error of the actions the policy samples
+    (with its own sampler) against the recorded ones on held-out windows (val/action_mse), or 'val_loss', the
+    diffusion (noise-prediction) loss on them (val/loss), which can keep rising while the actions improve."""
+    val_action_windows: int = 256
+    """Held-out windows sampled for val/action_mse at each validation (the first N, spread over the processes)."""
     early_stopping_patience: int | None = None
-    """Stop after this many validations without a lower val/loss (default: never stop early)."""
+    """Stop after this many validations without a lower --best-metric (default: never stop early)."""
     max_minutes: float | None = None
     """Wall-clock budget of this run's training in minutes: the first epoch that ends past it is treated as
     the last one (validated and saved), then the run stops. The LR schedule still follows --epochs."""
@@ -145,6 +151,7 @@ class TrainConfig:
             "save_every": self.save_every,
             "gpus": self.gpus,
             "log_flush_every": self.log_flush_every,
+            "val_action_windows": self.val_action_windows,
         }
         for name, value in positive.items():
             if int(value) <= 0:

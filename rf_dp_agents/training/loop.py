@@ -47,7 +47,7 @@ from rf_dp_agents.training.config import (
 )
 from rf_dp_agents.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from rf_dp_agents.training.ema import EMA
-from rf_dp_agents.training.metrics import PEAK_GPU_MEMORY, MetricsLogger, epoch_loss_stats
+from rf_dp_agents.training.metrics import PEAK_GPU_MEMORY, VAL_ACTION_MSE, MetricsLogger, epoch_loss_stats
 from rf_dp_agents.training.state import (
     CheckpointError,
     capture_rng,
@@ -182,6 +182,40 @@ def validate(model: nn.Module, dataset: SequenceDataset, info: DistInfo, batch_s
     return float(totals[0] / totals[1])
 
 
+@torch.no_grad()
+def validate_actions(model: nn.Module, dataset: SequenceDataset, info: DistInfo, windows: int, batch_size: int,
+                     seed: int) -> float | None:
+    """Mean squared error of the executed action chunk the policy samples (its configured sampler) against the
+    recorded one, over the first ``windows`` validation windows (None when there are none).
+
+    Window i samples with noise seeded (seed + i) and ranks take batches round-robin, so the value does not
+    depend on the process count. Sampling runs without CUDA graphs (none are kept alive during training) and
+    leaves the global RNG state as it was.
+    """
+    from rf_dp_agents.offline_eval import chunk_error_sums
+
+    n = min(dataset.n_val, windows)
+    if n == 0:
+        return None
+    was_training, graphs = model.training, model.cuda_graphs
+    model.eval()
+    model.cuda_graphs = False
+    totals = torch.zeros(2, dtype=torch.float64, device=info.device)
+    devices = [info.device] if info.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            for j in range(info.rank, math.ceil(n / batch_size), info.world_size):
+                ids = torch.arange(j * batch_size, min((j + 1) * batch_size, n))
+                squared, _, count = chunk_error_sums(model, dataset, ids, "val", seed)
+                totals[0] += squared
+                totals[1] += count
+    finally:
+        model.train(was_training)
+        model.cuda_graphs = graphs
+    all_reduce_sum(info, totals)
+    return float(totals[0] / totals[1])
+
+
 def to_device(batch: Batch, device: torch.device) -> Batch:
     """Move a batch to ``device`` (asynchronously from pinned memory where possible)."""
     return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
@@ -308,6 +342,7 @@ class Trainer:
         self.epoch = 0
         self._loop_started = time.perf_counter()
         self.tracker = BestTracker(cfg.early_stopping_patience)
+        self.val_action_mse: float | None = None  # of the latest validation, for the checkpoint metadata
         self.wandb_run_id: str | None = None
         self.logger: MetricsLogger | None = None
         self._file_handler: logging.Handler | None = None
@@ -451,8 +486,12 @@ class Trainer:
             ) from exc
         self.epoch = int(meta["epoch"])
         self.global_step = int(meta["global_step"])
-        self.tracker.best = meta.get("best_val_loss")
-        self.tracker.bad = int(meta.get("bad_validations", 0))
+        if meta.get("best_metric", "val_loss") == self.cfg.best_metric:
+            self.tracker.best = meta.get("best_score", meta.get("best_val_loss"))
+            self.tracker.bad = int(meta.get("bad_validations", 0))
+        else:  # scores of another metric are not comparable: the next validation starts a new best
+            log.info("resuming with --best-metric %s (the run so far followed %s): best/ is replaced at the next "
+                     "validation", self.cfg.best_metric, meta.get("best_metric", "val_loss"))
         self.wandb_run_id = meta.get("wandb_run_id")
         self.resumed_from = last
 
@@ -462,6 +501,8 @@ class Trainer:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "val_loss": val_loss,
+            "val_action_mse": self.val_action_mse if val_loss is not None else None,
+            "best_metric": self.cfg.best_metric,
             "train_loss": train_loss,
             "weights": "ema" if self.ema is not None else "raw",
             "dataset_hash": self.dataset.content_hash,
@@ -479,7 +520,8 @@ class Trainer:
         meta = {
             "epoch": self.epoch,
             "global_step": self.global_step,
-            "best_val_loss": self.tracker.best,
+            "best_score": self.tracker.best,
+            "best_metric": self.cfg.best_metric,
             "bad_validations": self.tracker.bad,
             "dataset_hash": self.dataset.content_hash,
             "model": self.model_cfg.to_dict(),
@@ -700,33 +742,41 @@ class Trainer:
             log.info("stopping after epoch %d: the --max-minutes budget of %s minutes is spent", self.epoch, cfg.max_minutes)
         if self.epoch % cfg.val_every == 0 or last_epoch:
             val_loss = validate(self.eval_model, ds, info, cfg.batch_size, cfg.seed)
-            score = val_loss if val_loss is not None else train_loss
+            action_mse = None
+            if cfg.best_metric == "action_mse":
+                action_mse = validate_actions(self.eval_model, ds, info, cfg.val_action_windows, cfg.batch_size,
+                                              cfg.seed)
+            score = action_mse if action_mse is not None else val_loss if val_loss is not None else train_loss
             if not math.isfinite(score):
                 raise NonFiniteLossError(
-                    f"validation loss is {score} after epoch {self.epoch} (global step {self.global_step}); "
-                    f"stopped; the last good checkpoint is {self.run_dir / 'last'}"
+                    f"validation score ({cfg.best_metric}) is {score} after epoch {self.epoch} (global step "
+                    f"{self.global_step}); stopped; the last good checkpoint is {self.run_dir / 'last'}"
                 )
             improved = self.tracker.update(score)
+            self.val_action_mse = action_mse
             if self.logger is not None:
                 if val_loss is not None:
-                    self.logger.log_many(
-                        [{"train/epoch": self.epoch, "train/global_step": self.global_step, "val/loss": val_loss}]
-                    )
+                    record = {"train/epoch": self.epoch, "train/global_step": self.global_step, "val/loss": val_loss}
+                    if action_mse is not None:
+                        record[VAL_ACTION_MSE] = action_mse
+                    self.logger.log_many([record])
                 else:
                     log.warning(
                         "no validation windows (val_ratio=%s): best/ follows the epoch's mean train loss", cfg.val_ratio
                     )
                 self.logger.plot()
-                log.info("epoch %d: train loss %.5f, val loss %s%s", self.epoch, train_loss,
-                         "n/a" if val_loss is None else f"{val_loss:.5f}", " (best)" if improved else "")
+                log.info("epoch %d: train loss %.5f, val loss %s%s%s", self.epoch, train_loss,
+                         "n/a" if val_loss is None else f"{val_loss:.5f}",
+                         "" if action_mse is None else f", val action MSE {action_mse:.5f}",
+                         " (best)" if improved else "")
             if improved and info.is_main:
                 self._save_best(val_loss, train_loss)
             if self.tracker.should_stop:
                 stop = True
                 if info.is_main:
                     log.info(
-                        "early stopping after epoch %d: no better val loss in %d validations",
-                        self.epoch, self.tracker.bad,
+                        "early stopping after epoch %d: no better %s in %d validations",
+                        self.epoch, cfg.best_metric, self.tracker.bad,
                     )
         if info.is_main and (self.epoch % cfg.save_every == 0 or last_epoch or stop):
             self._save_last(val_loss, train_loss)

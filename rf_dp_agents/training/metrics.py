@@ -20,7 +20,9 @@ log = logging.getLogger("rf_dp_agents.train")
 
 STEP_METRICS = ("train/loss", "train/learning_rate", "train/grad_norm", "train/epoch", "train/global_step")
 EPOCH_METRICS = ("train/loss_std", "train/loss_min", "train/loss_max", "train/samples_per_s", "train/data_wait_s")
-VAL_METRICS = ("val/loss",)
+VAL_ACTION_MSE = "val/action_mse"
+"""Logged at each validation with --best-metric action_mse: squared error of the sampled actions on held-out windows."""
+VAL_METRICS = ("val/loss", VAL_ACTION_MSE)
 ALL_METRICS = STEP_METRICS + EPOCH_METRICS + VAL_METRICS
 PEAK_GPU_MEMORY = "train/peak_gpu_mem_gib"
 """Logged per epoch only when training on CUDA: the largest GPU memory this process has allocated so far."""
@@ -94,7 +96,8 @@ class MetricsLogger:
             self._file.flush()
 
     def plot(self) -> Path:
-        """Redraw ``loss.png``: per-step train loss (raw and smoothed) and val loss against the global step."""
+        """Redraw ``loss.png``: per-step train loss (raw and smoothed), val loss and val action MSE (right axis)
+        against the global step."""
         import matplotlib
 
         matplotlib.use("Agg", force=True)
@@ -115,7 +118,18 @@ class MetricsLogger:
         ax.set_xlabel("global step")
         ax.set_ylabel("diffusion loss")
         ax.grid(alpha=0.3)
-        ax.legend()
+        handles, labels = ax.get_legend_handles_labels()
+        asteps = [r["train/global_step"] for r in self.records if VAL_ACTION_MSE in r]
+        amse = [r[VAL_ACTION_MSE] for r in self.records if VAL_ACTION_MSE in r]
+        if amse:
+            ax2 = ax.twinx()
+            ax2.plot(asteps, amse, "s--", color="tab:green", label="val/action_mse (EMA)")
+            ax2.set_ylabel("action MSE")
+            if min(amse) > 0:
+                ax2.set_yscale("log")
+            more_handles, more_labels = ax2.get_legend_handles_labels()
+            handles, labels = handles + more_handles, labels + more_labels
+        ax.legend(handles, labels)
         fig.tight_layout()
         out = self.run_dir / "loss.png"
         tmp = self.run_dir / f".loss.tmp-{os.getpid()}.png"
@@ -170,6 +184,7 @@ __all__ = [
     "MetricsLogger",
     "PEAK_GPU_MEMORY",
     "STEP_METRICS",
+    "VAL_ACTION_MSE",
     "VAL_METRICS",
     "epoch_loss_stats",
     "read_metrics",
