@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end on a small built-in default, on a CPU machine:
-#   motion-planned demos -> one zarr per agent -> train both agents (tiny preset) -> roll out with a video.
+#   motion-planned demos -> one zarr per agent -> train both agents (tiny preset) -> offline action error
+#   per sampler -> roll out with a video.
 # This is a smoke-sized run (a few low-resolution demos, a minute of CPU training per agent): it shows the
 # pipeline working, not a trained agent. The full recipe is scripts/pipeline.sh with its defaults (README).
 set -euo pipefail
