@@ -127,14 +127,14 @@ class ModelConfig:
 
 
 def tiny_model_config(**overrides: Any) -> ModelConfig:
-    """A small config for CPU smoke runs and tests: 64x64 images, narrow U-Net."""
+    """A small config for CPU smoke runs and tests: 64x64 images, narrow U-Net, DDPM with 10 steps."""
     base: dict[str, Any] = dict(
         image_shape=(3, 64, 64),
         down_dims=(32, 64),
         diffusion_step_embed_dim=32,
         pred_horizon=16,
         num_inference_steps=10,
-        sampler="ddim",
+        sampler="ddpm",
     )
     base.update(overrides)
     return ModelConfig(**base)
