@@ -107,11 +107,12 @@ def action_errors(
     results = {}
     for spec in samplers:
         model.config.sampler = spec.name
-        sq = ab = count = 0.0
+        sq = ab = 0.0
+        count = 0
         for lo in range(0, n, batch_size):
             ids = torch.arange(lo, min(lo + batch_size, n))
-            sums = chunk_error_sums(model, dataset, ids, split, seed, spec.steps)
-            sq, ab, count = sq + sums[0], ab + sums[1], count + sums[2]
+            squared, absolute, values = chunk_error_sums(model, dataset, ids, split, seed, spec.steps)
+            sq, ab, count = sq + squared, ab + absolute, count + values
         results[str(spec)] = {"mse": sq / count, "mae": ab / count}
     return {"checkpoint": str(ckpt), "dataset": str(dataset.source), "split": split, "windows": n,
             "epoch": metadata.get("epoch"), "errors": results}
