@@ -49,7 +49,7 @@ class RolloutConfig:
     max_episode_steps: int | None = None
     """Step cap per episode; default: the task's own cap."""
     sampler: Literal["ddpm", "ddim", "dpmsolver"] | None = None
-    """Override the policies' inference sampler."""
+    """Override the policies' inference sampler ('ddpm' with 10 steps is the fast one that kept accuracy: README)."""
     num_inference_steps: int | None = None
     """Override the policies' number of denoising steps."""
     deterministic: bool = False
