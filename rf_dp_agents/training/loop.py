@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -155,65 +155,67 @@ def train_step(
 
 
 @torch.no_grad()
-def validate(model: nn.Module, dataset: SequenceDataset, info: DistInfo, batch_size: int, seed: int) -> float | None:
-    """Mean diffusion loss over every validation window (None when there are none).
-
-    Batch j uses the RNG stream (seed, VAL_STREAM + j) and ranks take batches round-robin, so the value does
-    not depend on the process count. The global RNG state is left as it was.
-    """
-    n_val = dataset.n_val
-    if n_val == 0:
-        return None
+def sharded_mean(
+    model: nn.Module, info: DistInfo, n: int, batch_size: int, batch_sum: Callable[[int, torch.Tensor], tuple[Any, int]]
+) -> float:
+    """Mean over ``n`` windows of what ``batch_sum(j, ids)`` adds up for batch j (its sum and its count), with the
+    model in eval mode: ranks take batches round-robin and the sums are all-reduced, so the value does not depend
+    on the process count. The global RNG state is left as it was."""
     was_training = model.training
     model.eval()
-    n_batches = math.ceil(n_val / batch_size)
     totals = torch.zeros(2, dtype=torch.float64, device=info.device)
     devices = [info.device] if info.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        for j in range(info.rank, n_batches, info.world_size):
-            ids = torch.arange(j * batch_size, min((j + 1) * batch_size, n_val))
-            batch = to_device(dataset.get_batch(ids, "val"), info.device)
-            torch.manual_seed(step_seed(seed, VAL_STREAM + j, 0))
-            loss = model.compute_loss(batch)
-            totals[0] += loss.double() * len(ids)
-            totals[1] += len(ids)
+    try:
+        with torch.random.fork_rng(devices=devices):
+            for j in range(info.rank, math.ceil(n / batch_size), info.world_size):
+                total, count = batch_sum(j, torch.arange(j * batch_size, min((j + 1) * batch_size, n)))
+                totals[0] += total
+                totals[1] += count
+    finally:
+        model.train(was_training)
     all_reduce_sum(info, totals)
-    model.train(was_training)
     return float(totals[0] / totals[1])
 
 
-@torch.no_grad()
+def validate(model: nn.Module, dataset: SequenceDataset, info: DistInfo, batch_size: int, seed: int) -> float | None:
+    """Mean diffusion loss over every validation window (None when there are none).
+
+    Batch j uses the RNG stream (seed, VAL_STREAM + j), so the value does not depend on the process count.
+    """
+    if dataset.n_val == 0:
+        return None
+
+    def batch_sum(j: int, ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+        batch = to_device(dataset.get_batch(ids, "val"), info.device)
+        torch.manual_seed(step_seed(seed, VAL_STREAM + j, 0))
+        return model.compute_loss(batch).double() * len(ids), len(ids)
+
+    return sharded_mean(model, info, dataset.n_val, batch_size, batch_sum)
+
+
 def validate_actions(model: nn.Module, dataset: SequenceDataset, info: DistInfo, windows: int, batch_size: int,
                      seed: int) -> float | None:
     """Mean squared error of the executed action chunk the policy samples (its configured sampler) against the
     recorded one, over the first ``windows`` validation windows (None when there are none).
 
-    Window i samples with noise seeded (seed + i) and ranks take batches round-robin, so the value does not
-    depend on the process count. Sampling runs without CUDA graphs (none are kept alive during training) and
-    leaves the global RNG state as it was.
+    Window i samples with noise seeded (seed + i), so the value does not depend on the process count. Sampling
+    runs without CUDA graphs (none are kept alive during training).
     """
     from rf_dp_agents.offline_eval import chunk_error_sums
 
     n = min(dataset.n_val, windows)
     if n == 0:
         return None
-    was_training, graphs = model.training, model.cuda_graphs
-    model.eval()
-    model.cuda_graphs = False
-    totals = torch.zeros(2, dtype=torch.float64, device=info.device)
-    devices = [info.device] if info.device.type == "cuda" else []
+
+    def batch_sum(_: int, ids: torch.Tensor) -> tuple[float, int]:
+        squared, _, count = chunk_error_sums(model, dataset, ids, "val", seed)
+        return squared, count
+
+    graphs, model.cuda_graphs = model.cuda_graphs, False
     try:
-        with torch.random.fork_rng(devices=devices):
-            for j in range(info.rank, math.ceil(n / batch_size), info.world_size):
-                ids = torch.arange(j * batch_size, min((j + 1) * batch_size, n))
-                squared, _, count = chunk_error_sums(model, dataset, ids, "val", seed)
-                totals[0] += squared
-                totals[1] += count
+        return sharded_mean(model, info, n, batch_size, batch_sum)
     finally:
-        model.train(was_training)
         model.cuda_graphs = graphs
-    all_reduce_sum(info, totals)
-    return float(totals[0] / totals[1])
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -342,7 +344,7 @@ class Trainer:
         self.epoch = 0
         self._loop_started = time.perf_counter()
         self.tracker = BestTracker(cfg.early_stopping_patience)
-        self.val_action_mse: float | None = None  # of the latest validation, for the checkpoint metadata
+        self.val_action_mse: float | None = None  # of this epoch's validation, for the checkpoint metadata
         self.wandb_run_id: str | None = None
         self.logger: MetricsLogger | None = None
         self._file_handler: logging.Handler | None = None
@@ -501,7 +503,7 @@ class Trainer:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "val_loss": val_loss,
-            "val_action_mse": self.val_action_mse if val_loss is not None else None,
+            "val_action_mse": self.val_action_mse,
             "best_metric": self.cfg.best_metric,
             "train_loss": train_loss,
             "weights": "ema" if self.ema is not None else "raw",
@@ -736,16 +738,16 @@ class Trainer:
             self.logger.log_many([record])
         out_of_time = self._out_of_time()
         last_epoch = self.epoch == cfg.epochs or out_of_time
-        val_loss = None
+        val_loss = self.val_action_mse = None
         stop = out_of_time
         if out_of_time and info.is_main:
             log.info("stopping after epoch %d: the --max-minutes budget of %s minutes is spent", self.epoch, cfg.max_minutes)
         if self.epoch % cfg.val_every == 0 or last_epoch:
             val_loss = validate(self.eval_model, ds, info, cfg.batch_size, cfg.seed)
-            action_mse = None
             if cfg.best_metric == "action_mse":
-                action_mse = validate_actions(self.eval_model, ds, info, cfg.val_action_windows, cfg.batch_size,
-                                              cfg.seed)
+                self.val_action_mse = validate_actions(self.eval_model, ds, info, cfg.val_action_windows,
+                                                       cfg.batch_size, cfg.seed)
+            action_mse = self.val_action_mse
             score = action_mse if action_mse is not None else val_loss if val_loss is not None else train_loss
             if not math.isfinite(score):
                 raise NonFiniteLossError(
@@ -753,7 +755,6 @@ class Trainer:
                     f"{self.global_step}); stopped; the last good checkpoint is {self.run_dir / 'last'}"
                 )
             improved = self.tracker.update(score)
-            self.val_action_mse = action_mse
             if self.logger is not None:
                 if val_loss is not None:
                     record = {"train/epoch": self.epoch, "train/global_step": self.global_step, "val/loss": val_loss}
