@@ -3,7 +3,8 @@
 Pixels arrive as uint8 ``(N, C, H, W)``; they are cropped (random offsets per image in training, the
 centre in eval mode, when a crop is configured), converted to float on the model's device and mapped
 from [0, 255] to [-1, 1]. No ImageNet statistics are used: the encoder is trained from scratch.
-BatchNorm is replaced by GroupNorm (``channels // 16`` groups) because EMA weights break BatchNorm.
+BatchNorm is replaced by GroupNorm (``channels // 16`` groups) because EMA weights break BatchNorm; on
+channels_last CUDA activations (the trainer's ``--channels-last``) it runs as Triton kernels.
 """
 
 from __future__ import annotations
@@ -12,16 +13,22 @@ import torch
 import torchvision
 from torch import nn
 
+from rf_dp_agents.model.groupnorm import FastGroupNorm
+
 FEATURE_DIM = 512
 """Size of one camera's feature vector (ResNet18's pooled output)."""
 
 
 def replace_batchnorm_with_groupnorm(module: nn.Module, group_size: int = 16) -> nn.Module:
-    """Replace every ``BatchNorm2d`` under ``module`` (in place) by ``GroupNorm(channels // group_size)``."""
+    """Replace every ``BatchNorm2d`` under ``module`` (in place) by ``GroupNorm(channels // group_size)``.
+
+    The GroupNorm is :class:`FastGroupNorm` (``nn.GroupNorm``'s parameters and state dict), which runs
+    Triton kernels on channels_last CUDA activations and ``F.group_norm`` everywhere else.
+    """
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             groups = max(1, child.num_features // group_size)
-            setattr(module, name, nn.GroupNorm(groups, child.num_features))
+            setattr(module, name, FastGroupNorm(groups, child.num_features))
         else:
             replace_batchnorm_with_groupnorm(child, group_size)
     return module

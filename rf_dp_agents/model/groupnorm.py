@@ -1,0 +1,545 @@
+"""GroupNorm for channels_last (NHWC) activations as Triton kernels, optionally fused with a following ReLU.
+
+PyTorch's native ``group_norm`` kernel works on NCHW, so channels_last activations pay two layout
+transposes per call. Here an ``(N, C, H, W)`` channels_last tensor is read in place as ``(N, H*W, C)``,
+with every load coalesced along the contiguous channel axis:
+
+* forward: per (sample, chunk of rows) partial sums of ``x - s`` and ``(x - s)^2`` per group, ``s`` being
+  the group's first value (a shift that keeps ``E[d^2] - E[d]^2`` accurate for inputs far from zero);
+  then one elementwise pass combines the partials of its sample into ``mean``/``rstd`` and writes
+  ``(x - mean) * rstd * w + b`` (then ReLU) in the input's dtype and layout.
+* backward: per (sample, chunk) partial per-channel sums of ``dy`` and ``dy * xhat`` (the ReLU mask
+  recomputed from ``x``); then one elementwise pass combines them into the per-group terms and writes
+  ``dx``. Only ``x`` and the ``(N, G)`` fp32 ``mean``/``rstd`` are kept for backward.
+
+Two kernel launches each way (plus one small reduction for the weight and bias gradients).
+
+Statistics and arithmetic are fp32 whatever the input dtype (bf16, fp16 or fp32). Triton is imported on
+first use; :class:`FastGroupNorm` falls back to ``F.group_norm`` where Triton is missing or the input is
+not a supported channels_last CUDA tensor. With ``TRITON_INTERPRET=1`` the kernels also run on CPU
+tensors through Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+triton: Any = None
+tl: Any = None
+
+_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_MAX_CHANNELS = 4096
+_MAX_GRID_Y = 65535
+_MAX_CHUNKS = 32
+"""Most row chunks per sample in the reductions (the elementwise kernels re-read every chunk's partials)."""
+_TILE_ELEMENTS = 8192
+"""Elements of one elementwise tile (rows x padded channels)."""
+_REDUCE_TILE_ELEMENTS = 4096
+"""Elements of one reduction step (rows x padded channels)."""
+_CPU_PROGRAMS = 4
+"""Programs the reductions aim for when running under the interpreter."""
+_PROGRAMS_PER_SM = 4
+_APPLY_WARPS = 8
+_REDUCE_WARPS = 4
+
+
+def _fwd_stats_kernel(
+    x_ptr,
+    part_ptr,
+    HW,
+    rows_per_chunk,
+    n_chunks,
+    C: tl.constexpr,
+    CG: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+):
+    n = tl.program_id(0)
+    chunk = tl.program_id(1)
+    cols = tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    x_ptr += n.to(tl.int64) * HW * C
+    shift = tl.load(x_ptr + (cols // CG) * CG, mask=col_mask, other=0.0).to(tl.float32)
+    row_start = chunk * rows_per_chunk
+    row_end = tl.minimum(row_start + rows_per_chunk, HW)
+    acc_s = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+    acc_q = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+    for r0 in range(row_start, row_end, BLOCK_HW):
+        rows = r0 + tl.arange(0, BLOCK_HW)
+        mask = (rows < row_end)[:, None] & col_mask[None, :]
+        x = tl.load(x_ptr + rows[:, None] * C + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        d = tl.where(mask, x - shift[None, :], 0.0)
+        acc_s += d
+        acc_q += d * d
+    s = tl.sum(tl.reshape(tl.sum(acc_s, axis=0), [BLOCK_G, CG]), axis=1)
+    q = tl.sum(tl.reshape(tl.sum(acc_q, axis=0), [BLOCK_G, CG]), axis=1)
+    groups = tl.arange(0, BLOCK_G)
+    out = part_ptr + (n * n_chunks + chunk) * (2 * BLOCK_G)
+    tl.store(out + groups, s)
+    tl.store(out + BLOCK_G + groups, q)
+
+
+def _fwd_apply_kernel(
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    b_ptr,
+    part_ptr,
+    mean_ptr,
+    rstd_ptr,
+    HW,
+    n_chunks,
+    inv_count,
+    eps,
+    C: tl.constexpr,
+    CG: tl.constexpr,
+    G: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    RELU: tl.constexpr,
+):
+    n = tl.program_id(0)
+    tile = tl.program_id(1)
+    cols = tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    group = cols // CG
+    x_ptr += n.to(tl.int64) * HW * C
+    y_ptr += n.to(tl.int64) * HW * C
+    part_ptr += n * n_chunks * (2 * BLOCK_G)
+    ks = tl.arange(0, BLOCK_K)
+    acc_s = tl.zeros([BLOCK_K, BLOCK_C], dtype=tl.float32)
+    acc_q = tl.zeros([BLOCK_K, BLOCK_C], dtype=tl.float32)
+    for k0 in range(0, n_chunks, BLOCK_K):
+        k = k0 + ks
+        offs = k[:, None] * (2 * BLOCK_G) + group[None, :]
+        mask = (k < n_chunks)[:, None] & col_mask[None, :]
+        acc_s += tl.load(part_ptr + offs, mask=mask, other=0.0)
+        acc_q += tl.load(part_ptr + offs + BLOCK_G, mask=mask, other=0.0)
+    mean_d = tl.sum(acc_s, axis=0) * inv_count
+    var = tl.maximum(tl.sum(acc_q, axis=0) * inv_count - mean_d * mean_d, 0.0)
+    rstd = 1.0 / tl.sqrt(var + eps)
+    mean = tl.load(x_ptr + group * CG, mask=col_mask, other=0.0).to(tl.float32) + mean_d
+    first = col_mask & (cols % CG == 0) & (tile == 0)
+    tl.store(mean_ptr + n * G + group, mean, mask=first)
+    tl.store(rstd_ptr + n * G + group, rstd, mask=first)
+    scale = rstd
+    if HAS_W:
+        scale = scale * tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    if HAS_B:
+        bias = tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    rows = tile * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    mask = (rows < HW)[:, None] & col_mask[None, :]
+    offs = rows[:, None] * C + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    y = (x - mean[None, :]) * scale[None, :] + bias[None, :]
+    if RELU:
+        y = tl.where(y > 0.0, y, 0.0)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _bwd_partial_kernel(
+    x_ptr,
+    dy_ptr,
+    w_ptr,
+    b_ptr,
+    mean_ptr,
+    rstd_ptr,
+    part_ptr,
+    HW,
+    rows_per_chunk,
+    n_chunks,
+    C: tl.constexpr,
+    CG: tl.constexpr,
+    G: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    RELU: tl.constexpr,
+):
+    n = tl.program_id(0)
+    chunk = tl.program_id(1)
+    cols = tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    stat = n * G + cols // CG
+    mean = tl.load(mean_ptr + stat, mask=col_mask, other=0.0)
+    rstd = tl.load(rstd_ptr + stat, mask=col_mask, other=0.0)
+    scale = rstd
+    if HAS_W:
+        scale = scale * tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    if HAS_B:
+        bias = tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    base = n.to(tl.int64) * HW * C
+    row_start = chunk * rows_per_chunk
+    row_end = tl.minimum(row_start + rows_per_chunk, HW)
+    acc_a = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_HW, BLOCK_C], dtype=tl.float32)
+    for r0 in range(row_start, row_end, BLOCK_HW):
+        rows = r0 + tl.arange(0, BLOCK_HW)
+        mask = (rows < row_end)[:, None] & col_mask[None, :]
+        offs = base + rows[:, None] * C + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        xc = x - mean[None, :]
+        if RELU:
+            dy = tl.where(xc * scale[None, :] + bias[None, :] > 0.0, dy, 0.0)
+        acc_a += dy
+        acc_b += dy * xc
+    out = part_ptr + (n * n_chunks + chunk) * (2 * BLOCK_C)
+    tl.store(out + cols, tl.sum(acc_a, axis=0))
+    tl.store(out + BLOCK_C + cols, tl.sum(acc_b, axis=0) * rstd)
+
+
+def _bwd_apply_kernel(
+    x_ptr,
+    dy_ptr,
+    dx_ptr,
+    w_ptr,
+    b_ptr,
+    mean_ptr,
+    rstd_ptr,
+    part_ptr,
+    HW,
+    n_chunks,
+    inv_count,
+    C: tl.constexpr,
+    CG: tl.constexpr,
+    G: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    RELU: tl.constexpr,
+):
+    n = tl.program_id(0)
+    tile = tl.program_id(1)
+    cols = tl.arange(0, BLOCK_C)
+    col_mask = cols < C
+    stat = n * G + cols // CG
+    mean = tl.load(mean_ptr + stat, mask=col_mask, other=0.0)
+    rstd = tl.load(rstd_ptr + stat, mask=col_mask, other=0.0)
+    part_ptr += n * n_chunks * (2 * BLOCK_C)
+    ks = tl.arange(0, BLOCK_K)
+    acc_a = tl.zeros([BLOCK_K, BLOCK_C], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_K, BLOCK_C], dtype=tl.float32)
+    for k0 in range(0, n_chunks, BLOCK_K):
+        k = k0 + ks
+        offs = k[:, None] * (2 * BLOCK_C) + cols[None, :]
+        mask = (k < n_chunks)[:, None]
+        acc_a += tl.load(part_ptr + offs, mask=mask, other=0.0)
+        acc_b += tl.load(part_ptr + offs + BLOCK_C, mask=mask, other=0.0)
+    sum_a = tl.sum(acc_a, axis=0)
+    sum_b = tl.sum(acc_b, axis=0)
+    scale = rstd
+    if HAS_W:
+        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+        scale = scale * w
+        sum_a = sum_a * w
+        sum_b = sum_b * w
+    if HAS_B:
+        bias = tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_C], dtype=tl.float32)
+    s1 = tl.sum(tl.reshape(sum_a, [BLOCK_G, CG]), axis=1)
+    s2 = tl.sum(tl.reshape(sum_b, [BLOCK_G, CG]), axis=1)
+    s1 = tl.reshape(tl.broadcast_to(s1[:, None], [BLOCK_G, CG]), [BLOCK_C])
+    s2 = tl.reshape(tl.broadcast_to(s2[:, None], [BLOCK_G, CG]), [BLOCK_C])
+    c1 = rstd * s1 * inv_count
+    c2 = rstd * rstd * s2 * inv_count
+    rows = tile * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    mask = (rows < HW)[:, None] & col_mask[None, :]
+    offs = n.to(tl.int64) * HW * C + rows[:, None] * C + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    xc = x - mean[None, :]
+    if RELU:
+        dy = tl.where(xc * scale[None, :] + bias[None, :] > 0.0, dy, 0.0)
+    dx = dy * scale[None, :] - (c1[None, :] + xc * c2[None, :])
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@functools.lru_cache(maxsize=None)
+def _import_triton() -> bool:
+    """Import Triton into this module's globals; False where it is not installed."""
+    global triton, tl
+    try:
+        import triton as triton_module
+        import triton.language as tl_module
+    except ImportError:
+        return False
+    triton, tl = triton_module, tl_module
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(interpret: bool) -> SimpleNamespace:
+    """The JIT-wrapped kernels (``interpret`` keys the cache: Triton decides on wrapping whether to interpret)."""
+    if not _import_triton():
+        raise RuntimeError("the Triton GroupNorm kernels need the triton package")
+    runtime = ("HW", "rows_per_chunk", "n_chunks")
+
+    def jit(fn: Any) -> Any:
+        names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
+        return triton.jit(fn, do_not_specialize=[name for name in runtime if name in names])
+
+    return SimpleNamespace(
+        fwd_stats=jit(_fwd_stats_kernel),
+        fwd_apply=jit(_fwd_apply_kernel),
+        bwd_partial=jit(_bwd_partial_kernel),
+        bwd_apply=jit(_bwd_apply_kernel),
+    )
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _next_pow2(value: int) -> int:
+    return 1 << max(0, int(value) - 1).bit_length()
+
+
+def _groups_supported(channels: int, num_groups: int) -> bool:
+    if num_groups <= 0 or channels % num_groups:
+        return False
+    group_channels = channels // num_groups
+    return group_channels & (group_channels - 1) == 0
+
+
+def _layout_supported(x: torch.Tensor) -> bool:
+    if x.dim() != 4 or x.dtype not in _DTYPES or x.numel() == 0:
+        return False
+    _, c, h, w = x.shape
+    if c > _MAX_CHANNELS or c * h * w >= 2**31:
+        return False
+    block_c = _next_pow2(c)
+    block_hw = max(1, _TILE_ELEMENTS // block_c)
+    return -(-h * w // block_hw) <= _MAX_GRID_Y and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def triton_group_norm_available(x: torch.Tensor, num_groups: int | None = None) -> bool:
+    """Whether :func:`group_norm_nhwc` can run on ``x`` (and, if given, with ``num_groups`` groups).
+
+    True for a 4-D channels_last-contiguous bf16/fp16/fp32 CUDA tensor when Triton imports; with
+    ``TRITON_INTERPRET=1`` also for such a CPU tensor (Triton's interpreter runs the kernels).
+    """
+    if not (x.device.type == "cuda" or (x.device.type == "cpu" and _interpreting())):
+        return False
+    if not _layout_supported(x):
+        return False
+    if num_groups is not None and not _groups_supported(x.shape[1], num_groups):
+        return False
+    return _import_triton()
+
+
+def _reduction_chunks(n: int, hw: int, block_hw: int, device: torch.device) -> tuple[int, int]:
+    """(rows per chunk, chunks per sample) so that the reduction grid fills the device with few partials."""
+    tiles = -(-hw // block_hw)
+    if device.type == "cuda":
+        target = _PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    else:
+        target = _CPU_PROGRAMS
+    tiles_per_chunk = max(1, -(-n * tiles // target), -(-tiles // _MAX_CHUNKS))
+    return tiles_per_chunk * block_hw, -(-tiles // tiles_per_chunk)
+
+
+def _chunk_block(block_c: int) -> int:
+    return max(1, min(_MAX_CHUNKS, 4096 // block_c))
+
+
+def _check_inputs(x: torch.Tensor, num_groups: int) -> None:
+    if not _layout_supported(x):
+        raise ValueError(
+            "group_norm_nhwc needs a non-empty 4-D channels_last-contiguous bf16/fp16/fp32 tensor with at most "
+            f"{_MAX_CHANNELS} channels; got shape {tuple(x.shape)}, dtype {x.dtype}, strides {x.stride()}"
+        )
+    if not _groups_supported(x.shape[1], num_groups):
+        raise ValueError(
+            f"group_norm_nhwc needs channels ({x.shape[1]}) divisible by num_groups ({num_groups}) "
+            "with a power-of-two number of channels per group"
+        )
+
+
+def _forward(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    relu: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    kernels = _kernels(_interpreting())
+    n, c, h, w = x.shape
+    hw, cg, g = h * w, c // num_groups, num_groups
+    block_c = _next_pow2(c)
+    block_g = block_c // cg
+    block_r = max(1, _REDUCE_TILE_ELEMENTS // block_c)
+    rows_per_chunk, n_chunks = _reduction_chunks(n, hw, block_r, x.device)
+    part = torch.empty((n, n_chunks, 2, block_g), device=x.device, dtype=torch.float32)
+    kernels.fwd_stats[(n, n_chunks)](
+        x, part, hw, rows_per_chunk, n_chunks,
+        C=c, CG=cg, BLOCK_C=block_c, BLOCK_G=block_g, BLOCK_HW=block_r, num_warps=_REDUCE_WARPS,
+    )
+    mean = torch.empty((n, g), device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    y = torch.empty_like(x, memory_format=torch.channels_last)
+    block_e = max(1, _TILE_ELEMENTS // block_c)
+    kernels.fwd_apply[(n, -(-hw // block_e))](
+        x, y, weight if weight is not None else mean, bias if bias is not None else mean, part, mean, rstd,
+        hw, n_chunks, 1.0 / (hw * cg), float(eps),
+        C=c, CG=cg, G=g, BLOCK_C=block_c, BLOCK_G=block_g, BLOCK_HW=block_e, BLOCK_K=_chunk_block(block_c),
+        HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, num_warps=_APPLY_WARPS,
+    )
+    return y, mean, rstd
+
+
+def _backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    relu: bool,
+    need_dx: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``dx`` (None unless ``need_dx``) and the partial channel sums ``(N, chunks, 2, >=C)`` of ``dy``, ``dy*xhat``."""
+    kernels = _kernels(_interpreting())
+    n, c, h, w = x.shape
+    g = mean.shape[1]
+    hw, cg = h * w, c // g
+    block_c = _next_pow2(c)
+    block_r = max(1, _REDUCE_TILE_ELEMENTS // block_c)
+    rows_per_chunk, n_chunks = _reduction_chunks(n, hw, block_r, x.device)
+    w_arg = weight if weight is not None else mean
+    b_arg = bias if bias is not None else mean
+    flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu)
+    part = torch.empty((n, n_chunks, 2, block_c), device=x.device, dtype=torch.float32)
+    kernels.bwd_partial[(n, n_chunks)](
+        x, dy, w_arg, b_arg, mean, rstd, part, hw, rows_per_chunk, n_chunks,
+        C=c, CG=cg, G=g, BLOCK_C=block_c, BLOCK_HW=block_r, **flags, num_warps=_REDUCE_WARPS,
+    )
+    if not need_dx:
+        return None, part
+    dx = torch.empty_like(x, memory_format=torch.channels_last)
+    block_e = max(1, _TILE_ELEMENTS // block_c)
+    kernels.bwd_apply[(n, -(-hw // block_e))](
+        x, dy, dx, w_arg, b_arg, mean, rstd, part, hw, n_chunks, 1.0 / (hw * cg),
+        C=c, CG=cg, G=g, BLOCK_C=block_c, BLOCK_G=block_c // cg, BLOCK_HW=block_e, BLOCK_K=_chunk_block(block_c),
+        **flags, num_warps=_APPLY_WARPS,
+    )
+    return dx, part
+
+
+class _GroupNormNHWC(torch.autograd.Function):
+    """Autograd wrapper of the Triton kernels: saves ``x`` and the per-group ``mean``/``rstd``."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        num_groups: int,
+        eps: float,
+        relu: bool,
+    ) -> torch.Tensor:
+        y, mean, rstd = _forward(x, num_groups, weight, bias, eps, relu)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.relu = relu
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        if not (need_dx or need_dw or need_db):
+            return None, None, None, None, None, None
+        dy = dy.contiguous(memory_format=torch.channels_last)
+        dx, part = _backward(dy, x, weight, bias, mean, rstd, ctx.relu, need_dx)
+        dw = db = None
+        if need_dw or need_db:
+            sums = part.sum(dim=(0, 1))[:, : x.shape[1]]
+            dw = sums[1].to(weight.dtype) if need_dw else None
+            db = sums[0].to(bias.dtype) if need_db else None
+        return dx, dw, db, None, None, None
+
+
+def group_norm_nhwc(
+    x: torch.Tensor,
+    num_groups: int,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float = 1e-5,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``F.group_norm(x, num_groups, weight, bias, eps)`` (then ReLU if ``relu``) on channels_last ``x``.
+
+    ``x`` is ``(N, C, H, W)``, channels_last-contiguous, bf16/fp16/fp32, with ``C // num_groups`` a power of
+    two; the result has ``x``'s shape, dtype and layout. Differentiable in ``x``, ``weight`` and ``bias``.
+    """
+    _check_inputs(x, num_groups)
+    if weight is not None:
+        weight = weight.contiguous()
+    if bias is not None:
+        bias = bias.contiguous()
+    return _GroupNormNHWC.apply(x, weight, bias, int(num_groups), float(eps), bool(relu))
+
+
+class FastGroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters and state dict) that runs the Triton NHWC kernels when it can.
+
+    ``relu=True`` fuses a following ReLU. Inputs the kernels do not take (not channels_last, not on CUDA,
+    Triton missing), and any call traced by torch.compile, go through ``F.group_norm`` (+ ``F.relu``).
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        *,
+        relu: bool = False,
+    ) -> None:
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype)
+        self.relu = relu
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # Under torch.compile, Inductor generates its own fused GroupNorm from F.group_norm.
+        if not torch.compiler.is_compiling() and triton_group_norm_available(input, self.num_groups):
+            return group_norm_nhwc(input, self.num_groups, self.weight, self.bias, self.eps, self.relu)
+        out = F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+        return F.relu(out) if self.relu else out
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")
+
+
+__all__ = ["FastGroupNorm", "group_norm_nhwc", "triton_group_norm_available"]
