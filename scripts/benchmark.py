@@ -1,8 +1,9 @@
 """GPU benchmark: training throughput and predict() latency at the seed config, side by side in one run.
 
 Measured in one process on one GPU, each figure after warm-up:
-  * fast: the trainer's default GPU path (dataset held on the GPU as uint8, batch gathered on the GPU,
-    the whole optimiser step replayed as one CUDA graph, fused AdamW, TF32);
+  * fast: the trainer's default GPU path (dataset held on the GPU as uint8, the whole optimiser step captured
+    in one CUDA graph, bf16 autocast, channels_last encoder with Triton GroupNorm, fused AdamW), then the same
+    trainer with these levers switched off (TRAINER_ROWS);
   * eager: the same model as a plain eager fp32 step fed by a standard DataLoader (what users run today);
   * lerobot: lerobot's DiffusionPolicy at the same shapes (when it is importable), synthetic GPU batch;
   * predict(): one action chunk at batch 1 and 32, DDPM-100, DDPM-10 and DDIM-10, eager and CUDA-graphed;
@@ -21,6 +22,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +67,8 @@ class Args:
     levers: bool = True
     """Measure each speed lever (channels_last, bf16, CUDA graph, torch.compile) and profile the eager step."""
     only: str | None = None
-    """Run one part only: 'levers', 'predict' or 'profile' (for quick iteration)."""
+    """Run one part only: 'trainer' (the end-to-end trainer rows, written to --out), 'levers', 'predict' or
+    'profile'."""
     out: Path | None = None
     """Results JSON (default benchmarks/results/<date>-<gpu>.json)."""
     readme_from: Path | None = None
@@ -94,20 +97,37 @@ def build_policy(device: torch.device, dataset, **overrides):
     return DiffusionPolicy(cfg, dataset.fit_normalizer()).to(device).train()
 
 
-def trainer_run(args: Args, compile_loss: bool, out_dir: Path) -> dict[str, Any]:
+TRAINER_ROWS: dict[str, dict[str, str]] = {
+    "fast": {},
+    "fast_no_cuda_graphs": {"cuda_graphs": "off", "compile": "off", "precision": "bf16", "channels_last": "on"},
+    "trainer_no_compile": {"cuda_graphs": "off", "compile": "off"},
+    "compiled_fp32": {"cuda_graphs": "off"},
+}
+"""Trainer settings of each end-to-end row: the default on CUDA (one captured CUDA graph per step, bf16
+autocast, channels_last encoder with the Triton GroupNorm), the same without the graph, the plain eager fp32
+trainer, and ``compiled_fp32``, the default before CUDA graphs (torch.compile, TF32, NCHW)."""
+
+
+def trainer_run(args: Args, name: str, out_dir: Path) -> dict[str, Any]:
     """The real trainer end to end (zarr -> GPU-resident data -> steps -> validation -> checkpoints) for
-    ``args.trainer_epochs`` epochs; throughput from its own metrics.jsonl (last epoch, after warm-up)."""
+    ``args.trainer_epochs`` epochs with the settings ``TRAINER_ROWS[name]``; throughput from its own
+    metrics.jsonl (last epoch, after warm-up); peak memory above what was allocated before the run."""
+    import gc
     import shutil
 
     from rf_dp_agents.training.config import preset_config
     from rf_dp_agents.training.loop import train
 
-    run_dir = out_dir / ("compiled" if compile_loss else "eager")
+    run_dir = out_dir / name
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = preset_config(
         "default", zarr_path=args.data, epochs=args.trainer_epochs, val_ratio=0.0, output_dir=run_dir,
-        compile="on" if compile_loss else "off", progress=False, batch_size=args.batch_size,
+        progress=False, batch_size=args.batch_size, **TRAINER_ROWS[name],
     )
+    torch._dynamo.reset()
+    gc.collect()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     train(cfg)
@@ -117,12 +137,13 @@ def trainer_run(args: Args, compile_loss: bool, out_dir: Path) -> dict[str, Any]
     losses = [r["train/loss"] for r in records if "train/loss" in r and "train/learning_rate" in r]
     last = epochs[-1]
     return {
+        "settings": TRAINER_ROWS[name],
         "samples_per_s": last["train/samples_per_s"],
         "step_ms": 1000 * args.batch_size / last["train/samples_per_s"],
         "epoch_samples_per_s": [r["train/samples_per_s"] for r in epochs],
         "data_wait_s_last_epoch": last.get("train/data_wait_s"),
         "wall_s": wall,
-        "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_gpu_mem_gib": (torch.cuda.max_memory_allocated() - before) / 2**30,
         "losses": losses,
     }
 
@@ -215,6 +236,7 @@ def profile_step(args: Args, dataset, device, rows: int = 25, fast: bool = False
 
 def eager_dataloader(args: Args, cpu_dataset, device) -> dict[str, Any]:
     """Plain eager fp32 step fed by torch's DataLoader (PyTorch defaults: TF32 off for matmuls)."""
+    before = torch.cuda.memory_allocated()
     from torch.utils.data import DataLoader
 
     from rf_dp_agents.training.ema import EMA
@@ -248,12 +270,13 @@ def eager_dataloader(args: Args, cpu_dataset, device) -> dict[str, Any]:
     return {
         "samples_per_s": args.eager_steps * args.batch_size / seconds,
         "step_ms": 1000 * seconds / args.eager_steps,
-        "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_gpu_mem_gib": (torch.cuda.max_memory_allocated() - before) / 2**30,
     }
 
 
 def lerobot_step(args: Args, device, image_hw) -> dict[str, Any]:
     """lerobot's DiffusionPolicy training step at the same shapes, synthetic GPU batch, fp32 eager."""
+    before = torch.cuda.memory_allocated()
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
     from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy as LeRobotDP
@@ -291,7 +314,7 @@ def lerobot_step(args: Args, device, image_hw) -> dict[str, Any]:
     return {
         "samples_per_s": args.eager_steps * b / seconds,
         "step_ms": 1000 * seconds / args.eager_steps,
-        "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_gpu_mem_gib": (torch.cuda.max_memory_allocated() - before) / 2**30,
     }
 
 
@@ -305,9 +328,11 @@ def predict_latency(args: Args, dataset, device) -> list[dict[str, Any]]:
             obs = dataset.get_batch(torch.arange(batch, device=dataset.device))
             obs = {"img": obs["img"].to(device), "state": obs["state"].to(device)}
             row: dict[str, Any] = {"sampler": sampler, "steps": steps, "batch": batch}
-            for name, graphs, tf32, compiled in (("eager_ms", False, True, False), ("cuda_graph_ms", True, True, False),
-                                                 ("cuda_graph_fp32_ms", True, False, False),
-                                                 ("cuda_graph_compiled_ms", True, True, True)):
+            settings = [("eager_ms", False, True, False), ("cuda_graph_ms", True, True, False),
+                        ("cuda_graph_fp32_ms", True, False, False)]
+            if batch == 1:  # each batch size costs a compilation: the latency target is at batch 1
+                settings.append(("cuda_graph_compiled_ms", True, True, True))
+            for name, graphs, tf32, compiled in settings:
                 policy.cuda_graphs, policy.compile_graphs = graphs, compiled
                 policy._graphs.clear()
                 with torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=tf32):
@@ -317,6 +342,15 @@ def predict_latency(args: Args, dataset, device) -> list[dict[str, Any]]:
             rows.append(row)
             print(f"  predict {row}", flush=True)
     return rows
+
+
+def speed_ratios(training: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``fast_vs_<row>``: the default trainer's samples/s over each other measured row's."""
+    fast = training.get("fast", {}).get("samples_per_s")
+    if fast is None:
+        return {}
+    return {f"fast_vs_{name}": fast / row["samples_per_s"]
+            for name, row in training.items() if name != "fast" and "samples_per_s" in row}
 
 
 def curve_agreement(fast: list[float], eager: list[float], window: int = 50) -> dict[str, Any]:
@@ -332,65 +366,91 @@ def curve_agreement(fast: list[float], eager: list[float], window: int = 50) -> 
     }
 
 
-def render_table(res: dict[str, Any]) -> str:
-    """Markdown performance table of one results JSON."""
+BASELINES = {"eager_dataloader": "vs eager DataLoader", "trainer_no_compile": "vs eager fp32 trainer"}
+"""Rows the ratio column can be taken against, in order of preference (the first one the results hold)."""
+
+
+def render_table(res: dict[str, Any], source: str) -> str:
+    """Markdown performance tables of one results JSON (``source``: its path, named in the first line)."""
     tr = res["training"]
+    base_key = next(key for key in BASELINES if "samples_per_s" in tr.get(key, {}))
+    base = tr[base_key]["samples_per_s"]
     lines = [
-        f"Measured {res['date']} on one {res['gpu']} (torch {res['torch']}), seed config: ResNet18-GN + U-Net "
-        f"256/512/1024, 240x320 images, To 2, T 16, batch {res['batch_size']}, {res['n_windows']:,} windows per epoch.",
+        f"Measured {res['date']} on one {res['gpu']} (torch {res['torch']}; `{source}`), seed config: ResNet18-GN + "
+        f"U-Net 256/512/1024, 240x320 images, To 2, T 16, batch {res['batch_size']}, {res['n_windows']:,} windows per "
+        "epoch.",
         "",
-        "| training path | samples/s | ms/step | peak GPU memory | vs eager DataLoader |",
+        f"| training path | samples/s | ms/step | peak GPU memory | {BASELINES[base_key]} |",
         "|---|---|---|---|---|",
     ]
-    base = tr["eager_dataloader"]["samples_per_s"]
     names = {
-        "fast": "rf_dp_agents trainer, default on CUDA (GPU-resident data, torch.compile, fused AdamW, TF32)",
-        "trainer_no_compile": "rf_dp_agents trainer, --compile off",
+        "fast": "rf_dp_agents trainer, default on CUDA (GPU-resident data, whole step in one CUDA graph, bf16 "
+                "autocast, channels_last encoder with Triton GroupNorm, fused AdamW)",
+        "fast_no_cuda_graphs": "the same, --cuda-graphs off --compile off --precision bf16 --channels-last on",
+        "compiled_fp32": "rf_dp_agents trainer, --cuda-graphs off (torch.compile, TF32, NCHW: the previous default)",
+        "trainer_no_compile": "rf_dp_agents trainer, --cuda-graphs off --compile off (eager, TF32, NCHW)",
         "eager_dataloader": "plain eager fp32 step + torch DataLoader (8 workers)",
         "lerobot": "lerobot 0.6.1 DiffusionPolicy, fp32 eager, synthetic GPU batch",
     }
-    for key in ("fast", "trainer_no_compile", "eager_dataloader", "lerobot"):
+    for key in names:
         row = tr.get(key)
         if not row or "samples_per_s" not in row:
             continue
         lines.append(f"| {names[key]} | {row['samples_per_s']:,.0f} | {row['step_ms']:.1f} | "
-                     f"{row['peak_gpu_mem_gib']:.1f} GiB | {row['samples_per_s'] / base:.1f}x |")
-    lines += ["", "Peak GPU memory is everything allocated in the benchmark process: it includes the benchmark's own "
-                  "GPU copy of the dataset (uint8 images, 3.4 GB at this size), and the trainer rows also the trainer's copy."]
+                     f"{row['peak_gpu_mem_gib']:.1f} GiB | {row['samples_per_s'] / base:.2f}x |")
+    dataset = res.get("dataset_gib")
+    held = f" ({dataset:.1f} GiB at this size)" if dataset is not None else ""
+    lines += ["", "Peak GPU memory is each row's own: what it allocated above what the process held before it. The "
+                  f"trainer rows include the trainer's GPU-resident copy of the dataset{held}."]
     gap = res.get("loss_curves", {}).get("max_rel_gap")
     if gap is not None:
         window = res["loss_curves"]["window"]
-        lines += ["", f"Loss curves of the compiled and the eager trainer over the same steps ({window}-step means) "
-                      f"differ by at most {100 * gap:.1f}%."]
-    epoch_s = res["n_windows"] / tr["fast"]["samples_per_s"]
-    lines += ["", f"300 epochs at the fast path's rate: {300 * epoch_s / 60:.1f} minutes of steps "
-                  f"({epoch_s:.1f} s per epoch; the seed reports 240 s per epoch on one GPU).", ""]
+        lines += ["", f"Loss curves of the default trainer and the eager fp32 trainer over the same steps "
+                      f"({window}-step means) differ by at most {100 * gap:.1f}%."]
+    if "samples_per_s" in tr.get("fast", {}):
+        epoch_s = res["n_windows"] / tr["fast"]["samples_per_s"]
+        lines += ["", f"300 epochs at the default trainer's rate: {300 * epoch_s / 60:.1f} minutes of steps "
+                      f"({epoch_s:.1f} s per epoch; the seed reports 240 s per epoch on one GPU)."]
     rows = res.get("predict", [])
-    compiled = bool(rows) and all("cuda_graph_compiled_ms" in row for row in rows)
-    lines += ["| predict() per chunk | batch | eager | CUDA graph (default) | CUDA graph, TF32 off |"
-              + (" CUDA graph of the compiled U-Net |" if compiled else ""),
-              "|---|---|---|---|---|" + ("---|" if compiled else "")]
-    for row in rows:
-        lines.append(f"| {row['sampler'].upper()}-{row['steps']} | {row['batch']} | {row['eager_ms']:.1f} ms | "
-                     f"{row['cuda_graph_ms']:.1f} ms | {row['cuda_graph_fp32_ms']:.1f} ms |"
-                     + (f" {row['cuda_graph_compiled_ms']:.1f} ms |" if compiled else ""))
+    if rows:
+        compiled = any("cuda_graph_compiled_ms" in row for row in rows)
+        lines += ["", "| predict() per chunk | batch | eager | CUDA graph (default) | CUDA graph, TF32 off |"
+                  + (" CUDA graph of the compiled U-Net |" if compiled else ""),
+                  "|---|---|---|---|---|" + ("---|" if compiled else "")]
+        for row in rows:
+            lines.append(f"| {row['sampler'].upper()}-{row['steps']} | {row['batch']} | {row['eager_ms']:.1f} ms | "
+                         f"{row['cuda_graph_ms']:.1f} ms | {row['cuda_graph_fp32_ms']:.1f} ms |"
+                         + (f" {row['cuda_graph_compiled_ms']:.1f} ms |" if "cuda_graph_compiled_ms" in row
+                            else " not measured |" if compiled else ""))
     return "\n".join(lines)
 
 
-def update_readme(res: dict[str, Any]) -> None:
+def readme_source(text: str) -> str:
+    """The results JSON that README.md's performance block was rendered from (named in its first line)."""
+    block = text.split(README_START, 1)[1].split(README_END, 1)[0]
+    match = re.search(r"`(benchmarks/results/[\w.-]+\.json)`", block)
+    if match is None:
+        raise ValueError("README.md's performance block names no benchmarks/results/*.json file")
+    return match.group(1)
+
+
+def update_readme(res: dict[str, Any], source: str) -> None:
+    """Replace README.md's performance block by the rendering of ``res`` (read from ``source``)."""
     readme = ROOT / "README.md"
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise SystemExit(f"{readme}: no {README_START} ... {README_END} block to update")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n{render_table(res)}\n{README_END}{tail}")
+    readme.write_text(f"{head}{README_START}\n{render_table(res, source)}\n{README_END}{tail}")
     print(f"updated {readme}")
 
 
 def main(args: Args) -> None:
     if args.readme_from is not None:
-        update_readme(json.loads(args.readme_from.read_text()))
+        source = args.readme_from.resolve()
+        shown = source.relative_to(ROOT).as_posix() if source.is_relative_to(ROOT) else str(args.readme_from)
+        update_readme(json.loads(source.read_text()), shown)
         return
     if not torch.cuda.is_available():
         raise SystemExit("scripts/benchmark.py measures GPU speed: no CUDA device is visible")
@@ -412,8 +472,8 @@ def main(args: Args) -> None:
     cpu_ds = SequenceDataset(args.data, val_ratio=0.0)
     res["dataset_load_s"] = time.perf_counter() - t0
     assert cpu_ds.n_train == args.n_windows, (cpu_ds.n_train, args.n_windows)
-    gpu_ds = SequenceDataset(args.data, val_ratio=0.0).to(device)
-
+    if args.only not in (None, "trainer"):
+        gpu_ds = SequenceDataset(args.data, val_ratio=0.0).to(device)
     if args.only == "levers":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
@@ -449,14 +509,31 @@ def main(args: Args) -> None:
         os.replace(tmp, out)
 
     tr = res["training"]
-    for name, compile_loss in (("fast", True), ("trainer_no_compile", False)):
-        print(f"trainer end to end, compile={compile_loss} ...", flush=True)
-        tr[name] = trainer_run(args, compile_loss, args.data.parent / "runs")
+    res["dataset_gib"] = sum(t.numel() * t.element_size() for t in cpu_ds.tensors) / 2**30
+    for name in TRAINER_ROWS:
+        print(f"trainer end to end, {name} {TRAINER_ROWS[name]} ...", flush=True)
+        try:
+            tr[name] = trainer_run(args, name, args.data.parent / "runs")
+        except Exception as exc:  # a failing setting is reported, and the other rows still run
+            import traceback
+
+            traceback.print_exc()
+            tr[name] = {"settings": TRAINER_ROWS[name], "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
         print("  ", {k: v for k, v in tr[name].items() if k != "losses"}, flush=True)
         save()
-    res["loss_curves"] = curve_agreement(tr["fast"].pop("losses"), tr["trainer_no_compile"].pop("losses"))
-    print("  loss curves:", res["loss_curves"]["max_rel_gap"], flush=True)
+    if "losses" in tr["fast"] and "losses" in tr["trainer_no_compile"]:
+        res["loss_curves"] = curve_agreement(tr["fast"]["losses"], tr["trainer_no_compile"]["losses"])
+        print("  loss curves:", res["loss_curves"]["max_rel_gap"], flush=True)
+    for row in tr.values():
+        row.pop("losses", None)
     save()
+    if args.only == "trainer":
+        res["ratios"] = speed_ratios(tr)
+        save()
+        print(render_table(res, str(out)))
+        print(f"wrote {out}")
+        return
+    gpu_ds = SequenceDataset(args.data, val_ratio=0.0).to(device)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.benchmark = False
     print("eager fp32 + DataLoader ...", flush=True)
@@ -476,14 +553,9 @@ def main(args: Args) -> None:
         except Exception as exc:  # a missing or incompatible lerobot is reported, not fatal
             tr["lerobot"] = {"error": f"{type(exc).__name__}: {exc}"}
         print("  ", tr["lerobot"], flush=True)
-    res["ratios"] = {
-        "fast_vs_eager_dataloader": tr["fast"]["samples_per_s"] / tr["eager_dataloader"]["samples_per_s"],
-        "fast_vs_trainer_no_compile": tr["fast"]["samples_per_s"] / tr["trainer_no_compile"]["samples_per_s"],
-    }
-    if "samples_per_s" in tr.get("lerobot", {}):
-        res["ratios"]["fast_vs_lerobot"] = tr["fast"]["samples_per_s"] / tr["lerobot"]["samples_per_s"]
+    res["ratios"] = speed_ratios(tr)
     save()
-    print(render_table(res))
+    print(render_table(res, str(out)))
     print(f"wrote {out}")
 if __name__ == "__main__":
     main(tyro.cli(Args))

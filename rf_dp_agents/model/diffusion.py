@@ -108,7 +108,8 @@ class DiffusionPolicy(nn.Module):
         self._timesteps_on_device: dict[tuple[str, int, torch.device], torch.Tensor] = {}
         self.cuda_graphs = True
         """On CUDA, sample through a captured CUDA graph per (batch size, sampler, steps): encoder and the whole
-        denoising loop in one replay (about 3x faster per chunk on an H200; README, Performance)."""
+        denoising loop in one replay (about 3x faster per chunk on an H200; README, Training and inference
+        speed)."""
         self.compile_graphs = False
         """Compile the U-Net with torch.compile (Inductor kernels, GroupNorm and Mish fused) before a CUDA graph
         captures it; each new batch size then costs a compilation. Off by default; see benchmark.py's predict rows."""

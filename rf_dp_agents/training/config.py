@@ -123,10 +123,21 @@ class TrainConfig:
     deterministic: bool = False
     """torch.use_deterministic_algorithms(True) (bitwise-repeatable runs, slower on the GPU)."""
     compile: Literal["auto", "on", "off"] = "auto"
-    """torch.compile the loss (forward and backward): 'auto' compiles on CUDA unless --deterministic. The first
-    steps then take 1-2 minutes longer; the seed-config step ran 1.24x faster on an H200 (README, Performance)."""
+    """torch.compile the loss (forward and backward): 'auto' compiles on CUDA unless --deterministic or CUDA graphs
+    are used. The first steps then take 1-2 minutes longer (speed-ups: README, Training and inference speed)."""
     tf32: bool = True
     """Allow TF32 tensor-core math for matmuls and convolutions on CUDA."""
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"
+    """Capture the whole optimiser step (batch gather from the GPU-resident dataset, forward, backward, clipping,
+    AdamW, EMA) in one CUDA graph and replay it, which removes the launch cost of its ~2,000 kernels. Needs one
+    CUDA process, --grad-accum-steps 1, the dataset on the GPU and the loss not compiled; 'auto' is on when
+    these hold (then --compile auto does not compile)."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """Precision of the loss's forward and backward: 'bf16' runs them under torch.autocast(bfloat16) while the
+    weights, gradients, optimiser and EMA stay fp32; 'auto' is bf16 with --cuda-graphs, else fp32."""
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    """Hold the image encoder's weights (hence its activations) channels_last (NHWC), the layout of cuDNN's
+    bf16 convolutions and of the Triton GroupNorm kernels; 'auto' is on with --cuda-graphs."""
 
     # ---- logging ----------------------------------------------------------------------------------------
     log_flush_every: int = 50

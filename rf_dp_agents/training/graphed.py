@@ -5,20 +5,17 @@ backward, computes the gradient norm (and clips), applies AdamW and moves the EM
 synchronisation. Per step the host only writes the window ids, reseeds the CUDA generator, steps the
 learning-rate schedule (a ``fill_`` of the tensor learning rate) and writes the EMA decay.
 
-Measured on an H200 at the seed config (benchmarks/results/raw/2026-11-29-h200-levers-and-profile.log): the step
-is compute-bound (38 ms of GPU time in a 40 ms step), so the graph gives no gain there and the trainer does not use
-it; ``scripts/benchmark.py --only levers`` measures it beside the other levers.
-
-Requirements, checked at construction: a CUDA device, one process, one micro-batch per step, an AdamW built
-with ``capturable=True`` and a tensor learning rate (see :func:`make_optimizer`), and the dataset on the
-same device. Anything else uses the eager :func:`rf_dp_agents.training.loop.train_step`.
+The trainer uses it with ``--cuda-graphs`` (measurements: README, Training and inference speed). Requirements,
+checked at construction: a CUDA device, one process, one micro-batch per step, an AdamW with ``capturable=True``
+and a tensor learning rate (:func:`make_optimizer`, or :func:`make_graph_safe` on an existing one), and the
+dataset on the same device. Anything else uses the eager :func:`rf_dp_agents.training.loop.train_step`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -48,6 +45,28 @@ def make_optimizer(
             fused=True,
         )
     return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
+
+
+def make_graph_safe(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Turn an AdamW's learning rates into tensors on ``device`` and make it capturable (in place).
+
+    Call it after loading a checkpoint's optimiser state, which stores plain float learning rates
+    (see :func:`portable_state_dict`).
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        group["capturable"] = True
+
+
+def portable_state_dict(optimizer: torch.optim.Optimizer) -> dict:
+    """``optimizer.state_dict()`` with float learning rates and ``capturable`` off, loadable by any run."""
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        if isinstance(group.get("lr"), torch.Tensor):
+            group["lr"] = float(group["lr"])
+        if "capturable" in group:
+            group["capturable"] = False
+    return state
 
 
 class GraphedTrainStep:
@@ -107,22 +126,33 @@ class GraphedTrainStep:
             torch._foreach_add_(averaged, torch._foreach_mul(current, self.one_minus_decay))
         return loss.detach(), grad_norm.detach()
 
-    def _snapshot(self) -> dict[str, list[torch.Tensor]]:
-        tensors = {"params": [p.detach().clone() for p in self.params]}
+    def _snapshot(self) -> dict[str, Any]:
+        tensors: dict[str, Any] = {"params": [p.detach().clone() for p in self.params]}
         if self._ema_pairs is not None:
             tensors["ema"] = [p.detach().clone() for p in self._ema_pairs[0]]
+        tensors["optimizer"] = {
+            id(p): {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+            for p, state in self.optimizer.state.items()
+        }
         return tensors
 
     @torch.no_grad()
-    def _restore(self, snap: dict[str, list[torch.Tensor]]) -> None:
+    def _restore(self, snap: dict[str, Any]) -> None:
+        """Undo the warm-up steps: weights, EMA and optimiser state as before (a state created by the
+        warm-up, on a fresh optimiser, is zeroed: Adam's step count and moments start from 0)."""
         for p, saved in zip(self.params, snap["params"]):
             p.copy_(saved)
         if self._ema_pairs is not None:
             for p, saved in zip(self._ema_pairs[0], snap["ema"]):
                 p.copy_(saved)
-        for state in self.optimizer.state.values():
-            for value in state.values():
-                if isinstance(value, torch.Tensor):
+        for p, state in self.optimizer.state.items():
+            before = snap["optimizer"].get(id(p), {})
+            for key, value in state.items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if key in before:
+                    value.copy_(before[key])
+                else:
                     value.zero_()
 
     def _capture(self, warmup: int) -> None:
@@ -158,4 +188,4 @@ class GraphedTrainStep:
         return self.static_loss.clone(), self.static_grad_norm.clone()
 
 
-__all__ = ["GraphedTrainStep", "make_optimizer"]
+__all__ = ["GraphedTrainStep", "make_graph_safe", "make_optimizer", "portable_state_dict"]

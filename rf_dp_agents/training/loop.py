@@ -47,6 +47,7 @@ from rf_dp_agents.training.config import (
 )
 from rf_dp_agents.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from rf_dp_agents.training.ema import EMA
+from rf_dp_agents.training.graphed import GraphedTrainStep, make_graph_safe, portable_state_dict
 from rf_dp_agents.training.metrics import PEAK_GPU_MEMORY, VAL_ACTION_MSE, MetricsLogger, epoch_loss_stats
 from rf_dp_agents.training.state import (
     CheckpointError,
@@ -74,14 +75,34 @@ class NonFiniteLossError(RuntimeError):
 
 
 class LossModule(nn.Module):
-    """``forward(batch) = policy.compute_loss(batch)``, so DDP sees the loss computation as a forward pass."""
+    """``forward(batch) = policy.compute_loss(batch)``, so DDP sees the loss computation as a forward pass.
 
-    def __init__(self, policy: nn.Module) -> None:
+    With ``autocast_dtype`` the loss runs under ``torch.autocast`` of that dtype (the backward follows it).
+    """
+
+    def __init__(self, policy: nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.policy = policy
+        self.autocast_dtype = autocast_dtype
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self.policy.compute_loss(batch)
+        if self.autocast_dtype is None:
+            return self.policy.compute_loss(batch)
+        device_type = next(self.policy.parameters()).device.type
+        with torch.autocast(device_type, dtype=self.autocast_dtype):
+            return self.policy.compute_loss(batch)
+
+
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter optimiser state tensor (Adam's moments) its parameter's memory layout.
+
+    A state loaded from a checkpoint is contiguous; a channels_last parameter needs channels_last moments
+    for the fused AdamW kernel to read them element for element.
+    """
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 class BestTracker:
@@ -352,6 +373,7 @@ class Trainer:
         self._cudnn_benchmark_before = torch.backends.cudnn.benchmark
         self._tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
         self.resumed_from: Path | None = None
+        self.graphed: Any = None  # the captured optimiser step (GraphedTrainStep) when CUDA graphs are on
 
     # ---- set-up -----------------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -380,6 +402,8 @@ class Trainer:
         from rf_dp_agents.model import DiffusionPolicy
 
         self.policy = DiffusionPolicy(self.model_cfg, normalizer).to(info.device)
+        if self.channels_last:
+            self.policy.encoders.to(memory_format=torch.channels_last)
         self.policy.train()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
@@ -390,7 +414,7 @@ class Trainer:
         self.ema = None
         if cfg.use_ema:
             self.ema = EMA(self.policy, cfg.ema_power, cfg.ema_inv_gamma, cfg.ema_min_decay, cfg.ema_max_decay)
-        loss_module: nn.Module = LossModule(self.policy)
+        loss_module: nn.Module = LossModule(self.policy, self.autocast_dtype)
         if info.distributed:
             device_ids = [info.device.index] if info.device.type == "cuda" else None
             # The normalizer's buffers are constants: synced once at construction, never per forward.
@@ -408,8 +432,65 @@ class Trainer:
         """Whether the loss is run through torch.compile (see ``TrainConfig.compile``)."""
         choice = self.cfg.compile
         if choice == "auto":
-            return self.info.device.type == "cuda" and not self.cfg.deterministic
+            return self.info.device.type == "cuda" and not self.cfg.deterministic and not self.cuda_graphs
         return choice == "on"
+
+    def _graph_blockers(self) -> list[str]:
+        """What keeps the whole step from being captured in a CUDA graph (empty: nothing)."""
+        cfg, info = self.cfg, self.info
+        blockers = []
+        if info.device.type != "cuda":
+            blockers.append("a CUDA device")
+        if info.distributed:
+            blockers.append("a single process (no torchrun/DDP)")
+        if cfg.grad_accum_steps != 1:
+            blockers.append("--grad-accum-steps 1")
+        if cfg.compile == "on":
+            blockers.append("the loss not compiled (--compile auto or off)")
+        if cfg.dataset_device == "cpu":
+            blockers.append("the dataset on the GPU (--dataset-device auto or train)")
+        return blockers
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the whole optimiser step is replayed as a CUDA graph (see ``TrainConfig.cuda_graphs``)."""
+        choice = self.cfg.cuda_graphs
+        if choice == "off":
+            return False
+        blockers = self._graph_blockers()
+        if choice == "on" and blockers:
+            raise ValueError("--cuda-graphs on needs " + ", ".join(blockers))
+        return not blockers
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """bfloat16 when the loss runs under autocast (see ``TrainConfig.precision``), else None."""
+        choice = self.cfg.precision
+        if choice == "auto":
+            choice = "bf16" if self.cuda_graphs else "fp32"
+        return torch.bfloat16 if choice == "bf16" else None
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the image encoder is held channels_last (see ``TrainConfig.channels_last``)."""
+        choice = self.cfg.channels_last
+        return self.cuda_graphs if choice == "auto" else choice == "on"
+
+    def _build_graph(self) -> None:
+        """Capture the optimiser step when CUDA graphs are on (after resuming: the graph holds the live tensors)."""
+        self.graphed = None
+        if not self.cuda_graphs:
+            return
+        if self.dataset.device != self.info.device:
+            if self.cfg.cuda_graphs == "on":
+                raise ValueError(f"--cuda-graphs on needs the dataset on {self.info.device}; it did not fit there")
+            log.info("CUDA graphs are off: the dataset stays on the CPU")
+            return
+        make_graph_safe(self.optimizer, self.info.device)
+        self.graphed = GraphedTrainStep(
+            self.policy, self.optimizer, self.ema, self.dataset, self.shard_batch, self.cfg.grad_clip_norm,
+            autocast_dtype=self.autocast_dtype,
+        )
 
     def _place_dataset(self) -> None:
         device, choice = self.info.device, self.cfg.dataset_device
@@ -477,6 +558,7 @@ class Trainer:
             self.ema.load_state(meta["ema"])
         try:
             self.optimizer.load_state_dict(unflatten(meta["optimizer"], tensors))
+            match_param_layout(self.optimizer)
             # The schedule function itself is rebuilt from the current --epochs; only its counters load.
             self.scheduler.load_state_dict(unflatten(meta["scheduler"], tensors))
             # Rank 0's RNG states are saved and every rank restores them; the training noise does not depend
@@ -528,7 +610,7 @@ class Trainer:
             "dataset_hash": self.dataset.content_hash,
             "model": self.model_cfg.to_dict(),
             "ema": self.ema.state() if self.ema is not None else None,
-            "optimizer": flatten(self.optimizer.state_dict(), "optimizer", tensors),
+            "optimizer": flatten(portable_state_dict(self.optimizer), "optimizer", tensors),
             "scheduler": flatten(self.scheduler.state_dict(), "scheduler", tensors),
             "rng": flatten(capture_rng(self.info.device), "rng", tensors),
             "wandb_run_id": self.wandb_run_id,
@@ -617,6 +699,7 @@ class Trainer:
         try:
             self._setup()
             self._resume_or_start()
+            self._build_graph()
             self._open_run_dir()
         except BaseException:
             self._close()
@@ -648,6 +731,9 @@ class Trainer:
                 self.run_dir, self.job.zarr_path, self.dataset.n_train, self.dataset.n_val, n_params,
                 info.world_size, info.device, self.global_batch, self.steps_per_epoch, self.epoch + 1, cfg.epochs,
             )
+            log.info("precision %s, channels_last %s, torch.compile %s, CUDA graphs %s",
+                     "bf16 autocast" if self.autocast_dtype is not None else "fp32", self.channels_last,
+                     self.compiled, self.cuda_graphs)
             if self.compiled:
                 log.info("torch.compile is on: the first steps include compiling the loss (1-2 minutes on a GPU)")
 
@@ -705,11 +791,15 @@ class Trainer:
             t0 = time.perf_counter()
             base = k * self.global_batch
             b = self.shard_batch
-            micro = [to_device(ds.get_batch(perm[base + s * b : base + (s + 1) * b]), info.device) for s in shards]
-            data_wait += time.perf_counter() - t0
             seeds = [step_seed(cfg.seed, self.global_step, s) for s in shards]
             lr = float(self.scheduler.get_last_lr()[0])
-            loss, grad_norm = train_step(self.parts, micro, seeds)
+            if self.graphed is not None:
+                loss, grad_norm = self.graphed(perm[base : base + b], seeds[0])
+                self.scheduler.step()
+            else:
+                micro = [to_device(ds.get_batch(perm[base + s * b : base + (s + 1) * b]), info.device) for s in shards]
+                data_wait += time.perf_counter() - t0
+                loss, grad_norm = train_step(self.parts, micro, seeds)
             self.global_step += 1
             pending.append((self.global_step, loss, grad_norm, lr))
             if len(pending) >= cfg.log_flush_every or k == self.steps_per_epoch - 1:

@@ -1,0 +1,161 @@
+"""GPU benchmark of the parts of one seed-config training step: the image encoder alone and the U-Net alone.
+
+Each row times forward + backward + fused AdamW of one part on random GPU-resident inputs (128 images of
+240x320 for the encoder: batch 64 x 2 frames; batch 64 for the U-Net), after warm-up, and prints ms per step
+and peak GPU memory. The encoder rows swap the normalisation layer (GroupNorm as in the model, the Triton
+GroupNorm, BatchNorm, none at all: the floor set by the convolutions alone), the precision (TF32 or bf16
+autocast), the layout (NCHW or channels_last) and torch.compile. The U-Net rows compare eager launches with
+a CUDA-graph replay of the same forward and backward.
+
+  python scripts/benchmark_split.py                       # every row
+  python scripts/benchmark_split.py fastgn_bf16_cl unet_tf32   # the named rows only
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from rf_dp_agents.model.groupnorm import FastGroupNorm
+from rf_dp_agents.model.unet import ConditionalUnet1D
+
+BATCH = 64
+ENCODER_ROWS = {  # name: (norm, channels_last, bf16, compiled)
+    "gn_tf32_nchw": ("gn", False, False, False),
+    "gn_bf16_nchw": ("gn", False, True, False),
+    "gn_bf16_cl": ("gn", True, True, False),
+    "fastgn_bf16_cl": ("fastgn", True, True, False),
+    "bn_tf32_nchw": ("bn", False, False, False),
+    "bn_bf16_cl": ("bn", True, True, False),
+    "none_tf32_nchw": ("none", False, False, False),
+    "none_bf16_cl": ("none", True, True, False),
+    "gn_tf32_nchw_compiled": ("gn", False, False, True),
+    "gn_bf16_cl_compiled": ("gn", True, True, True),
+}
+UNET_ROWS = {"unet_tf32": (False, False), "unet_bf16": (True, False), "unet_tf32_compiled": (False, True)}
+
+
+def bench(step: Callable[[], None], n: int = 20, warmup: int = 5) -> tuple[float, float]:
+    """(ms per call, peak GiB) of ``step`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - t0) / n, torch.cuda.max_memory_allocated() / 2**30
+
+
+def encoder(norm: str, device: torch.device) -> nn.Module:
+    """ResNet18 trunk (fc removed) with its BatchNorms kept, replaced by a GroupNorm kind, or removed."""
+    net = torchvision.models.resnet18(weights=None)
+    net.fc = nn.Identity()
+
+    def swap(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, nn.BatchNorm2d):
+                channels = child.num_features
+                new = {"gn": nn.GroupNorm(channels // 16, channels), "fastgn": FastGroupNorm(channels // 16, channels),
+                       "none": nn.Identity()}[norm]
+                setattr(module, name, new)
+            else:
+                swap(child)
+
+    if norm != "bn":
+        swap(net)
+    return net.to(device)
+
+
+def amp(bf16: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def encoder_row(name: str, device: torch.device) -> str:
+    norm, channels_last, bf16, compiled = ENCODER_ROWS[name]
+    net = encoder(norm, device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
+    forward = torch.compile(net) if compiled else net
+    images = torch.randint(0, 256, (2 * BATCH, 3, 240, 320), dtype=torch.uint8, device=device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        x = images.float().mul(2 / 255).sub(1)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp(bf16):
+            out = forward(x)
+        out.float().square().mean().backward()
+        opt.step()
+
+    t0 = time.perf_counter()
+    ms, mem = bench(step)
+    return f"ENC  {name:24s} {ms:8.2f} ms  {mem:6.2f} GiB  (warm-up included: {time.perf_counter() - t0:.0f} s)"
+
+
+def unet_row(name: str, device: torch.device) -> list[str]:
+    bf16, compiled = UNET_ROWS[name]
+    torch.manual_seed(0)
+    cond_dim = 2 * (512 + 8)
+    net = ConditionalUnet1D(8, cond_dim).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
+    cond = torch.randn(BATCH, cond_dim, device=device)
+    sample = torch.randn(BATCH, 16, 8, device=device)
+    t = torch.randint(0, 100, (BATCH,), device=device)
+    forward = torch.compile(net) if compiled else net
+
+    def fwd_bwd() -> None:
+        with amp(bf16):
+            out = forward(sample, t, cond)
+        out.float().square().mean().backward()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        fwd_bwd()
+        opt.step()
+
+    ms, mem = bench(step)
+    lines = [f"UNET {name:24s} {ms:8.2f} ms  {mem:6.2f} GiB"]
+    if not compiled:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fwd_bwd()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fwd_bwd()
+        ms, _ = bench(graph.replay)
+        lines.append(f"UNET {name + '_graph':24s} {ms:8.2f} ms  (forward + backward replayed, no optimiser)")
+    return lines
+
+
+def main(names: list[str]) -> None:
+    if not torch.cuda.is_available():
+        raise SystemExit("scripts/benchmark_split.py measures GPU time: no CUDA device is visible")
+    unknown = sorted(set(names) - set(ENCODER_ROWS) - set(UNET_ROWS))
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; choose from {sorted(ENCODER_ROWS) + sorted(UNET_ROWS)}")
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    for name in ENCODER_ROWS:
+        if not names or name in names:
+            print(encoder_row(name, device), flush=True)
+    for name in UNET_ROWS:
+        if not names or name in names:
+            print("\n".join(unet_row(name, device)), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
