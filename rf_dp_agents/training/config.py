@@ -129,9 +129,9 @@ class TrainConfig:
     """Allow TF32 tensor-core math for matmuls and convolutions on CUDA."""
     cuda_graphs: Literal["auto", "on", "off"] = "auto"
     """Capture the whole optimiser step (batch gather from the GPU-resident dataset, forward, backward, clipping,
-    AdamW, EMA) in one CUDA graph and replay it, which removes the launch cost of its ~2,000 kernels. Needs one
-    CUDA process, --grad-accum-steps 1, the dataset on the GPU and the loss not compiled; 'auto' is on when
-    these hold (then --compile auto does not compile)."""
+    AdamW, EMA) in one CUDA graph and replay it, which removes the launch cost of its kernels. Needs one CUDA
+    process, --grad-accum-steps 1, the dataset on the GPU, no --deterministic and the loss not compiled; 'auto'
+    is on when these hold (then --compile auto does not compile)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """Precision of the loss's forward and backward: 'bf16' runs them under torch.autocast(bfloat16) while the
     weights, gradients, optimiser and EMA stay fp32; 'auto' is bf16 with --cuda-graphs, else fp32."""

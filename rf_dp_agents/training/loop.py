@@ -449,6 +449,8 @@ class Trainer:
             blockers.append("the loss not compiled (--compile auto or off)")
         if cfg.dataset_device == "cpu":
             blockers.append("the dataset on the GPU (--dataset-device auto or train)")
+        if cfg.deterministic:
+            blockers.append("no --deterministic (deterministic runs take the eager step)")
         return blockers
 
     @property
