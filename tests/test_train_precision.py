@@ -77,8 +77,8 @@ def test_match_param_layout_keeps_values() -> None:
 
 
 def test_cuda_graphs_on_says_what_is_missing(zarr_path: Path, tmp_path: Path) -> None:
-    trainer = _trainer(zarr_path, tmp_path / "graphs", cuda_graphs="on", grad_accum_steps=2)
-    with pytest.raises(ValueError, match="--cuda-graphs on needs a CUDA device, --grad-accum-steps 1"):
+    trainer = _trainer(zarr_path, tmp_path / "graphs", cuda_graphs="on", grad_accum_steps=2, dataset_device="cpu")
+    with pytest.raises(ValueError, match="--cuda-graphs on needs a CUDA device, --grad-accum-steps 1, the dataset on"):
         trainer.cuda_graphs
 
 

@@ -373,7 +373,7 @@ class Trainer:
         self._cudnn_benchmark_before = torch.backends.cudnn.benchmark
         self._tf32_before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
         self.resumed_from: Path | None = None
-        self.graphed: Any = None  # the captured optimiser step (GraphedTrainStep) when CUDA graphs are on
+        self.graphed: GraphedTrainStep | None = None  # the captured optimiser step when CUDA graphs are on
 
     # ---- set-up -----------------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -447,8 +447,9 @@ class Trainer:
             blockers.append("--grad-accum-steps 1")
         if cfg.compile == "on":
             blockers.append("the loss not compiled (--compile auto or off)")
-        if cfg.dataset_device == "cpu":
-            blockers.append("the dataset on the GPU (--dataset-device auto or train)")
+        placed = getattr(self, "dataset", None)  # once set up: where _place_dataset left it
+        if cfg.dataset_device == "cpu" or (placed is not None and placed.device != info.device):
+            blockers.append("the dataset on the GPU (--dataset-device auto or train, and room for it there)")
         if cfg.deterministic:
             blockers.append("no --deterministic (deterministic runs take the eager step)")
         return blockers
@@ -482,11 +483,6 @@ class Trainer:
         """Capture the optimiser step when CUDA graphs are on (after resuming: the graph holds the live tensors)."""
         self.graphed = None
         if not self.cuda_graphs:
-            return
-        if self.dataset.device != self.info.device:
-            if self.cfg.cuda_graphs == "on":
-                raise ValueError(f"--cuda-graphs on needs the dataset on {self.info.device}; it did not fit there")
-            log.info("CUDA graphs are off: the dataset stays on the CPU")
             return
         make_graph_safe(self.optimizer, self.info.device)
         self.graphed = GraphedTrainStep(
@@ -735,7 +731,7 @@ class Trainer:
             )
             log.info("precision %s, channels_last %s, torch.compile %s, CUDA graphs %s",
                      "bf16 autocast" if self.autocast_dtype is not None else "fp32", self.channels_last,
-                     self.compiled, self.cuda_graphs)
+                     self.compiled, self.graphed is not None)
             if self.compiled:
                 log.info("torch.compile is on: the first steps include compiling the loss (1-2 minutes on a GPU)")
 
