@@ -399,9 +399,13 @@ def render_table(res: dict[str, Any], source: str) -> str:
         lines.append(f"| {names[key]} | {row['samples_per_s']:,.0f} | {row['step_ms']:.1f} | "
                      f"{row['peak_gpu_mem_gib']:.1f} GiB | {row['samples_per_s'] / base:.2f}x |")
     dataset = res.get("dataset_gib")
-    held = f" ({dataset:.1f} GiB at this size)" if dataset is not None else ""
-    lines += ["", "Peak GPU memory is each row's own: what it allocated above what the process held before it. The "
-                  f"trainer rows include the trainer's GPU-resident copy of the dataset{held}."]
+    if dataset is not None:  # results written since peak memory is counted per row
+        lines += ["", "Peak GPU memory is each row's own: what it allocated above what the process held before it. "
+                      f"The trainer rows include the trainer's GPU-resident copy of the dataset ({dataset:.1f} GiB at "
+                      "this size)."]
+    else:
+        lines += ["", "Peak GPU memory is everything allocated in the benchmark process: it includes the benchmark's "
+                      "own GPU copy of the dataset, and the trainer rows also the trainer's copy."]
     gap = res.get("loss_curves", {}).get("max_rel_gap")
     if gap is not None:
         window = res["loss_curves"]["window"]

@@ -24,6 +24,7 @@ from torch import nn
 
 from rf_dp_agents.model.groupnorm import FastGroupNorm
 from rf_dp_agents.model.unet import ConditionalUnet1D
+from rf_dp_agents.model.vision import replace_batchnorm_with_groupnorm
 
 BATCH = 64
 ENCODER_ROWS = {  # name: (norm, channels_last, bf16, compiled)
@@ -58,19 +59,9 @@ def encoder(norm: str, device: torch.device) -> nn.Module:
     """ResNet18 trunk (fc removed) with its BatchNorms kept, replaced by a GroupNorm kind, or removed."""
     net = torchvision.models.resnet18(weights=None)
     net.fc = nn.Identity()
-
-    def swap(module: nn.Module) -> None:
-        for name, child in module.named_children():
-            if isinstance(child, nn.BatchNorm2d):
-                channels = child.num_features
-                new = {"gn": nn.GroupNorm(channels // 16, channels), "fastgn": FastGroupNorm(channels // 16, channels),
-                       "none": nn.Identity()}[norm]
-                setattr(module, name, new)
-            else:
-                swap(child)
-
     if norm != "bn":
-        swap(net)
+        factory = {"gn": nn.GroupNorm, "fastgn": FastGroupNorm, "none": lambda groups, channels: nn.Identity()}[norm]
+        replace_batchnorm_with_groupnorm(net, norm=factory)
     return net.to(device)
 
 

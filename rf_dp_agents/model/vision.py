@@ -9,6 +9,8 @@ channels_last CUDA activations (the trainer's ``--channels-last``) it runs as Tr
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torchvision
 from torch import nn
@@ -19,18 +21,20 @@ FEATURE_DIM = 512
 """Size of one camera's feature vector (ResNet18's pooled output)."""
 
 
-def replace_batchnorm_with_groupnorm(module: nn.Module, group_size: int = 16) -> nn.Module:
-    """Replace every ``BatchNorm2d`` under ``module`` (in place) by ``GroupNorm(channels // group_size)``.
+def replace_batchnorm_with_groupnorm(
+    module: nn.Module, group_size: int = 16, norm: Callable[[int, int], nn.Module] = FastGroupNorm
+) -> nn.Module:
+    """Replace every ``BatchNorm2d`` under ``module`` (in place) by ``norm(channels // group_size, channels)``.
 
-    The GroupNorm is :class:`FastGroupNorm` (``nn.GroupNorm``'s parameters and state dict), which runs
-    Triton kernels on channels_last CUDA activations and ``F.group_norm`` everywhere else.
+    The default :class:`FastGroupNorm` has ``nn.GroupNorm``'s parameters and state dict, and runs Triton
+    kernels on channels_last CUDA activations and ``F.group_norm`` everywhere else.
     """
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             groups = max(1, child.num_features // group_size)
-            setattr(module, name, FastGroupNorm(groups, child.num_features))
+            setattr(module, name, norm(groups, child.num_features))
         else:
-            replace_batchnorm_with_groupnorm(child, group_size)
+            replace_batchnorm_with_groupnorm(child, group_size, norm)
     return module
 
 
