@@ -24,29 +24,6 @@ from rf_dp_agents.data.dataset import SequenceDataset
 from rf_dp_agents.training.ema import EMA
 
 
-def make_optimizer(
-    params: Iterable[nn.Parameter],
-    lr: float,
-    betas: tuple[float, float],
-    weight_decay: float,
-    device: torch.device,
-    graph_safe: bool,
-) -> torch.optim.AdamW:
-    """AdamW; on CUDA the fused kernel, and when ``graph_safe`` a tensor learning rate and capturable state."""
-    if device.type != "cuda":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    if graph_safe:
-        return torch.optim.AdamW(
-            params,
-            lr=torch.tensor(lr, device=device),
-            betas=betas,
-            weight_decay=weight_decay,
-            capturable=True,
-            fused=True,
-        )
-    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
-
-
 def make_graph_safe(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     """Turn an AdamW's learning rates into tensors on ``device`` and make it capturable (in place).
 
@@ -56,6 +33,22 @@ def make_graph_safe(optimizer: torch.optim.Optimizer, device: torch.device) -> N
     for group in optimizer.param_groups:
         group["lr"] = torch.tensor(float(group["lr"]), device=device)
         group["capturable"] = True
+
+
+def make_optimizer(
+    params: Iterable[nn.Parameter],
+    lr: float,
+    betas: tuple[float, float],
+    weight_decay: float,
+    device: torch.device,
+    graph_safe: bool = False,
+) -> torch.optim.AdamW:
+    """AdamW; on CUDA the fused kernel (one launch for the whole update), and when ``graph_safe`` with a
+    tensor learning rate and capturable state (:func:`make_graph_safe`)."""
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=device.type == "cuda")
+    if graph_safe and device.type == "cuda":
+        make_graph_safe(optimizer, device)
+    return optimizer
 
 
 def portable_state_dict(optimizer: torch.optim.Optimizer) -> dict:

@@ -47,7 +47,7 @@ from rf_dp_agents.training.config import (
 )
 from rf_dp_agents.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from rf_dp_agents.training.ema import EMA
-from rf_dp_agents.training.graphed import GraphedTrainStep, make_graph_safe, portable_state_dict
+from rf_dp_agents.training.graphed import GraphedTrainStep, make_graph_safe, make_optimizer, portable_state_dict
 from rf_dp_agents.training.metrics import PEAK_GPU_MEMORY, VAL_ACTION_MSE, MetricsLogger, epoch_loss_stats
 from rf_dp_agents.training.state import (
     CheckpointError,
@@ -406,10 +406,7 @@ class Trainer:
             self.policy.encoders.to(memory_format=torch.channels_last)
         self.policy.train()
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay,
-            fused=info.device.type == "cuda",  # one kernel for the whole update on the GPU
-        )
+        self.optimizer = make_optimizer(params, cfg.lr, tuple(cfg.adam_betas), cfg.weight_decay, info.device)
         self.scheduler = self._make_scheduler()
         self.ema = None
         if cfg.use_ema:
