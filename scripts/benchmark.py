@@ -6,7 +6,8 @@ Measured in one process on one GPU, each figure after warm-up:
     trainer with these levers switched off (TRAINER_ROWS);
   * eager: the same model as a plain eager fp32 step fed by a standard DataLoader (what users run today);
   * lerobot: lerobot's DiffusionPolicy at the same shapes (when it is importable), synthetic GPU batch;
-  * predict(): one action chunk at batch 1 and 32, DDPM-100, DDPM-10 and DDIM-10, eager and CUDA-graphed;
+  * predict(): one action chunk at batch 1 and 32, DDPM-100, DDPM-10 and DDIM-10: eager, the default CUDA
+    graph, and the graph with one lever off or all of them (PREDICT_SETTINGS);
   * the fast path's loss curve against the eager path's over the same steps.
 Writes benchmarks/results/<date>-<gpu>.json (or --out) and prints a table; ``--readme-from FILE`` renders a
 results JSON into the README's performance table instead of measuring.
@@ -318,27 +319,47 @@ def lerobot_step(args: Args, device, image_hw) -> dict[str, Any]:
     }
 
 
+PREDICT_SETTINGS: dict[str, dict[str, bool]] = {
+    "eager_ms": {"cuda_graphs": False},
+    "cuda_graph_ms": {},
+    "cuda_graph_no_compile_ms": {"compile_graphs": False},
+    "cuda_graph_fp32_ms": {"tf32": False},
+    "previous_default_ms": {"compile_graphs": False, "channels_last_graphs": False, "film_tables": False,
+                            "matmul": False},
+}
+"""predict() columns: the policy's default on CUDA (CUDA graph of the compiled U-Net, matmul convolutions, FiLM
+tables, channels_last encoder, TF32) with one setting changed, and ``previous_default_ms``: a plain CUDA graph
+of the cuDNN convolutions with per-step FiLM and an NCHW encoder (the default before these levers)."""
+
+
 def predict_latency(args: Args, dataset, device) -> list[dict[str, Any]]:
-    """Milliseconds per action chunk through ``predict_action`` (encoder + full denoising loop): eager, the
-    default CUDA graph (TF32 on), the CUDA graph with TF32 off, and the CUDA graph of a torch.compile'd U-Net."""
+    """Milliseconds per action chunk through ``predict_action`` (encoder + full denoising loop) for every
+    column of ``PREDICT_SETTINGS``; each setting on a fresh policy with the same weights."""
+    from rf_dp_agents.model.unet import set_matmul_convolutions
+
     rows = []
     for sampler, steps in (("ddpm", 100), ("ddpm", 10), ("ddim", 10)):
-        policy = build_policy(device, dataset, sampler=sampler, num_inference_steps=steps).eval()
         for batch in (1, 32):
             obs = dataset.get_batch(torch.arange(batch, device=dataset.device))
             obs = {"img": obs["img"].to(device), "state": obs["state"].to(device)}
             row: dict[str, Any] = {"sampler": sampler, "steps": steps, "batch": batch}
-            settings = [("eager_ms", False, True, False), ("cuda_graph_ms", True, True, False),
-                        ("cuda_graph_fp32_ms", True, False, False)]
-            if batch == 1:  # each batch size costs a compilation: the latency target is at batch 1
-                settings.append(("cuda_graph_compiled_ms", True, True, True))
-            for name, graphs, tf32, compiled in settings:
-                policy.cuda_graphs, policy.compile_graphs = graphs, compiled
-                policy._graphs.clear()
+            for name, setting in PREDICT_SETTINGS.items():
+                setting = dict(setting)
+                policy = build_policy(device, dataset, sampler=sampler, num_inference_steps=steps).eval()
+                set_matmul_convolutions(policy, setting.pop("matmul", True))
+                tf32 = setting.pop("tf32", True)
+                for attr, value in setting.items():
+                    setattr(policy, attr, value)
                 with torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=tf32):
-                    call = lambda: policy.predict_action(obs)  # noqa: E731
-                    timed(call, 3)
-                    row[name] = 1000 * timed(call, args.predict_repeats) / args.predict_repeats
+                    matmul_tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, tf32
+                    try:
+                        call = lambda: policy.predict_action(obs)  # noqa: E731
+                        timed(call, 3)
+                        row[name] = 1000 * timed(call, args.predict_repeats) / args.predict_repeats
+                    finally:
+                        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+                if setting.get("compile_graphs", True) and setting.get("cuda_graphs", True):
+                    row.setdefault("compiled", policy.compile_graphs)  # False when compilation failed
             rows.append(row)
             print(f"  predict {row}", flush=True)
     return rows
@@ -416,7 +437,19 @@ def render_table(res: dict[str, Any], source: str) -> str:
         lines += ["", f"300 epochs at the default trainer's rate: {300 * epoch_s / 60:.1f} minutes of steps "
                       f"({epoch_s:.1f} s per epoch; the seed reports 240 s per epoch on one GPU)."]
     rows = res.get("predict", [])
-    if rows:
+    if rows and "previous_default_ms" in rows[0]:
+        lines += ["", "| predict() per chunk | batch | eager | CUDA graph (default) | default, TF32 off | CUDA graph, "
+                      "U-Net not compiled | previous default (plain CUDA graph, cuDNN) | default vs previous |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in rows:
+            lines.append(f"| {row['sampler'].upper()}-{row['steps']} | {row['batch']} | {row['eager_ms']:.1f} ms | "
+                         f"{row['cuda_graph_ms']:.2f} ms | {row['cuda_graph_fp32_ms']:.2f} ms | "
+                         f"{row['cuda_graph_no_compile_ms']:.2f} ms | {row['previous_default_ms']:.2f} ms | "
+                         f"{row['previous_default_ms'] / row['cuda_graph_ms']:.2f}x |")
+        lines += ["", "The default CUDA graph replays the encoder (channels_last) and every denoising step of the "
+                      "torch.compile'd U-Net, whose convolutions run as matrix multiplies, with every step's FiLM "
+                      "conditioning computed before the loop."]
+    elif rows:  # results written before the predict levers
         compiled = any("cuda_graph_compiled_ms" in row for row in rows)
         lines += ["", "| predict() per chunk | batch | eager | CUDA graph (default) | CUDA graph, TF32 off |"
                   + (" CUDA graph of the compiled U-Net |" if compiled else ""),
@@ -462,6 +495,10 @@ def main(args: Args) -> None:
     from rf_dp_agents.data import SequenceDataset
 
     device = torch.device("cuda")
+    import torch._dynamo
+
+    # Every predict setting is a fresh policy: room for each to compile its U-Net instead of falling back to eager.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     torch.backends.cuda.matmul.allow_tf32 = False
     res: dict[str, Any] = {
         "date": dt.date.today().isoformat(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,

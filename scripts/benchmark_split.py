@@ -1,14 +1,20 @@
-"""GPU benchmark of the parts of one seed-config training step: the image encoder alone and the U-Net alone.
+"""GPU benchmark of the parts of a seed-config training step and of one predict() call.
 
 Each row times forward + backward + fused AdamW of one part on random GPU-resident inputs (128 images of
 240x320 for the encoder: batch 64 x 2 frames; batch 64 for the U-Net), after warm-up, and prints ms per step
 and peak GPU memory. The encoder rows swap the normalisation layer (GroupNorm as in the model, the Triton
 GroupNorm, BatchNorm, none at all: the floor set by the convolutions alone), the precision (TF32 or bf16
 autocast), the layout (NCHW or channels_last) and torch.compile. The U-Net rows compare eager launches with
-a CUDA-graph replay of the same forward and backward.
+a CUDA-graph replay of the same forward and backward, with the U-Net's convolutions run by cuDNN or as
+matrix multiplies (``MatmulConv1d``, ``MatmulConvTranspose1d``). The predict rows time ``predict_action`` at
+batch 1 (DDIM-10, CUDA graph, the latency the policy pays per action chunk) with those convolutions, the
+FiLM conditioning per step or tabled before the loop, the encoder held NCHW or channels_last, fp32/TF32 or
+bf16 autocast, and the U-Net compiled before capture or not; ``--profile`` adds the CUDA kernel table of
+three graph replays of every predict row named.
 
   python scripts/benchmark_split.py                       # every row
   python scripts/benchmark_split.py fastgn_bf16_cl unet_tf32   # the named rows only
+  python scripts/benchmark_split.py --profile pred_matmul_cl   # one predict row and its kernel profile
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ import torch
 import torchvision
 from torch import nn
 
+from rf_dp_agents.config import ModelConfig
+from rf_dp_agents.model.diffusion import DiffusionPolicy
 from rf_dp_agents.model.groupnorm import FastGroupNorm
-from rf_dp_agents.model.unet import ConditionalUnet1D
+from rf_dp_agents.model.unet import ConditionalUnet1D, set_matmul_convolutions
 from rf_dp_agents.model.vision import replace_batchnorm_with_groupnorm
 
 BATCH = 64
@@ -39,7 +47,25 @@ ENCODER_ROWS = {  # name: (norm, channels_last, bf16, compiled)
     "gn_tf32_nchw_compiled": ("gn", False, False, True),
     "gn_bf16_cl_compiled": ("gn", True, True, True),
 }
-UNET_ROWS = {"unet_tf32": (False, False), "unet_bf16": (True, False), "unet_tf32_compiled": (False, True)}
+UNET_ROWS = {  # name: (bf16, compiled, matmul Conv1d)
+    "unet_tf32": (False, False, False),
+    "unet_bf16": (True, False, False),
+    "unet_tf32_compiled": (False, True, False),
+    "unet_tf32_matmul": (False, False, True),
+    "unet_bf16_matmul": (True, False, True),
+}
+PREDICT_ROWS = {  # name: (matmul convolutions, channels_last encoder, bf16, compiled U-Net, FiLM tables)
+    "pred_cudnn_nofilm": (False, False, False, False, False),
+    "pred_cudnn": (False, False, False, False, True),
+    "pred_matmul_nofilm": (True, False, False, False, False),
+    "pred_matmul": (True, False, False, False, True),
+    "pred_matmul_cl": (True, True, False, False, True),
+    "pred_matmul_cl_bf16": (True, True, True, False, True),
+    "pred_matmul_compiled_nofilm": (True, False, False, True, False),
+    "pred_matmul_compiled": (True, False, False, True, True),
+    "pred_matmul_cl_compiled": (True, True, False, True, True),
+    "pred_matmul_cl_bf16_compiled": (True, True, True, True, True),
+}
 
 
 def bench(step: Callable[[], None], n: int = 20, warmup: int = 5) -> tuple[float, float]:
@@ -94,10 +120,11 @@ def encoder_row(name: str, device: torch.device) -> str:
 
 
 def unet_row(name: str, device: torch.device) -> list[str]:
-    bf16, compiled = UNET_ROWS[name]
+    bf16, compiled, matmul = UNET_ROWS[name]
     torch.manual_seed(0)
     cond_dim = 2 * (512 + 8)
     net = ConditionalUnet1D(8, cond_dim).to(device)
+    set_matmul_convolutions(net, matmul)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
     cond = torch.randn(BATCH, cond_dim, device=device)
     sample = torch.randn(BATCH, 16, 8, device=device)
@@ -131,12 +158,41 @@ def unet_row(name: str, device: torch.device) -> list[str]:
     return lines
 
 
+def predict_row(name: str, device: torch.device, profile: bool) -> list[str]:
+    """ms per ``predict_action`` call at batch 1, DDIM-10 through the policy's CUDA graph, seed config."""
+    matmul, channels_last, bf16, compiled, film = PREDICT_ROWS[name]
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(ModelConfig(sampler="ddim", num_inference_steps=10)).to(device).eval()
+    set_matmul_convolutions(policy, matmul)
+    policy.channels_last_graphs, policy.compile_graphs, policy.film_tables = channels_last, compiled, film
+    obs = {"img": torch.randint(0, 256, (1, 2, 3, 240, 320), dtype=torch.uint8, device=device),
+           "state": torch.randn(1, 2, 8, device=device)}
+
+    def call() -> None:
+        with amp(bf16):
+            policy.predict_action(obs)
+
+    t0 = time.perf_counter()
+    ms, mem = bench(call, n=50)
+    lines = [f"PRED {name:28s} {ms:8.2f} ms  {mem:6.2f} GiB  (capture included: {time.perf_counter() - t0:.0f} s)"]
+    if profile:  # the CUDA graph's kernels, replayed three times
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                call()
+            torch.cuda.synchronize()
+        lines.append(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25, max_name_column_width=70))
+    return lines
+
+
 def main(names: list[str]) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("scripts/benchmark_split.py measures GPU time: no CUDA device is visible")
-    unknown = sorted(set(names) - set(ENCODER_ROWS) - set(UNET_ROWS))
+    profile = "--profile" in names
+    names = [n for n in names if n != "--profile"]
+    known = [*ENCODER_ROWS, *UNET_ROWS, *PREDICT_ROWS]
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise SystemExit(f"unknown rows {unknown}; choose from {sorted(ENCODER_ROWS) + sorted(UNET_ROWS)}")
+        raise SystemExit(f"unknown rows {unknown}; choose from {known}")
     device = torch.device("cuda")
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -146,6 +202,9 @@ def main(names: list[str]) -> None:
     for name in UNET_ROWS:
         if not names or name in names:
             print("\n".join(unet_row(name, device)), flush=True)
+    for name in PREDICT_ROWS:
+        if not names or name in names:
+            print("\n".join(predict_row(name, device, profile)), flush=True)
 
 
 if __name__ == "__main__":

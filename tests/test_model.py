@@ -159,6 +159,38 @@ def test_per_row_generators_make_rows_independent_of_the_batch():
         model.predict_action(obs, generator=gens(2))
 
 
+def test_film_tables_give_each_steps_conditioning():
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(input_dim=4, global_cond_dim=6, diffusion_step_embed_dim=16, down_dims=(16, 32)).eval()
+    x, cond, steps = torch.randn(2, 8, 4), torch.randn(2, 6), torch.tensor([90, 40, 3])
+    with torch.no_grad():
+        tables = net.film_tables(steps, cond)
+        assert len(tables) == net.num_residual_blocks == len(net.residual_blocks())
+        assert [t.shape[:2] for t in tables] == [(3, 2)] * len(tables)
+        for i in range(3):
+            want = net(x, steps[i], cond)
+            torch.testing.assert_close(net(x, steps[i], cond, film=[t[i] for t in tables]), want, rtol=1e-5, atol=1e-5)
+            assert not torch.allclose(net(x, steps[i], cond, film=[t[(i + 1) % 3] for t in tables]), want)
+        with pytest.raises(ValueError, match=f"one tensor per residual block \\({len(tables)}\\), got 1"):
+            net(x, steps[0], cond, film=tables[:1])
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_denoise_with_and_without_film_tables(sampler: str):
+    config = small_config(sampler=sampler, num_inference_steps=5)
+    model = DiffusionPolicy(config).eval()
+    obs = obs_of(make_batch(config, batch=3))
+    scheduler = make_scheduler(config, sampler)
+    scheduler.set_timesteps(5)
+    noise = torch.randn(3, config.pred_horizon, config.action_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        cond = model.encode_obs(obs)
+        tabled = model.denoise(cond, noise, scheduler, scheduler.timesteps, torch.Generator().manual_seed(1))
+        model.film_tables = False
+        per_step = model.denoise(cond, noise, scheduler, scheduler.timesteps, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(tabled, per_step, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_denoise_runs_the_given_net_once_per_step(sampler: str):
     """Four steps of either sampler are four U-Net calls on a subset of the 100 training timesteps (DDPM with
@@ -168,9 +200,9 @@ def test_denoise_runs_the_given_net_once_per_step(sampler: str):
     obs = obs_of(make_batch(config, batch=2))
     calls = []
 
-    def wrapped(sample, t, cond):
+    def wrapped(sample, t, cond, film=None):
         calls.append(int(t))
-        return model.noise_pred_net(sample, t, cond)
+        return model.noise_pred_net(sample, t, cond, film=film)
 
     scheduler = make_scheduler(config, sampler)
     scheduler.set_timesteps(4)

@@ -9,6 +9,7 @@ normalisation happens inside, with the :class:`Normalizer` submodule whose buffe
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -22,8 +23,14 @@ from rf_dp_agents.data.normalizer import Normalizer
 from rf_dp_agents.model.unet import ConditionalUnet1D
 from rf_dp_agents.model.vision import FEATURE_DIM, ResNet18Encoder
 
+log = logging.getLogger(__name__)
+
 MAX_CUDA_GRAPHS = 8
 """Captured sampling graphs kept per model (one per batch size, sampler and step count)."""
+
+FILM_TABLE_ROWS = 1024
+"""Largest steps x batch whose FiLM conditioning :meth:`DiffusionPolicy.denoise` computes before the loop
+(the tables hold steps x batch x 14,336 floats for the seed U-Net: 59 MB at 1024 rows)."""
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 """One generator for the whole batch, one per batch row (row-wise reproducible), or None."""
@@ -108,11 +115,17 @@ class DiffusionPolicy(nn.Module):
         self._timesteps_on_device: dict[tuple[str, int, torch.device], torch.Tensor] = {}
         self.cuda_graphs = True
         """On CUDA, sample through a captured CUDA graph per (batch size, sampler, steps): encoder and the whole
-        denoising loop in one replay (about 3x faster per chunk on an H200; README, Training and inference
-        speed)."""
-        self.compile_graphs = False
-        """Compile the U-Net with torch.compile (Inductor kernels, GroupNorm and Mish fused) before a CUDA graph
-        captures it; each new batch size then costs a compilation. Off by default; see benchmark.py's predict rows."""
+        denoising loop in one replay (README, Training and inference speed)."""
+        self.compile_graphs = True
+        """Compile the U-Net with torch.compile (Inductor kernels: GroupNorm, Mish, FiLM and the convolutions'
+        unfolds fused) before a CUDA graph captures it. Each new batch size costs one compilation (10-20 s);
+        when compilation fails the graph captures the plain U-Net and this turns False."""
+        self.channels_last_graphs = True
+        """Hold the image encoder channels_last (cuDNN's native layout, Triton GroupNorm) from the first CUDA graph
+        capture on; the state dict is unchanged."""
+        self.film_tables = True
+        """Compute every denoising step's FiLM conditioning in one batch before the loop (when steps x batch
+        is at most ``FILM_TABLE_ROWS``) instead of twelve matrix-vector products per step."""
         self._graphs: dict[tuple[int, str, int, torch.device, bool], Any] = {}
 
     @property
@@ -244,11 +257,17 @@ class DiffusionPolicy(nn.Module):
     ) -> torch.Tensor:
         """Run ``scheduler`` (timesteps already set) from ``noise`` under condition ``cond``; raw actions out.
 
-        ``net`` replaces ``self.noise_pred_net`` (e.g. a compiled wrapper of it)."""
+        ``net`` replaces ``self.noise_pred_net`` (e.g. a compiled wrapper of it). The FiLM conditioning of every
+        step is computed up front in one batch (:meth:`ConditionalUnet1D.film_tables`) when ``film_tables`` is set
+        and steps x batch is at most ``FILM_TABLE_ROWS``."""
         net = self.noise_pred_net if net is None else net
         sample = noise * scheduler.init_noise_sigma
+        tables = None
+        if self.film_tables and len(timesteps_dev) * cond.shape[0] <= FILM_TABLE_ROWS:
+            tables = self.noise_pred_net.film_tables(timesteps_dev, cond)
         for i, t in enumerate(scheduler.timesteps):
-            model_out = net(sample, timesteps_dev[i], cond)
+            film = None if tables is None else [table[i] for table in tables]
+            model_out = net(sample, timesteps_dev[i], cond, film=film)
             sample = scheduler.step(model_out, t, sample, generator=generator).prev_sample
         return self.normalizer.unnormalize(ACTION_KEY, sample)
 
@@ -257,9 +276,22 @@ class DiffusionPolicy(nn.Module):
 
         key = (size, self.config.sampler, steps, self.device, self.compile_graphs)
         if key not in self._graphs:
+            if not self._graphs and self.channels_last_graphs:  # no graph holds the weights' old storage yet
+                self.encoders.to(memory_format=torch.channels_last)
             if len(self._graphs) >= MAX_CUDA_GRAPHS:
                 self._graphs.pop(next(iter(self._graphs)))
-            self._graphs[key] = GraphedSampler(self, size, self.config.sampler, steps, compile_unet=self.compile_graphs)
+            if self.compile_graphs:
+                log.info("compiling the U-Net for CUDA-graph sampling at batch %d (once per batch size)", size)
+            try:
+                graph = GraphedSampler(self, size, self.config.sampler, steps, compile_unet=self.compile_graphs)
+            except Exception as exc:  # torch.compile needs Triton and a C compiler; the plain graph does not
+                if not self.compile_graphs:
+                    raise
+                log.warning("torch.compile of the U-Net failed (%s: %s); sampling graphs capture the plain U-Net",
+                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+                self.compile_graphs = False
+                return self._graphed(size, steps)
+            self._graphs[key] = graph
         return self._graphs[key]
 
 

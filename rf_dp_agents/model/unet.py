@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -29,6 +30,93 @@ class SinusoidalPosEmb(nn.Module):
         return torch.cat((emb.sin(), emb.cos()), dim=-1)
 
 
+def conv1d_as_matmul(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1, padding: int = 0
+) -> torch.Tensor:
+    """``F.conv1d(x, weight, bias, stride, padding)`` as an unfold and one matrix multiply.
+
+    ``x`` is ``(B, Cin, L)``, ``weight`` ``(Cout, Cin, K)``. The windows of ``x`` are gathered into a
+    ``(B * Lout, Cin * K)`` matrix and multiplied by the weight read in place as ``(Cout, Cin * K)``, so the
+    weight is never copied or transposed (cuDNN re-lays out a Conv1d weight on every call). Returns a
+    contiguous ``(B, Cout, Lout)`` tensor.
+    """
+    if x.ndim != 3 or weight.ndim != 3 or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"conv1d_as_matmul needs x (B, Cin, L) and weight (Cout, Cin, K), got "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    cout, cin, k = weight.shape
+    if padding:
+        x = F.pad(x, (padding, padding))
+    cols = x.unfold(2, k, stride)  # (B, Cin, Lout, K), a view
+    batch, _, lout, _ = cols.shape
+    cols = cols.permute(0, 2, 1, 3).reshape(batch * lout, cin * k)
+    out = F.linear(cols, weight.reshape(cout, cin * k), bias)
+    return out.view(batch, lout, cout).transpose(1, 2).contiguous()
+
+
+class MatmulConv1d(nn.Conv1d):
+    """``nn.Conv1d`` (same parameters and state dict) that runs as :func:`conv1d_as_matmul` on CUDA.
+
+    ``matmul`` (default True) picks the unfold + matrix multiply form on CUDA tensors; False, or a CPU
+    tensor, runs cuDNN / the native convolution. Dilation, groups and non-zero padding modes are not taken.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+        self.matmul = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.matmul and x.is_cuda:
+            return conv1d_as_matmul(x, self.weight, self.bias, self.stride[0], self.padding[0])
+        return super().forward(x)
+
+
+def conv_transpose1d_as_matmul(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1, padding: int = 0
+) -> torch.Tensor:
+    """``F.conv_transpose1d(x, weight, bias, stride, padding)`` as one matrix multiply and an overlap-add.
+
+    ``x`` is ``(B, Cin, L)``, ``weight`` ``(Cin, Cout, K)`` read in place as ``(Cin, Cout * K)``; every input
+    position's ``Cout * K`` products are summed into the output by ``F.fold``. Returns ``(B, Cout, Lout)``
+    with ``Lout = (L - 1) * stride - 2 * padding + K``.
+    """
+    if x.ndim != 3 or weight.ndim != 3 or x.shape[1] != weight.shape[0]:
+        raise ValueError(f"conv_transpose1d_as_matmul needs x (B, Cin, L) and weight (Cin, Cout, K), got "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    cin, cout, k = weight.shape
+    batch, _, length = x.shape
+    cols = torch.matmul(x.transpose(1, 2), weight.reshape(cin, cout * k))  # (B, L, Cout * K)
+    lout = (length - 1) * stride - 2 * padding + k
+    out = F.fold(cols.transpose(1, 2), (1, lout), (1, k), padding=(0, padding), stride=(1, stride))
+    out = out.view(batch, cout, lout)
+    return out if bias is None else out + bias[:, None]
+
+
+class MatmulConvTranspose1d(nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` (same parameters and state dict) that runs as :func:`conv_transpose1d_as_matmul`
+    on CUDA (cuDNN runs it as a backward-data convolution, several times slower at the U-Net's sizes).
+
+    ``matmul`` as in :class:`MatmulConv1d`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+        self.matmul = True
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if self.matmul and x.is_cuda and output_size is None:
+            return conv_transpose1d_as_matmul(x, self.weight, self.bias, self.stride[0], self.padding[0])
+        return super().forward(x, output_size)
+
+
+def set_matmul_convolutions(module: nn.Module, enabled: bool) -> nn.Module:
+    """Run every :class:`MatmulConv1d` / :class:`MatmulConvTranspose1d` under ``module`` as matrix multiplies
+    on CUDA (``enabled``, the default) or through cuDNN; returns ``module``."""
+    for child in module.modules():
+        if isinstance(child, (MatmulConv1d, MatmulConvTranspose1d)):
+            child.matmul = bool(enabled)
+    return module
+
+
 class Conv1dBlock(nn.Sequential):
     """Conv1d -> GroupNorm -> Mish, length-preserving."""
 
@@ -36,7 +124,7 @@ class Conv1dBlock(nn.Sequential):
         if out_channels % n_groups:
             raise ValueError(f"Conv1dBlock: {out_channels} channels are not divisible into {n_groups} groups")
         super().__init__(
-            nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+            MatmulConv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
             nn.GroupNorm(n_groups, out_channels),
             nn.Mish(),
         )
@@ -56,12 +144,14 @@ class ConditionalResidualBlock1D(nn.Module):
         )
         self.cond_encoder = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, 2 * out_channels))
         self.residual_conv = (
-            nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+            MatmulConv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
         )
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None, film: torch.Tensor | None = None) -> torch.Tensor:
+        """``film`` (B, 2 * out_channels), when given, replaces ``cond_encoder(cond)``."""
         out = self.blocks[0](x)
-        film = self.cond_encoder(cond).view(cond.shape[0], 2, self.out_channels, 1)
+        film = self.cond_encoder(cond) if film is None else film
+        film = film.view(x.shape[0], 2, self.out_channels, 1)
         out = film[:, 0] * out + film[:, 1]
         out = self.blocks[1](out)
         return out + self.residual_conv(x)
@@ -95,37 +185,90 @@ class ConditionalUnet1D(nn.Module):
         self.down_modules = nn.ModuleList()
         for i, (dim_in, dim_out) in enumerate(in_out):
             is_last = i == len(in_out) - 1
-            down = nn.Conv1d(dim_out, dim_out, 3, 2, 1) if not is_last else nn.Identity()
+            down = MatmulConv1d(dim_out, dim_out, 3, 2, 1) if not is_last else nn.Identity()
             self.down_modules.append(nn.ModuleList([block(dim_in, dim_out), block(dim_out, dim_out), down]))
         mid_dim = all_dims[-1]
         self.mid_modules = nn.ModuleList([block(mid_dim, mid_dim), block(mid_dim, mid_dim)])
         self.up_modules = nn.ModuleList()
         for dim_in, dim_out in reversed(in_out[1:]):
-            up = nn.ConvTranspose1d(dim_in, dim_in, 4, 2, 1)
+            up = MatmulConvTranspose1d(dim_in, dim_in, 4, 2, 1)
             self.up_modules.append(nn.ModuleList([block(dim_out * 2, dim_in), block(dim_in, dim_in), up]))
+        self.num_residual_blocks = len(self.residual_blocks())
         self.final_conv = nn.Sequential(
-            Conv1dBlock(start_dim, start_dim, kernel_size, n_groups), nn.Conv1d(start_dim, input_dim, 1)
+            Conv1dBlock(start_dim, start_dim, kernel_size, n_groups), MatmulConv1d(start_dim, input_dim, 1)
         )
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, global_cond: torch.Tensor) -> torch.Tensor:
-        """``sample`` (B, T, A), ``timestep`` scalar or (B,), ``global_cond`` (B, G) -> (B, T, A)."""
-        batch = sample.shape[0]
-        if not isinstance(timestep, torch.Tensor):
-            timestep = torch.tensor([timestep], device=sample.device)
-        timestep = timestep.to(sample.device).reshape(-1).expand(batch)
-        cond = torch.cat([self.diffusion_step_encoder(timestep), global_cond], dim=-1)
+    def residual_blocks(self) -> list[ConditionalResidualBlock1D]:
+        """The FiLM-conditioned blocks in the order :meth:`forward` calls them."""
+        down = [b for res1, res2, _ in self.down_modules for b in (res1, res2)]
+        up = [b for res1, res2, _ in self.up_modules for b in (res1, res2)]
+        return [*down, *self.mid_modules, *up]
+
+    def condition(self, timestep: torch.Tensor, global_cond: torch.Tensor) -> torch.Tensor:
+        """``[step embedding, global condition]`` (B, step_embed + G) for a scalar or (B,) ``timestep``."""
+        batch = global_cond.shape[0]
+        timestep = timestep.to(global_cond.device).reshape(-1).expand(batch)
+        return torch.cat([self.diffusion_step_encoder(timestep), global_cond], dim=-1)
+
+    def film_tables(self, timesteps: torch.Tensor, global_cond: torch.Tensor) -> list[torch.Tensor]:
+        """Every residual block's FiLM parameters for every step of a sampling loop, one batched matrix
+        multiply per block: a list (in :meth:`residual_blocks` order) of ``(S, B, 2 * channels)`` tensors for
+        ``timesteps`` (S,) and ``global_cond`` (B, G). Row ``i`` of each is what :meth:`forward` computes
+        for ``timesteps[i]``; passing them as ``film`` skips the per-step matrix-vector products.
+        """
+        steps, batch = timesteps.shape[0], global_cond.shape[0]
+        emb = self.diffusion_step_encoder(timesteps.to(global_cond.device).reshape(-1))  # (S, E)
+        cond = torch.cat(
+            [emb[:, None].expand(steps, batch, -1), global_cond[None].expand(steps, batch, -1)], dim=-1
+        ).reshape(steps * batch, -1)
+        return [block.cond_encoder(cond).view(steps, batch, -1) for block in self.residual_blocks()]
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int,
+        global_cond: torch.Tensor,
+        film: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``sample`` (B, T, A), ``timestep`` scalar or (B,), ``global_cond`` (B, G) -> (B, T, A).
+
+        ``film``: one ``(B, 2 * channels)`` tensor per residual block (a step's rows of :meth:`film_tables`);
+        it replaces the conditioning computed from ``timestep`` and ``global_cond``.
+        """
+        if film is None:
+            if not isinstance(timestep, torch.Tensor):
+                timestep = torch.tensor([timestep], device=sample.device)
+            cond = self.condition(timestep, global_cond)
+            films: list[torch.Tensor | None] = [None] * self.num_residual_blocks
+        else:
+            if len(film) != self.num_residual_blocks:
+                raise ValueError(f"film needs one tensor per residual block ({self.num_residual_blocks}), got {len(film)}")
+            cond, films = None, list(film)
+        films.reverse()
         x = sample.transpose(1, 2)
         skips = []
         for res1, res2, down in self.down_modules:
-            x = res2(res1(x, cond), cond)
+            x = res1(x, cond, films.pop())
+            x = res2(x, cond, films.pop())
             skips.append(x)
             x = down(x)
         for mid in self.mid_modules:
-            x = mid(x, cond)
+            x = mid(x, cond, films.pop())
         for res1, res2, up in self.up_modules:
             x = torch.cat((x, skips.pop()), dim=1)
-            x = up(res2(res1(x, cond), cond))
+            x = res1(x, cond, films.pop())
+            x = up(res2(x, cond, films.pop()))
         return self.final_conv(x).transpose(1, 2)
 
 
-__all__ = ["ConditionalUnet1D", "ConditionalResidualBlock1D", "Conv1dBlock", "SinusoidalPosEmb"]
+__all__ = [
+    "ConditionalUnet1D",
+    "ConditionalResidualBlock1D",
+    "Conv1dBlock",
+    "MatmulConv1d",
+    "MatmulConvTranspose1d",
+    "SinusoidalPosEmb",
+    "conv1d_as_matmul",
+    "conv_transpose1d_as_matmul",
+    "set_matmul_convolutions",
+]
