@@ -61,6 +61,8 @@ class Args:
     """Steps of the fast-vs-eager loss-curve comparison."""
     trainer_epochs: int = 3
     """Epochs of each end-to-end trainer run (the last one is timed)."""
+    trainer_rows: tuple[str, ...] = ("fast", "fast_no_cuda_graphs", "trainer_no_compile", "compiled_fp32")
+    """End-to-end trainer rows to run (names of TRAINER_ROWS)."""
     predict_repeats: int = 20
     """Timed predict() calls per setting."""
     lerobot: bool = True
@@ -551,7 +553,10 @@ def main(args: Args) -> None:
 
     tr = res["training"]
     res["dataset_gib"] = sum(t.numel() * t.element_size() for t in cpu_ds.tensors) / 2**30
-    for name in TRAINER_ROWS:
+    unknown = sorted(set(args.trainer_rows) - set(TRAINER_ROWS))
+    if unknown:
+        raise SystemExit(f"--trainer-rows: unknown rows {unknown}; choose from {list(TRAINER_ROWS)}")
+    for name in args.trainer_rows:
         print(f"trainer end to end, {name} {TRAINER_ROWS[name]} ...", flush=True)
         try:
             tr[name] = trainer_run(args, name, args.data.parent / "runs")
@@ -562,7 +567,7 @@ def main(args: Args) -> None:
             tr[name] = {"settings": TRAINER_ROWS[name], "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
         print("  ", {k: v for k, v in tr[name].items() if k != "losses"}, flush=True)
         save()
-    if "losses" in tr["fast"] and "losses" in tr["trainer_no_compile"]:
+    if "losses" in tr.get("fast", {}) and "losses" in tr.get("trainer_no_compile", {}):
         res["loss_curves"] = curve_agreement(tr["fast"]["losses"], tr["trainer_no_compile"]["losses"])
         print("  loss curves:", res["loss_curves"]["max_rel_gap"], flush=True)
     for row in tr.values():

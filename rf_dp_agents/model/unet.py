@@ -53,11 +53,20 @@ def conv1d_as_matmul(
     return out.view(batch, lout, cout).transpose(1, 2).contiguous()
 
 
-class MatmulConv1d(nn.Conv1d):
-    """``nn.Conv1d`` (same parameters and state dict) that runs as :func:`conv1d_as_matmul` on CUDA.
+def _matmul_wanted(x: torch.Tensor) -> bool:
+    """Whether a Matmul convolution takes its matrix-multiply form for ``x``: on CUDA, while a CUDA graph is
+    being captured or torch.compile traces. There the fewer, larger kernels pay (an H200 replays the seed
+    U-Net's forward and backward in 5.6 ms instead of 6.8); run eagerly, each extra kernel costs a launch and
+    cuDNN is faster (21.3 ms against 19.8)."""
+    return x.is_cuda and (torch.compiler.is_compiling() or torch.cuda.is_current_stream_capturing())
 
-    ``matmul`` (default True) picks the unfold + matrix multiply form on CUDA tensors; False, or a CPU
-    tensor, runs cuDNN / the native convolution. Dilation, groups and non-zero padding modes are not taken.
+
+class MatmulConv1d(nn.Conv1d):
+    """``nn.Conv1d`` (same parameters and state dict) that runs as :func:`conv1d_as_matmul` on CUDA inside a
+    CUDA-graph capture or torch.compile (see ``_matmul_wanted``), and as the native convolution otherwise.
+
+    ``matmul = False`` keeps the native convolution everywhere. Dilation, groups and padding modes other than
+    zeros are not taken.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0):
@@ -65,7 +74,7 @@ class MatmulConv1d(nn.Conv1d):
         self.matmul = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.matmul and x.is_cuda:
+        if self.matmul and _matmul_wanted(x):
             return conv1d_as_matmul(x, self.weight, self.bias, self.stride[0], self.padding[0])
         return super().forward(x)
 
@@ -93,9 +102,8 @@ def conv_transpose1d_as_matmul(
 
 class MatmulConvTranspose1d(nn.ConvTranspose1d):
     """``nn.ConvTranspose1d`` (same parameters and state dict) that runs as :func:`conv_transpose1d_as_matmul`
-    on CUDA (cuDNN runs it as a backward-data convolution, several times slower at the U-Net's sizes).
-
-    ``matmul`` as in :class:`MatmulConv1d`.
+    where :class:`MatmulConv1d` takes its matrix form (cuDNN runs it as a backward-data convolution, 31 us per
+    call at batch 1 on an H200). ``matmul`` as in :class:`MatmulConv1d`.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0):
@@ -103,14 +111,14 @@ class MatmulConvTranspose1d(nn.ConvTranspose1d):
         self.matmul = True
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if self.matmul and x.is_cuda and output_size is None:
+        if self.matmul and output_size is None and _matmul_wanted(x):
             return conv_transpose1d_as_matmul(x, self.weight, self.bias, self.stride[0], self.padding[0])
         return super().forward(x, output_size)
 
 
 def set_matmul_convolutions(module: nn.Module, enabled: bool) -> nn.Module:
-    """Run every :class:`MatmulConv1d` / :class:`MatmulConvTranspose1d` under ``module`` as matrix multiplies
-    on CUDA (``enabled``, the default) or through cuDNN; returns ``module``."""
+    """Let every :class:`MatmulConv1d` / :class:`MatmulConvTranspose1d` under ``module`` take its matrix form in
+    CUDA graphs and torch.compile (``enabled``, the default) or keep cuDNN everywhere; returns ``module``."""
     for child in module.modules():
         if isinstance(child, (MatmulConv1d, MatmulConvTranspose1d)):
             child.matmul = bool(enabled)
