@@ -161,6 +161,19 @@ def test_checkpoint_epoch_picks_the_kept_weights(tmp_path: Path, tiny_checkpoint
         checkpoint_paths(RolloutConfig(task=TASK, checkpoint_dir=str(tmp_path), checkpoint_epoch=30), 2)
 
 
+def test_agent_policies_take_the_sampling_overrides(tmp_path: Path, tiny_checkpoint) -> None:
+    from rf_dp_agents.rollout.runner import load_agent_policies
+
+    paths = [tiny_checkpoint(tmp_path / f"agent{i}", image_hw=IMAGE_HW, seed=i) for i in range(2)]
+    default = load_agent_policies(RolloutConfig(task=TASK, device="cpu"), paths)
+    assert [p.model.compile_graphs for p in default] == [True, True]
+    cfg = RolloutConfig(task=TASK, device="cpu", sampler="ddim", num_inference_steps=3, compile_graphs=False)
+    policies = load_agent_policies(cfg, paths)
+    assert [(p.config.sampler, p.config.num_inference_steps, p.model.compile_graphs) for p in policies] == [
+        ("ddim", 3, False)
+    ] * 2
+
+
 def test_cli_reports_missing_checkpoint(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "rollout.py"), "--task", TASK, "--checkpoint-dir", str(tmp_path),

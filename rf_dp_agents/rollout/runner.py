@@ -117,10 +117,12 @@ def checkpoint_paths(cfg: RolloutConfig, num_arms: int) -> list[Path]:
 
 
 def load_agent_policies(cfg: RolloutConfig, paths: Sequence[Path]) -> list[DiffusionPolicyAgent]:
-    """Load each agent's policy, with the config's sampler / inference-step overrides applied."""
+    """Load each agent's policy, with the config's sampler / inference-step overrides and its
+    ``compile_graphs`` choice applied."""
     policies = []
     for i, path in enumerate(paths):
         policy = load_policy(path, device=cfg.device, seed=cfg.seed + i)
+        policy.model.compile_graphs = cfg.compile_graphs
         overrides: dict[str, Any] = {}
         if cfg.sampler is not None:
             overrides["sampler"] = cfg.sampler
