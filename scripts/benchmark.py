@@ -9,7 +9,8 @@ Measured in one process on one GPU, each figure after warm-up:
   * predict(): one action chunk at batch 1 and 32, DDPM-100, DDPM-10 and DDIM-10: eager, the default CUDA
     graph, and the graph with one lever off or all of them (PREDICT_SETTINGS);
   * the fast path's loss curve against the eager path's over the same steps.
-Writes benchmarks/results/<date>-<gpu>.json (or --out) and prints a table; ``--readme-from FILE`` renders a
+Writes benchmarks/results/<date>-<gpu>.json (or --out) and prints a table that ends with the goals (TARGETS),
+each with its measured value and whether it is met; ``--readme-from FILE`` renders a
 results JSON into the README's performance table instead of measuring.
 
   python scripts/benchmark.py                         # on a CUDA machine
@@ -461,7 +462,45 @@ def render_table(res: dict[str, Any], source: str) -> str:
                          f"{row['cuda_graph_ms']:.1f} ms | {row['cuda_graph_fp32_ms']:.1f} ms |"
                          + (f" {row['cuda_graph_compiled_ms']:.1f} ms |" if "cuda_graph_compiled_ms" in row
                             else " not measured |" if compiled else ""))
+    goals = target_lines(res)
+    if goals:
+        lines += ["", "Goals at the seed config:", *goals]
     return "\n".join(lines)
+
+
+TARGETS = {"samples_per_s": 8000.0, "vs_eager_dataloader": 4.0, "peak_gpu_mem_gib": 4.0, "predict_ms": 5.0}
+"""The GPU speed goals at the seed config: training samples/s at batch 64, the default trainer over the plain
+eager DataLoader step in the same run, peak GPU memory of the default step (GiB), predict() ms per chunk at
+batch 1."""
+
+
+def target_lines(res: dict[str, Any]) -> list[str]:
+    """One line per goal of ``TARGETS`` that the results can answer: measured value and whether it is met."""
+    tr, lines = res["training"], []
+
+    def line(goal: str, value: str, met: bool) -> None:
+        lines.append(f"- {goal}: {value}, {'met' if met else 'not met'}")
+
+    fast = tr.get("fast", {})
+    if "samples_per_s" in fast:
+        line(f">= {TARGETS['samples_per_s']:,.0f} samples/s", f"{fast['samples_per_s']:,.0f}",
+             fast["samples_per_s"] >= TARGETS["samples_per_s"])
+        base = tr.get("eager_dataloader", {}).get("samples_per_s")
+        if base:
+            ratio = fast["samples_per_s"] / base
+            line(f">= {TARGETS['vs_eager_dataloader']:.0f}x the plain eager DataLoader step", f"{ratio:.2f}x",
+                 ratio >= TARGETS["vs_eager_dataloader"])
+        mem, dataset = fast["peak_gpu_mem_gib"], res.get("dataset_gib")
+        step = f" ({mem - dataset:.1f} GiB without the GPU-resident dataset)" if dataset is not None else ""
+        line(f"peak GPU memory <= {TARGETS['peak_gpu_mem_gib']:.0f} GiB", f"{mem:.1f} GiB{step}",
+             mem <= TARGETS["peak_gpu_mem_gib"])
+    batch1 = [row for row in res.get("predict", []) if row["batch"] == 1 and row["steps"] <= 10]
+    if batch1:
+        best = min(batch1, key=lambda row: row["cuda_graph_ms"])
+        line(f"predict() <= {TARGETS['predict_ms']:.0f} ms per chunk at batch 1",
+             f"{best['cuda_graph_ms']:.2f} ms ({best['sampler'].upper()}-{best['steps']})",
+             best["cuda_graph_ms"] <= TARGETS["predict_ms"])
+    return lines
 
 
 def readme_source(text: str) -> str:

@@ -44,6 +44,22 @@ def test_every_results_file_renders(benchmark) -> None:
         assert path.name in table and "| training path |" in table
 
 
+def test_goals_are_judged_from_the_results(benchmark) -> None:
+    res = {"training": {"fast": {"samples_per_s": 9000.0, "peak_gpu_mem_gib": 5.0},
+                        "eager_dataloader": {"samples_per_s": 3000.0}},
+           "dataset_gib": 2.0,
+           "predict": [{"sampler": "ddim", "steps": 10, "batch": 1, "cuda_graph_ms": 6.0},
+                       {"sampler": "ddpm", "steps": 10, "batch": 1, "cuda_graph_ms": 4.5},
+                       {"sampler": "ddpm", "steps": 100, "batch": 1, "cuda_graph_ms": 1.0},
+                       {"sampler": "ddpm", "steps": 10, "batch": 32, "cuda_graph_ms": 2.0}]}
+    assert benchmark.target_lines(res) == [
+        "- >= 8,000 samples/s: 9,000, met",
+        "- >= 4x the plain eager DataLoader step: 3.00x, not met",
+        "- peak GPU memory <= 4 GiB: 5.0 GiB (3.0 GiB without the GPU-resident dataset), not met",
+        "- predict() <= 5 ms per chunk at batch 1: 4.50 ms (DDPM-10), met",
+    ]
+
+
 def test_curve_agreement(benchmark) -> None:
     same = benchmark.curve_agreement([1.0, 0.8, 0.6, 0.4], [1.0, 0.8, 0.6, 0.4], window=2)
     assert same["max_rel_gap"] == 0.0 and same["fast_means"] == pytest.approx([0.9, 0.5])
