@@ -16,22 +16,32 @@ from rf_dp_agents.model.unet import (
 )
 
 
+def assert_same_as(reference, fast, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int, padding: int):
+    """``fast`` and ``reference`` (F.conv1d-like signatures) agree in output and in every input's gradient."""
+    ref = reference(x, w, b, stride=stride, padding=padding)
+    ref_grads = torch.autograd.grad(ref.square().sum(), (x, w, b))
+    out = fast(x, w, b, stride=stride, padding=padding)
+    assert out.shape == ref.shape and out.is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for got, want in zip(torch.autograd.grad(out.square().sum(), (x, w, b)), ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def float64_inputs(batch: int, cin: int, length: int, weight_shape: tuple[int, int, int], channels_out: int):
+    torch.manual_seed(0)
+    x = torch.randn(batch, cin, length, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(*weight_shape, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(channels_out, dtype=torch.float64, requires_grad=True)
+    return x, w, b
+
+
 @pytest.mark.parametrize(
     "cin,cout,k,stride,padding,length",
     [(8, 16, 5, 1, 2, 16), (16, 16, 3, 2, 1, 16), (16, 16, 3, 2, 1, 7), (12, 4, 1, 1, 0, 5), (6, 10, 5, 1, 2, 1)],
 )
 def test_matches_conv1d_forward_and_backward(cin: int, cout: int, k: int, stride: int, padding: int, length: int):
-    torch.manual_seed(0)
-    x = torch.randn(3, cin, length, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(cout, cin, k, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(cout, dtype=torch.float64, requires_grad=True)
-    ref = F.conv1d(x, w, b, stride=stride, padding=padding)
-    ref_grads = torch.autograd.grad(ref.square().sum(), (x, w, b))
-    out = conv1d_as_matmul(x, w, b, stride=stride, padding=padding)
-    assert out.shape == ref.shape and out.is_contiguous()
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    for got, want in zip(torch.autograd.grad(out.square().sum(), (x, w, b)), ref_grads):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    x, w, b = float64_inputs(3, cin, length, (cout, cin, k), cout)
+    assert_same_as(F.conv1d, conv1d_as_matmul, x, w, b, stride, padding)
 
 
 def test_without_bias():
@@ -71,19 +81,12 @@ def test_unet_output_same_either_way():
     torch.testing.assert_close(net(sample, t, cond), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("cin,cout,k,stride,padding,length", [(8, 8, 4, 2, 1, 4), (6, 3, 4, 2, 1, 1), (4, 5, 3, 1, 1, 7)])
+@pytest.mark.parametrize(
+    "cin,cout,k,stride,padding,length", [(8, 8, 4, 2, 1, 4), (6, 3, 4, 2, 1, 1), (4, 5, 3, 1, 1, 7)]
+)
 def test_transpose_matches_conv_transpose1d(cin: int, cout: int, k: int, stride: int, padding: int, length: int):
-    torch.manual_seed(0)
-    x = torch.randn(2, cin, length, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(cin, cout, k, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(cout, dtype=torch.float64, requires_grad=True)
-    ref = F.conv_transpose1d(x, w, b, stride=stride, padding=padding)
-    ref_grads = torch.autograd.grad(ref.square().sum(), (x, w, b))
-    out = conv_transpose1d_as_matmul(x, w, b, stride=stride, padding=padding)
-    assert out.shape == ref.shape
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
-    for got, want in zip(torch.autograd.grad(out.square().sum(), (x, w, b)), ref_grads):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    x, w, b = float64_inputs(2, cin, length, (cin, cout, k), cout)
+    assert_same_as(F.conv_transpose1d, conv_transpose1d_as_matmul, x, w, b, stride, padding)
 
 
 def test_transpose_bad_shapes_name_them():

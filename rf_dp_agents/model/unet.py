@@ -8,6 +8,7 @@ Every residual block is FiLM-conditioned on ``[step embedding, global condition]
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -236,36 +237,35 @@ class ConditionalUnet1D(nn.Module):
         sample: torch.Tensor,
         timestep: torch.Tensor | int,
         global_cond: torch.Tensor,
-        film: list[torch.Tensor] | None = None,
+        film: Sequence[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """``sample`` (B, T, A), ``timestep`` scalar or (B,), ``global_cond`` (B, G) -> (B, T, A).
 
         ``film``: one ``(B, 2 * channels)`` tensor per residual block (a step's rows of :meth:`film_tables`);
         it replaces the conditioning computed from ``timestep`` and ``global_cond``.
         """
+        cond = None
         if film is None:
             if not isinstance(timestep, torch.Tensor):
                 timestep = torch.tensor([timestep], device=sample.device)
             cond = self.condition(timestep, global_cond)
-            films: list[torch.Tensor | None] = [None] * self.num_residual_blocks
-        else:
-            if len(film) != self.num_residual_blocks:
-                raise ValueError(f"film needs one tensor per residual block ({self.num_residual_blocks}), got {len(film)}")
-            cond, films = None, list(film)
-        films.reverse()
+            film = [None] * self.num_residual_blocks
+        elif len(film) != self.num_residual_blocks:
+            raise ValueError(f"film needs one tensor per residual block ({self.num_residual_blocks}), got {len(film)}")
+        films = iter(film)
         x = sample.transpose(1, 2)
         skips = []
         for res1, res2, down in self.down_modules:
-            x = res1(x, cond, films.pop())
-            x = res2(x, cond, films.pop())
+            x = res1(x, cond, next(films))
+            x = res2(x, cond, next(films))
             skips.append(x)
             x = down(x)
         for mid in self.mid_modules:
-            x = mid(x, cond, films.pop())
+            x = mid(x, cond, next(films))
         for res1, res2, up in self.up_modules:
             x = torch.cat((x, skips.pop()), dim=1)
-            x = res1(x, cond, films.pop())
-            x = up(res2(x, cond, films.pop()))
+            x = res1(x, cond, next(films))
+            x = up(res2(x, cond, next(films)))
         return self.final_conv(x).transpose(1, 2)
 
 
