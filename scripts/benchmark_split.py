@@ -9,8 +9,9 @@ a CUDA-graph replay of the same forward and backward, with the U-Net's convoluti
 matrix multiplies (``MatmulConv1d``, ``MatmulConvTranspose1d``). The predict rows time ``predict_action`` at
 batch 1 (DDIM-10, CUDA graph, the latency the policy pays per action chunk) with those convolutions, the
 FiLM conditioning per step or tabled before the loop, the encoder held NCHW or channels_last, fp32/TF32 or
-bf16 autocast, and the U-Net compiled before capture or not; ``--profile`` adds the CUDA kernel table of
-three graph replays of every predict row named.
+bf16 autocast, the U-Net compiled before capture or not, and the U-Net run from a bfloat16 copy of its weights
+(``bf16_graphs``) or not; ``--profile`` adds the CUDA kernel table of three graph replays of every predict row
+named.
 
   python scripts/benchmark_split.py                       # every row
   python scripts/benchmark_split.py fastgn_bf16_cl unet_tf32   # the named rows only
@@ -54,17 +55,26 @@ UNET_ROWS = {  # name: (bf16, compiled, matmul Conv1d)
     "unet_tf32_matmul": (False, False, True),
     "unet_bf16_matmul": (True, False, True),
 }
-PREDICT_ROWS = {  # name: (matmul convolutions, channels_last encoder, bf16, compiled U-Net, FiLM tables)
-    "pred_cudnn_nofilm": (False, False, False, False, False),
-    "pred_cudnn": (False, False, False, False, True),
-    "pred_matmul_nofilm": (True, False, False, False, False),
-    "pred_matmul": (True, False, False, False, True),
-    "pred_matmul_cl": (True, True, False, False, True),
-    "pred_matmul_cl_bf16": (True, True, True, False, True),
-    "pred_matmul_compiled_nofilm": (True, False, False, True, False),
-    "pred_matmul_compiled": (True, False, False, True, True),
-    "pred_matmul_cl_compiled": (True, True, False, True, True),
-    "pred_matmul_cl_bf16_compiled": (True, True, True, True, True),
+PREDICT_DEFAULT: dict[str, bool | str] = {
+    "matmul": True, "autocast": False, "channels_last_graphs": True, "compile_graphs": True, "film_tables": True,
+    "bf16_graphs": False,
+}
+"""The policy's default predict path on CUDA; ``matmul``: matrix-multiply U-Net convolutions, ``autocast``: bf16
+autocast around the call, the rest are :class:`DiffusionPolicy` attributes."""
+PREDICT_ROWS: dict[str, dict[str, bool | str]] = {  # name: settings changed from PREDICT_DEFAULT
+    "pred_cudnn_nofilm": {"matmul": False, "channels_last_graphs": False, "compile_graphs": False,
+                          "film_tables": False},
+    "pred_cudnn": {"matmul": False, "channels_last_graphs": False, "compile_graphs": False},
+    "pred_matmul_nofilm": {"channels_last_graphs": False, "compile_graphs": False, "film_tables": False},
+    "pred_matmul": {"channels_last_graphs": False, "compile_graphs": False},
+    "pred_matmul_cl": {"compile_graphs": False},
+    "pred_matmul_cl_bf16": {"compile_graphs": False, "autocast": True},
+    "pred_matmul_compiled_nofilm": {"channels_last_graphs": False, "film_tables": False},
+    "pred_matmul_compiled": {"channels_last_graphs": False},
+    "pred_matmul_cl_compiled": {},
+    "pred_matmul_cl_bf16_compiled": {"autocast": True},
+    "pred_bf16_weights": {"compile_graphs": False, "bf16_graphs": True},
+    "pred_bf16_weights_compiled": {"bf16_graphs": True},
 }
 
 
@@ -160,11 +170,13 @@ def unet_row(name: str, device: torch.device) -> list[str]:
 
 def predict_row(name: str, device: torch.device, profile: bool) -> list[str]:
     """ms per ``predict_action`` call at batch 1, DDIM-10 through the policy's CUDA graph, seed config."""
-    matmul, channels_last, bf16, compiled, film = PREDICT_ROWS[name]
+    settings = {**PREDICT_DEFAULT, **PREDICT_ROWS[name]}
     torch.manual_seed(0)
     policy = DiffusionPolicy(ModelConfig(sampler="ddim", num_inference_steps=10)).to(device).eval()
-    set_matmul_convolutions(policy, matmul)
-    policy.channels_last_graphs, policy.compile_graphs, policy.film_tables = channels_last, compiled, film
+    set_matmul_convolutions(policy, bool(settings.pop("matmul")))
+    bf16 = bool(settings.pop("autocast"))
+    for attr, value in settings.items():
+        setattr(policy, attr, value)
     obs = {"img": torch.randint(0, 256, (1, 2, 3, 240, 320), dtype=torch.uint8, device=device),
            "state": torch.randn(1, 2, 8, device=device)}
 

@@ -4,8 +4,11 @@ For DDIM (deterministic given the initial noise, which per-row generators fix) t
   1. the plain CUDA graph (cuDNN warm-up, matrix-multiply convolutions in the capture, FiLM tables),
   2. the CUDA graph of the torch.compile'd U-Net (the default),
 must equal eager sampling's within ``--atol`` (TF32 off, so the paths differ only in summation order), at each
-batch size. For DDPM, two graph calls with the same generators must give the same actions, and a call with
-other generators different ones. Prints one line per check and exits 1 when one fails.
+batch size. The graph of the U-Net run from bfloat16 weights (``bf16_graphs``) must stay within ``--bf16-atol``
+of eager float32 sampling, also after the policy's weights are changed in place (the bf16 copy is refreshed at
+every replay, as an EMA model's validation needs). For DDPM, two graph calls with the same generators must give
+the same actions, and a call with other generators different ones. Prints one line per check and exits 1 when
+one fails.
 
   python scripts/check_gpu_predict.py
 """
@@ -32,6 +35,8 @@ class Args:
     """Also check the seed config (240x320 images, U-Net 256/512/1024) besides the tiny one."""
     atol: float = 1e-3
     """Largest absolute gap of graph against eager actions (normalised actions lie in [-1, 1])."""
+    bf16_atol: float = 0.05
+    """Largest absolute gap of the bf16-weight graph against eager float32 actions."""
 
 
 def observations(cfg: ModelConfig, batch: int) -> dict[str, torch.Tensor]:
@@ -64,7 +69,33 @@ def check_config(name: str, cfg: ModelConfig, args: Args) -> list[tuple[str, boo
                             f"max gap {gap:.2e} (actions up to {eager.abs().max().item():.2f})"))
         if not model.compile_graphs:
             results.append((f"{name}: torch.compile of the U-Net", False, "failed; the plain graph was used"))
+        results.append(check_bf16(name, model, obs, eager, args.bf16_atol))
     return results
+
+
+def check_bf16(name: str, model: DiffusionPolicy, obs: dict[str, torch.Tensor], eager: torch.Tensor,
+               atol: float) -> tuple[str, bool, str]:
+    """The bf16-weight graph against eager float32, before and after the U-Net's weights change in place."""
+    batch = eager.shape[0]
+    model.cuda_graphs, model.bf16_graphs = True, True
+    bf16 = model.predict_action(obs, generator=generators(batch))
+    with torch.no_grad():
+        for p in model.noise_pred_net.parameters():
+            p.mul_(0.9)
+    model.cuda_graphs = False
+    eager_after = model.predict_action(obs, generator=generators(batch))
+    model.cuda_graphs = True
+    bf16_after = model.predict_action(obs, generator=generators(batch))
+    with torch.no_grad():
+        for p in model.noise_pred_net.parameters():
+            p.div_(0.9)
+    model.bf16_graphs = False
+    gap, gap_after = (bf16 - eager).abs().max().item(), (bf16_after - eager_after).abs().max().item()
+    moved = (eager_after - eager).abs().max().item()
+    ok = gap <= atol and gap_after <= atol and moved > 2 * atol
+    return (f"{name}, DDIM, batch {batch}: bf16-weight graph near eager float32, follows in-place weight changes",
+            ok, f"max gap {gap:.2e}; after scaling the U-Net's weights by 0.9 {gap_after:.2e} "
+                f"(the actions moved {moved:.2e})")
 
 
 def check_ddpm_seeds(cfg: ModelConfig) -> tuple[str, bool, str]:

@@ -9,7 +9,9 @@ Each check trains the tiny preset on a small synthetic zarr through ``scripts/tr
      with the per-step losses and EMA weights of an uninterrupted graphed run: within ``--resume-rtol``, or
      within twice the gap between two uninterrupted runs (bf16 steps with atomic-add reductions in the
      backward pass are not bitwise repeatable on a GPU). The EMA gap is taken over all weights as one vector;
-     the tensor that differs most is named.
+     the tensor that differs most is named;
+  4. bf16 sampling: on the graphed run's held-out windows, the action error of DDPM-10 and DDIM-10 with the
+     U-Net run from bfloat16 weights (``bf16_graphs``) is within ``--bf16-rtol`` of float32 sampling's.
 Prints one line per check and exits 1 when one fails.
 
   python scripts/check_gpu_trainer.py
@@ -32,6 +34,7 @@ import tyro
 from safetensors.torch import load_file
 
 from rf_dp_agents.data.synthetic import write_synthetic_dataset
+from rf_dp_agents.offline_eval import SamplerSpec, action_errors
 from rf_dp_agents.training.metrics import VAL_ACTION_MSE, read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +53,8 @@ class Args:
     resume_rtol: float = 0.02
     """Largest relative gap of per-step losses, and of all EMA weights, resumed against uninterrupted (or twice
     the gap of two uninterrupted runs, when that is larger)."""
+    bf16_rtol: float = 0.05
+    """Largest relative gap of the held-out action MSE, bf16-weight sampling against float32."""
     work_dir: Path | None = None
     """Where the data and runs go (default: a temporary folder, removed at the end)."""
 
@@ -120,6 +125,15 @@ def main(args: Args) -> int:
         results.append(("validation under CUDA graphs", finite,
                         f"{len(vals)} validations, last val/loss {vals[-1]['val/loss']:.5f}, "
                         f"val/action_mse {vals[-1].get(VAL_ACTION_MSE, math.nan):.5f}" if vals else "no validation"))
+
+        specs = [SamplerSpec(name, 10, bf16) for name in ("ddpm", "ddim") for bf16 in (False, True)]
+        errors = action_errors(graphed, specs, device="cuda")["errors"]
+        gaps = {name: rel_gap(errors[f"{name}:10:bf16"]["mse"], errors[f"{name}:10"]["mse"])
+                for name in ("ddpm", "ddim")}
+        results.append(("bf16-weight sampling keeps the held-out action error", max(gaps.values()) <= args.bf16_rtol,
+                        "; ".join(f"{name}-10 MSE {errors[f'{name}:10']['mse']:.5f} float32 vs "
+                                  f"{errors[f'{name}:10:bf16']['mse']:.5f} bf16 (gap {100 * gap:.1f}%)"
+                                  for name, gap in gaps.items())))
 
         killed = work / "killed"
         proc = train(data, killed, args.epochs, wait=False)

@@ -3,6 +3,7 @@
 
   python scripts/offline_eval.py checkpoints/LiftBarrier-rf_Agent0 --samplers ddpm:100 ddpm:10 ddim:10 dpmsolver:10
   python scripts/offline_eval.py checkpoints/LiftBarrier-rf_Agent0 --split train   # the sampler's own error
+  python scripts/offline_eval.py checkpoints/LiftBarrier-rf_Agent0 --samplers ddpm:10 ddpm:10:bf16   # CUDA only
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class Args:
     checkpoint: tyro.conf.Positional[Path]
     """Training run directory (best/ is used, else last/) or a checkpoint directory inside one."""
     samplers: list[str] = field(default_factory=lambda: ["ddpm:100", "ddpm:10", "ddim:10"])
-    """Samplers to compare, as name:steps."""
+    """Samplers to compare, as name:steps, or name:steps:bf16 for the U-Net run from bfloat16 weights in CUDA
+    graphs (a CUDA device only)."""
     split: Literal["val", "train"] = "val"
     """Windows to evaluate: the held-out episodes (val) or the training episodes (train, where the model fits
     closely, so the differences between samplers are the samplers' own)."""

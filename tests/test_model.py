@@ -190,6 +190,40 @@ def test_unet_traces_as_one_graph_for_torch_compile():
             torch.testing.assert_close(tabled, want, rtol=1e-5, atol=1e-5)
 
 
+def test_bf16_unet_follows_the_float32_weights():
+    """The bf16 copy the sampling graphs run (bf16_graphs): float32 in and out, near the float32 U-Net with or
+    without FiLM tables, fresh weights after refresh(), no new entries in the policy's state dict."""
+    from rf_dp_agents.model.graphed import Bf16Unet
+
+    torch.manual_seed(0)
+    net = ConditionalUnet1D(input_dim=4, global_cond_dim=6, diffusion_step_embed_dim=16, down_dims=(16, 32)).eval()
+    bf16 = Bf16Unet(net)
+    assert {p.dtype for p in bf16.bf16_net.parameters()} == {torch.bfloat16}
+    x, cond, steps = torch.randn(2, 8, 4), torch.randn(2, 6), torch.tensor([9, 3])
+    with torch.no_grad():
+        want = net(x, steps[0], cond)
+        got = bf16(x, steps[0], cond)
+        tabled = bf16(x, steps[0], cond, film=[t[0] for t in bf16.film_tables(steps, cond)])
+        assert got.dtype == tabled.dtype == torch.float32
+        scale = want.abs().max().item()
+        for out in (got, tabled):
+            gap = (out - want).abs().max().item()
+            assert 0 < gap <= 0.05 * scale  # bf16 rounding: close, not equal
+        for p in net.parameters():
+            p.mul_(1.5)
+        moved = net(x, steps[0], cond)
+        stale = bf16(x, steps[0], cond)
+        bf16.refresh()
+        fresh = bf16(x, steps[0], cond)
+    assert (stale - moved).abs().max() > 0.1 * moved.abs().max()
+    assert (fresh - moved).abs().max() <= 0.05 * moved.abs().max()
+    model = DiffusionPolicy(small_config())
+    keys = set(model.state_dict())
+    model.bf16_graphs = True
+    model._bf16_unets[torch.device("cpu")] = Bf16Unet(model.noise_pred_net)
+    assert set(model.state_dict()) == keys
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_denoise_with_and_without_film_tables(sampler: str):
     config = small_config(sampler=sampler, num_inference_steps=5)

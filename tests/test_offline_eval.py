@@ -53,6 +53,12 @@ def test_bad_input(run_dir: Path, tmp_path: Path) -> None:
         SamplerSpec.parse("ddim")
     with pytest.raises(ValueError, match="expected"):
         SamplerSpec.parse("euler:10")
+    with pytest.raises(ValueError, match="expected"):
+        SamplerSpec.parse("ddim:10:fp16")
+    assert SamplerSpec.parse("ddpm:10:bf16") == SamplerSpec("ddpm", 10, bf16=True)
+    assert str(SamplerSpec.parse("ddpm:10:bf16")) == "ddpm:10:bf16" and not SamplerSpec.parse("ddpm:10").bf16
+    with pytest.raises(ValueError, match="ddim:2:bf16.*CUDA graphs only; the model is on cpu"):
+        action_errors(run_dir, [SamplerSpec("ddim", 2), SamplerSpec("ddim", 2, bf16=True)], device="cpu")
     lonely = tmp_path / "ckpt"
     shutil.copytree((run_dir / "best").resolve(), lonely)
     with pytest.raises(FileNotFoundError, match="no run.json"):

@@ -123,10 +123,15 @@ class DiffusionPolicy(nn.Module):
         self.channels_last_graphs = True
         """Hold the image encoder channels_last (cuDNN's native layout, Triton GroupNorm) from the first CUDA graph
         capture on; the state dict is unchanged."""
+        self.bf16_graphs = False
+        """Run the U-Net in sampling graphs from a bfloat16 copy of its weights (``graphed.Bf16Unet``, one copy
+        per device shared by the graphs, refreshed at every replay; FiLM conditioning, scheduler and encoder stay
+        float32). Actions differ from float32 sampling by bf16 rounding (README, Training and inference speed)."""
+        self._bf16_unets: dict[torch.device, nn.Module] = {}  # a dict, so the copy stays out of the state dict
         self.film_tables = True
         """Compute every denoising step's FiLM conditioning in one batch before the loop (when steps x batch
         is at most ``FILM_TABLE_ROWS``) instead of twelve matrix-vector products per step."""
-        self._graphs: dict[tuple[int, str, int, torch.device, bool], Any] = {}
+        self._graphs: dict[tuple[Any, ...], Any] = {}
 
     @property
     def device(self) -> torch.device:
@@ -264,7 +269,7 @@ class DiffusionPolicy(nn.Module):
         sample = noise * scheduler.init_noise_sigma
         tables = None
         if self.film_tables and len(timesteps_dev) * cond.shape[0] <= FILM_TABLE_ROWS:
-            tables = self.noise_pred_net.film_tables(timesteps_dev, cond)
+            tables = self.noise_pred_net.film_tables(timesteps_dev, cond)  # float32 whatever net runs in
         for i, t in enumerate(scheduler.timesteps):
             film = None if tables is None else [table[i] for table in tables]
             model_out = net(sample, timesteps_dev[i], cond, film=film)
@@ -272,9 +277,9 @@ class DiffusionPolicy(nn.Module):
         return self.normalizer.unnormalize(ACTION_KEY, sample)
 
     def _graphed(self, size: int, steps: int) -> Any:
-        from rf_dp_agents.model.graphed import GraphedSampler
+        from rf_dp_agents.model.graphed import Bf16Unet, GraphedSampler
 
-        key = (size, self.config.sampler, steps, self.device, self.compile_graphs)
+        key = (size, self.config.sampler, steps, self.device, self.compile_graphs, self.bf16_graphs)
         if key not in self._graphs:
             if not self._graphs and self.channels_last_graphs:  # no graph holds the weights' old storage yet
                 self.encoders.to(memory_format=torch.channels_last)
@@ -282,8 +287,14 @@ class DiffusionPolicy(nn.Module):
                 self._graphs.pop(next(iter(self._graphs)))
             if self.compile_graphs:
                 log.info("compiling the U-Net for CUDA-graph sampling at batch %d (once per batch size)", size)
+            bf16 = None
+            if self.bf16_graphs:
+                if self.device not in self._bf16_unets:
+                    self._bf16_unets[self.device] = Bf16Unet(self.noise_pred_net)
+                bf16 = self._bf16_unets[self.device]
             try:
-                graph = GraphedSampler(self, size, self.config.sampler, steps, compile_unet=self.compile_graphs)
+                graph = GraphedSampler(self, size, self.config.sampler, steps, compile_unet=self.compile_graphs,
+                                       bf16_unet=bf16)
             except Exception as exc:  # torch.compile needs Triton and a C compiler; the plain graph does not
                 if not self.compile_graphs:
                     raise

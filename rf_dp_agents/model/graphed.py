@@ -1,7 +1,8 @@
 """Action sampling captured in a CUDA graph: observation encoding plus the whole denoising loop in one replay.
 
 A :class:`GraphedSampler` is built for one batch size, sampler and step count (``compile_unet``: the U-Net
-compiled with torch.compile first, its Inductor kernels then captured like any others). Its inputs (uint8 images,
+compiled with torch.compile first, its Inductor kernels then captured like any others; ``bf16_unet``: a
+:class:`Bf16Unet` of the policy's U-Net to run instead, its bf16 weights refreshed at the start of each replay). Its inputs (uint8 images,
 raw state, the initial noise) are copied into static buffers; one ``replay`` runs the encoder, every
 U-Net call and every scheduler update with no Python in between. The initial noise is drawn outside the
 graph, so a caller's generators still decide it; DDPM's per-step noise comes from the default CUDA
@@ -10,11 +11,56 @@ generator inside the graph (reseed it with ``seed`` for repeatable samples).
 
 from __future__ import annotations
 
-from typing import Mapping
+import copy
+from typing import Mapping, Sequence
 
 import torch
+from torch import nn
 
 from rf_dp_agents.model.diffusion import DiffusionPolicy, make_scheduler
+from rf_dp_agents.model.unet import ConditionalUnet1D
+
+
+class Bf16Unet(nn.Module):
+    """``unet`` run in bfloat16: a bf16 copy of its weights (half the bytes every denoising step reads) takes
+    bf16 activations; the FiLM conditioning and the output stay float32, so the scheduler's update is unchanged.
+
+    :meth:`refresh` copies the float32 weights into the bf16 copy. A sampling graph calls it inside the capture,
+    so each replay sees weights updated in place since (an EMA model's, for instance).
+    """
+
+    def __init__(self, unet: ConditionalUnet1D) -> None:
+        super().__init__()
+        self.unet = unet
+        self.bf16_net = copy.deepcopy(unet).to(torch.bfloat16)
+        pairs = [(d, s) for d, s in zip(self.bf16_net.state_dict().values(), unet.state_dict().values())
+                 if s.is_floating_point()]
+        self._dst, self._src = [d for d, _ in pairs], [s for _, s in pairs]
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Copy the float32 weights into the bf16 copy (one fused kernel per dtype pair)."""
+        torch._foreach_copy_(self._dst, self._src)
+
+    def film_tables(self, timesteps: torch.Tensor, global_cond: torch.Tensor) -> list[torch.Tensor]:
+        """The float32 U-Net's :meth:`ConditionalUnet1D.film_tables`."""
+        return self.unet.film_tables(timesteps, global_cond)
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int,
+        global_cond: torch.Tensor,
+        film: Sequence[torch.Tensor | None] | None = None,
+    ) -> torch.Tensor:
+        """Same contract as :meth:`ConditionalUnet1D.forward`; float32 in and out."""
+        if film is None:
+            if not isinstance(timestep, torch.Tensor):
+                timestep = torch.tensor([timestep], device=sample.device)
+            cond = self.unet.condition(timestep, global_cond)
+            film = [block.cond_encoder(cond) for block in self.unet.residual_blocks()]
+        films = [f.to(torch.bfloat16) for f in film]
+        return self.bf16_net(sample.to(torch.bfloat16), timestep, global_cond.to(torch.bfloat16), film=films).float()
 
 
 class GraphedSampler:
@@ -28,13 +74,16 @@ class GraphedSampler:
         num_inference_steps: int,
         warmup: int = 2,
         compile_unet: bool = False,
+        bf16_unet: Bf16Unet | None = None,
     ):
         device = policy.device
         if device.type != "cuda":
             raise ValueError("GraphedSampler needs the policy on a CUDA device")
         cfg = policy.config
         self.policy, self.batch_size = policy, int(batch_size)
-        self.net = torch.compile(policy.noise_pred_net, dynamic=False) if compile_unet else policy.noise_pred_net
+        self.bf16 = bf16_unet
+        net = policy.noise_pred_net if bf16_unet is None else bf16_unet
+        self.net = torch.compile(net, dynamic=False) if compile_unet else net
         self.sampler, self.num_inference_steps = sampler, int(num_inference_steps)
         to = cfg.obs_horizon
         self.static_obs: dict[str, torch.Tensor] = {
@@ -57,6 +106,8 @@ class GraphedSampler:
             self.static_out = self._body()
 
     def _body(self) -> torch.Tensor:
+        if self.bf16 is not None:
+            self.bf16.refresh()
         cond = self.policy.encode_obs(self.static_obs)
         self.scheduler.set_timesteps(self.num_inference_steps)
         return self.policy.denoise(cond, self.static_noise, self.scheduler, self.timesteps_dev, net=self.net)
@@ -76,4 +127,4 @@ class GraphedSampler:
         return self.static_out.clone()
 
 
-__all__ = ["GraphedSampler"]
+__all__ = ["Bf16Unet", "GraphedSampler"]

@@ -60,6 +60,9 @@ class RolloutConfig:
     """On CUDA, capture the torch.compile'd U-Net in the sampling CUDA graphs (3.3x faster per chunk at batch 1
     on an H200: README); each new batch size costs 10-20 s of compilation at its first call, so
     --no-compile-graphs suits short rollouts."""
+    bf16_graphs: bool = False
+    """On CUDA, run the U-Net in the sampling graphs from a bfloat16 copy of its weights (README, Training and
+    inference speed); measure its accuracy first with scripts/offline_eval.py --samplers ddpm:10 ddpm:10:bf16."""
     inference: Literal["auto", "shared", "per-worker"] = "auto"
     """With --num-envs > 1 on the CPU backend: 'shared' runs each model once in this process on the batched
     requests of all env workers; 'per-worker' gives every worker its own copy. auto: shared when the policies

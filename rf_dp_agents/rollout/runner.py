@@ -118,11 +118,11 @@ def checkpoint_paths(cfg: RolloutConfig, num_arms: int) -> list[Path]:
 
 def load_agent_policies(cfg: RolloutConfig, paths: Sequence[Path]) -> list[DiffusionPolicyAgent]:
     """Load each agent's policy, with the config's sampler / inference-step overrides and its
-    ``compile_graphs`` choice applied."""
+    ``compile_graphs`` and ``bf16_graphs`` choices applied."""
     policies = []
     for i, path in enumerate(paths):
         policy = load_policy(path, device=cfg.device, seed=cfg.seed + i)
-        policy.model.compile_graphs = cfg.compile_graphs
+        policy.model.compile_graphs, policy.model.bf16_graphs = cfg.compile_graphs, cfg.bf16_graphs
         overrides: dict[str, Any] = {}
         if cfg.sampler is not None:
             overrides["sampler"] = cfg.sampler
