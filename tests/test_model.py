@@ -224,6 +224,35 @@ def test_bf16_unet_follows_the_float32_weights():
     assert set(model.state_dict()) == keys
 
 
+def test_compiled_unet_keeps_one_compilation_per_batch_size_past_eight():
+    """Sampling graphs compile the U-Net once per batch size (static shapes; a 16-env rollout pads to five sizes
+    per agent, bf16 graphs add their own). With the raised recompile limit ten batch sizes (past Dynamo's
+    default of 8) are all traced, none left to run uncompiled."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+
+    from rf_dp_agents.model.graphed import COMPILED_UNETS, raise_recompile_limit
+
+    name = "recompile_limit" if hasattr(dynamo.config, "recompile_limit") else "cache_size_limit"
+    before = getattr(dynamo.config, name)
+    dynamo.reset()
+    counters.clear()
+    try:
+        assert raise_recompile_limit() == max(before, COMPILED_UNETS) >= 10
+        assert raise_recompile_limit(2) == max(before, COMPILED_UNETS)  # never lowered
+        torch.manual_seed(0)
+        net = ConditionalUnet1D(input_dim=4, global_cond_dim=6, diffusion_step_embed_dim=16, down_dims=(8, 16)).eval()
+        compiled = torch.compile(net, backend="eager", dynamic=False)
+        for batch in range(1, 11):
+            x, cond = torch.randn(batch, 8, 4), torch.randn(batch, 6)
+            with torch.no_grad():
+                torch.testing.assert_close(compiled(x, torch.tensor(3), cond), net(x, torch.tensor(3), cond))
+        assert counters["stats"]["unique_graphs"] == 10
+    finally:
+        setattr(dynamo.config, name, before)
+        dynamo.reset()
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_denoise_with_and_without_film_tables(sampler: str):
     config = small_config(sampler=sampler, num_inference_steps=5)
