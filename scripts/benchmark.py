@@ -536,10 +536,6 @@ def main(args: Args) -> None:
     from rf_dp_agents.data import SequenceDataset
 
     device = torch.device("cuda")
-    import torch._dynamo as dynamo
-
-    # Every predict setting is a fresh policy: room for each to compile its U-Net instead of falling back to eager.
-    dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
     torch.backends.cuda.matmul.allow_tf32 = False
     res: dict[str, Any] = {
         "date": dt.date.today().isoformat(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
