@@ -203,7 +203,7 @@ def test_bf16_unet_follows_the_float32_weights():
     with torch.no_grad():
         want = net(x, steps[0], cond)
         got = bf16(x, steps[0], cond)
-        tabled = bf16(x, steps[0], cond, film=[t[0] for t in bf16.film_tables(steps, cond)])
+        tabled = bf16(x, steps[0], cond, film=[t[0] for t in net.film_tables(steps, cond)])
         assert got.dtype == tabled.dtype == torch.float32
         scale = want.abs().max().item()
         for out in (got, tabled):

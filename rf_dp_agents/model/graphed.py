@@ -2,9 +2,9 @@
 
 A :class:`GraphedSampler` is built for one batch size, sampler and step count (``compile_unet``: the U-Net
 compiled with torch.compile first, its Inductor kernels then captured like any others; ``bf16_unet``: a
-:class:`Bf16Unet` of the policy's U-Net to run instead, its bf16 weights refreshed at the start of each replay). Its inputs (uint8 images,
-raw state, the initial noise) are copied into static buffers; one ``replay`` runs the encoder, every
-U-Net call and every scheduler update with no Python in between. The initial noise is drawn outside the
+:class:`Bf16Unet` of the policy's U-Net to run instead, its bf16 weights refreshed at the start of each replay).
+Its inputs (uint8 images, raw state, the initial noise) are copied into static buffers; one ``replay`` runs the
+encoder, every U-Net call and every scheduler update with no Python in between. The initial noise is drawn outside the
 graph, so a caller's generators still decide it; DDPM's per-step noise comes from the default CUDA
 generator inside the graph (reseed it with ``seed`` for repeatable samples).
 """
@@ -59,12 +59,8 @@ class Bf16Unet(nn.Module):
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Copy the float32 weights into the bf16 copy (one fused kernel per dtype pair)."""
+        """Copy the float32 weights into the bf16 copy (one foreach copy)."""
         torch._foreach_copy_(self._dst, self._src)
-
-    def film_tables(self, timesteps: torch.Tensor, global_cond: torch.Tensor) -> list[torch.Tensor]:
-        """The float32 U-Net's :meth:`ConditionalUnet1D.film_tables`."""
-        return self.unet.film_tables(timesteps, global_cond)
 
     def forward(
         self,
