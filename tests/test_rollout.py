@@ -123,6 +123,30 @@ def test_topp_execution_reports_planning(checkpoint_root: Path, tmp_path: Path) 
     assert mp["failure_rate"] == pytest.approx(result.planning_failures / result.planning_calls)
 
 
+def test_global_camera_renders_only_for_recorded_episodes(checkpoint_root: Path, tmp_path: Path) -> None:
+    """The global camera feeds no policy here, only videos: batches that record none pause it."""
+    from envs.tasks.base import GLOBAL_CAMERA
+    from rf_dp_agents.rollout.runner import EvalSession, checkpoint_paths
+
+    cfg = RolloutConfig(
+        task=TASK, checkpoint_dir=str(checkpoint_root), seed=3, record_video=True, video_episodes=1,
+        video_dir=str(tmp_path / "videos"), max_episode_steps=2, num_inference_steps=2,
+        output=str(tmp_path / "r.json"), progress=False,
+    )
+    session = EvalSession(cfg, checkpoint_paths(cfg, 2), num_envs=1)
+    try:
+        assert session.video_only_cameras == [GLOBAL_CAMERA]
+        (unrecorded,) = session.run_batch([4])  # seed 4 is past --video-episodes 1
+        assert unrecorded.video is None and session.env.unwrapped.paused_cameras == {GLOBAL_CAMERA}
+        (recorded,) = session.run_batch([3])
+        assert recorded.video is not None and session.env.unwrapped.paused_cameras == frozenset()
+    finally:
+        session.close()
+    frame = imageio.get_reader(recorded.video).get_data(0)
+    assert frame.shape[1] >= 3 * IMAGE_HW[1]  # the global camera is in the video
+    assert unrecorded.steps == recorded.steps == 2
+
+
 def test_worker_processes_run_every_seed(checkpoint_root: Path, tmp_path: Path) -> None:
     from rf_dp_agents.rollout.runner import run_rollout
 

@@ -139,6 +139,32 @@ def test_each_agent_camera_looks_at_its_own_arm(task_env):
         assert int(torch.argmin(torch.stack(angles))) == i
 
 
+def test_paused_cameras_leave_the_observation_and_come_back():
+    env = make("LiftBarrier-rf", robot_init_qpos_noise=0.0)
+    try:
+        u = env.unwrapped
+        full, _ = env.reset(seed=0)
+        assert set(full["sensor_data"]) == {"head_camera_agent0", "head_camera_agent1", "head_camera_global"}
+        assert u.pause_cameras(["head_camera_global"]) == {"head_camera_global"} == u.paused_cameras
+        paused, _ = env.reset(seed=0)
+        assert set(paused["sensor_data"]) == {"head_camera_agent0", "head_camera_agent1"}
+        for cam in paused["sensor_data"]:  # the cameras still rendered see the same scene
+            assert torch.equal(paused["sensor_data"][cam]["rgb"], full["sensor_data"][cam]["rgb"])
+        assert set(u._sensors) == set(full["sensor_data"])  # paused, not removed
+        assert u.pause_cameras([]) == frozenset()
+        resumed, _ = env.reset(seed=0)
+        assert torch.equal(resumed["sensor_data"]["head_camera_global"]["rgb"],
+                           full["sensor_data"]["head_camera_global"]["rgb"])
+        u.pause_cameras(["head_camera_global"])
+        stepped = env.step({f"panda-{i}": hold_action(1.0) for i in range(2)})[0]
+        assert set(stepped["sensor_data"]) == {"head_camera_agent0", "head_camera_agent1"}
+        with pytest.raises(ValueError, match=r"LiftBarrier-rf: no sensor camera \['head_camera_top'\]"):
+            u.pause_cameras(["head_camera_top"])
+        assert u.paused_cameras == {"head_camera_global"}  # a bad call changes nothing
+    finally:
+        env.close()
+
+
 def test_wrong_number_of_robots_is_rejected():
     with pytest.raises(ValueError, match="places 2 arm"):
         gym.make("LiftBarrier-rf", robot_uids=("panda",))

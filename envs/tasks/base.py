@@ -52,6 +52,8 @@ PANDA_INIT_QPOS = np.array(
 CAMERA_FOV = math.pi / 2
 """Field of view of every task camera (RoboFactory's value)."""
 
+GLOBAL_CAMERA = "head_camera_global"
+"""The scene-wide sensor camera every task has besides one per arm."""
 DEFAULT_CAMERA_WIDTH = 320
 DEFAULT_CAMERA_HEIGHT = 240
 
@@ -211,7 +213,7 @@ class RFTableTaskEnv(BaseEnv):
             for i in range(self.num_arms)
         ]
         global_pose = sapien_utils.look_at(eye=list(self.global_camera_eye), target=list(self.global_camera_target))
-        cams.append(CameraConfig("head_camera_global", global_pose, w, h, CAMERA_FOV, 0.01, 10))
+        cams.append(CameraConfig(GLOBAL_CAMERA, global_pose, w, h, CAMERA_FOV, 0.01, 10))
         return cams
 
     @property
@@ -303,6 +305,39 @@ class RFTableTaskEnv(BaseEnv):
     def task_actors(self) -> dict[str, Actor]:
         """Actors whose poses appear in state observations, by name."""
         return {}
+
+    @property
+    def paused_cameras(self) -> frozenset[str]:
+        """Sensor cameras left out of observations (:meth:`pause_cameras`)."""
+        return getattr(self, "_paused_cameras", frozenset())
+
+    def pause_cameras(self, names: Sequence[str] = ()) -> frozenset[str]:
+        """Stop rendering the sensor cameras ``names`` (an empty list resumes them all) and return the set now
+        paused. Their entries leave ``obs["sensor_data"]`` from the next observation on: a camera nobody reads
+        (the global view of an evaluation episode that records no video) then costs no render.
+
+        On the CPU backend each camera renders on its own, so a paused one is skipped; with GPU simulation the
+        cameras render as one batch and this is a no-op (nothing paused is returned).
+        """
+        names = frozenset(str(n) for n in names)
+        unknown = sorted(names - set(self._sensors))
+        if unknown:
+            raise ValueError(f"{self.spec.id if self.spec else type(self).__name__}: no sensor camera {unknown}; "
+                             f"its cameras are {sorted(self._sensors)}")
+        self._paused_cameras = frozenset() if self.gpu_sim_enabled else names
+        return self._paused_cameras
+
+    def _get_obs_sensor_data(self, apply_texture_transforms: bool = True) -> dict:
+        paused = self.paused_cameras
+        if not paused:
+            return super()._get_obs_sensor_data(apply_texture_transforms)
+        every = self._sensors
+        active = {uid: sensor for uid, sensor in every.items() if uid not in paused}
+        self._sensors = self.scene.sensors = active  # what capture and read-out iterate over
+        try:
+            return super()._get_obs_sensor_data(apply_texture_transforms)
+        finally:
+            self._sensors = self.scene.sensors = every
 
     def _get_obs_extra(self, info: dict) -> dict:
         obs: dict[str, torch.Tensor] = {}

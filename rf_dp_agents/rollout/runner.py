@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 import envs.tasks  # noqa: F401  (registers the -rf tasks)
 from envs.router import MultiAgentRouter, default_routes
+from envs.tasks.base import GLOBAL_CAMERA
 from rf_dp_agents.checkpoint import (
     CONFIG_NAME,
     epoch_checkpoint_dir,
@@ -57,7 +58,6 @@ from rf_dp_agents.rollout.video import EpisodeVideoWriter, compose_frame, episod
 
 PRIMARY_RULE = "success"
 """RoboFactory's success flag; other ``info`` flags named ``success_*`` (e.g. ``success_strict``) are reported too."""
-GLOBAL_CAMERA = "head_camera_global"
 
 
 def agent_camera(i: int) -> str:
@@ -240,12 +240,20 @@ class EvalSession:
         self.keys = list(self.router.agent_keys)
         self.rules = success_rules(self.env.unwrapped.evaluate())
         self.cameras = [GLOBAL_CAMERA] + [agent_camera(i) for i in range(len(self.policies))]
+        read = {cam for plan in self.router.plans.values() for _, cam in plan.camera_map}
+        self.video_only_cameras = [cam for cam in self.cameras if cam not in read]
+        """Cameras only videos show: paused in batches that record none (CPU backend)."""
 
     def _frame(self, obs: dict, b: int, step: int, track: _Track) -> np.ndarray:
         sensors = obs["sensor_data"]
         images = {cam: _np(sensors[cam]["rgb"][b]) for cam in self.cameras if cam in sensors}
         status = {rule: track.first[rule] is not None for rule in self.rules}
         return compose_frame(images, step, self.max_steps, status)
+
+    def _records(self, seed: int) -> bool:
+        """Whether the episode of ``seed`` is recorded (``--record-video``, within ``--video-episodes``)."""
+        limit = self.cfg.video_episodes
+        return self.cfg.record_video and (limit is None or seed - self.cfg.seed < limit)
 
     def run_batch(self, seeds: Sequence[int]) -> list[EpisodeResult]:
         """Run one episode in each env of the batch, env b seeded ``seeds[b]`` (fewer seeds than envs: the rest idle)."""
@@ -254,13 +262,14 @@ class EvalSession:
             raise ValueError(f"run_batch needs 1..{n} seeds, got {len(seeds)}")
         padded = list(seeds) + [int(seeds[-1]) + 1 + k for k in range(n - len(seeds))]
         started = time.perf_counter()
+        recorded = [self._records(int(s)) for s in seeds]
+        if hasattr(self.env.unwrapped, "pause_cameras"):
+            self.env.unwrapped.pause_cameras([] if any(recorded) else self.video_only_cameras)
         obs, _ = self.env.reset(seed=padded if n > 1 else padded[0])
         self.execution.begin_episode(n)
         tracks = [_Track(seed=int(s), first={r: None for r in self.rules}) for s in padded]
         for b, track in enumerate(tracks[: len(seeds)]):
-            if self.cfg.record_video and (
-                self.cfg.video_episodes is None or track.seed - self.cfg.seed < self.cfg.video_episodes
-            ):
+            if recorded[b]:
                 track.writer = EpisodeVideoWriter(episode_video_path(self.cfg.video_dir, self.cfg.task, track.seed))
                 track.writer.append(self._frame(obs, b, 0, track))
         for track in tracks[len(seeds):]:
