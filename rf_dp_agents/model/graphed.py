@@ -70,11 +70,7 @@ class Bf16Unet(nn.Module):
         film: Sequence[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """Same contract as :meth:`ConditionalUnet1D.forward`; float32 in and out."""
-        if film is None:
-            if not isinstance(timestep, torch.Tensor):
-                timestep = torch.tensor([timestep], device=sample.device)
-            cond = self.unet.condition(timestep, global_cond)
-            film = [block.cond_encoder(cond) for block in self.unet.residual_blocks()]
+        film = self.unet.step_film(timestep, global_cond) if film is None else film
         films = [f.to(torch.bfloat16) for f in film]
         return self.bf16_net(sample.to(torch.bfloat16), timestep, global_cond.to(torch.bfloat16), film=films).float()
 

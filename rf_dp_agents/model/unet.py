@@ -219,6 +219,14 @@ class ConditionalUnet1D(nn.Module):
         timestep = timestep.to(global_cond.device).reshape(-1).expand(batch)
         return torch.cat([self.diffusion_step_encoder(timestep), global_cond], dim=-1)
 
+    def step_film(self, timestep: torch.Tensor | int, global_cond: torch.Tensor) -> list[torch.Tensor]:
+        """Every residual block's FiLM parameters ``(B, 2 * channels)`` for one step (a scalar or (B,)
+        ``timestep``), in :meth:`residual_blocks` order: what :meth:`forward` computes when given no ``film``."""
+        if not isinstance(timestep, torch.Tensor):
+            timestep = torch.tensor([timestep], device=global_cond.device)
+        cond = self.condition(timestep, global_cond)
+        return [block.cond_encoder(cond) for block in self.residual_blocks()]
+
     def film_tables(self, timesteps: torch.Tensor, global_cond: torch.Tensor) -> list[torch.Tensor]:
         """Every residual block's FiLM parameters for every step of a sampling loop, one batched matrix
         multiply per block: a list (in :meth:`residual_blocks` order) of ``(S, B, 2 * channels)`` tensors for
@@ -244,28 +252,24 @@ class ConditionalUnet1D(nn.Module):
         ``film``: one ``(B, 2 * channels)`` tensor per residual block (a step's rows of :meth:`film_tables`);
         it replaces the conditioning computed from ``timestep`` and ``global_cond``.
         """
-        cond = None
         if film is None:
-            if not isinstance(timestep, torch.Tensor):
-                timestep = torch.tensor([timestep], device=sample.device)
-            cond = self.condition(timestep, global_cond)
-            film = [None] * self.num_residual_blocks
+            film = self.step_film(timestep, global_cond)
         elif len(film) != self.num_residual_blocks:
             raise ValueError(f"film needs one tensor per residual block ({self.num_residual_blocks}), got {len(film)}")
         films = iter(film)
         x = sample.transpose(1, 2)
         skips = []
         for res1, res2, down in self.down_modules:
-            x = res1(x, cond, next(films))
-            x = res2(x, cond, next(films))
+            x = res1(x, None, next(films))
+            x = res2(x, None, next(films))
             skips.append(x)
             x = down(x)
         for mid in self.mid_modules:
-            x = mid(x, cond, next(films))
+            x = mid(x, None, next(films))
         for res1, res2, up in self.up_modules:
             x = torch.cat((x, skips.pop()), dim=1)
-            x = res1(x, cond, next(films))
-            x = up(res2(x, cond, next(films)))
+            x = res1(x, None, next(films))
+            x = up(res2(x, None, next(films)))
         return self.final_conv(x).transpose(1, 2)
 
 
