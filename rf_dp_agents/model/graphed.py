@@ -67,7 +67,7 @@ class Bf16Unet(nn.Module):
         sample: torch.Tensor,
         timestep: torch.Tensor | int,
         global_cond: torch.Tensor,
-        film: Sequence[torch.Tensor | None] | None = None,
+        film: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Same contract as :meth:`ConditionalUnet1D.forward`; float32 in and out."""
         film = self.unet.step_film(timestep, global_cond) if film is None else film

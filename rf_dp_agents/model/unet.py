@@ -245,7 +245,7 @@ class ConditionalUnet1D(nn.Module):
         sample: torch.Tensor,
         timestep: torch.Tensor | int,
         global_cond: torch.Tensor,
-        film: Sequence[torch.Tensor | None] | None = None,
+        film: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``sample`` (B, T, A), ``timestep`` scalar or (B,), ``global_cond`` (B, G) -> (B, T, A).
 
