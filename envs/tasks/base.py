@@ -152,6 +152,8 @@ class RFTableTaskEnv(BaseEnv):
     """Position of the 512x512 ``render_camera`` (``render_mode="rgb_array"``, videos, README pictures)."""
     render_camera_target: tuple[float, float, float] = (-0.15, 0.0, 0.05)
     render_camera_fov: float = 1.0
+    init_qpos: np.ndarray = PANDA_INIT_QPOS
+    """Start configuration (7 arm joints + 2 fingers) of every arm; see :meth:`arm_init_qpos`."""
 
     def __init__(
         self,
@@ -252,14 +254,19 @@ class RFTableTaskEnv(BaseEnv):
 
     def _initialize_arms(self, env_idx: torch.Tensor) -> None:
         b = len(env_idx)
-        for placement, arm in zip(self.arm_placements, self.arms):
-            noise = self.sample_normal(env_idx, 0.0, self.robot_init_qpos_noise, len(PANDA_INIT_QPOS))
-            qpos = torch.as_tensor(PANDA_INIT_QPOS, device=self.device) + noise
+        for i, (placement, arm) in enumerate(zip(self.arm_placements, self.arms)):
+            init = np.asarray(self.arm_init_qpos(i), dtype=np.float32)
+            noise = self.sample_normal(env_idx, 0.0, self.robot_init_qpos_noise, len(init))
+            qpos = torch.as_tensor(init, device=self.device) + noise
             qpos[:, -2:] = 0.04
             arm.reset(qpos)
             p = torch.tensor([[placement.x, placement.y, 0.0]], device=self.device).repeat(b, 1)
             q = torch.as_tensor(placement.quat, dtype=torch.float32, device=self.device)[None].repeat(b, 1)
             arm.robot.set_pose(Pose.create_from_pq(p=p, q=q))
+
+    def arm_init_qpos(self, i: int) -> np.ndarray:
+        """Start configuration (9,) of arm ``i`` before noise: :attr:`init_qpos` (override for per-arm poses)."""
+        return self.init_qpos
 
     def _initialize_objects(self, env_idx: torch.Tensor, options: dict) -> None:
         """Place the task's actors for the envs in ``env_idx`` using :meth:`sample_uniform`."""
