@@ -7,8 +7,11 @@
 # More knobs: DEMOS_FROM (render these state-only demos, e.g. from generate_data.py --no-render, instead of
 # planning), TRAIN_MINUTES (wall-clock budget per agent), TRAIN_PARALLEL=1 (train the agents side by side),
 # SAMPLERS ("ddpm:100 ddpm:10": one rollout per sampler:steps; default: the policies' own), VIDEOS (record the
-# first N episodes; default all), NUM_ENVS (env worker processes of the rollout), CAMERAS (cameras recorded in the
-# demos, e.g. "head_camera_agent0 head_camera_agent1"; default all of the task's).
+# first N episodes; default all), NUM_ENVS (env worker processes of each rollout), ROLLOUT_PARALLEL=1 (the samplers'
+# rollouts side by side, each with NUM_ENVS workers, logs in OUT_DIR/rollout_<name>.log), CAMERAS (cameras recorded
+# in the demos, e.g. "head_camera_agent0 head_camera_agent1"; default all of the task's), ROLLOUT_ARGS (more
+# rollout.py options, e.g. "--no-compile-graphs").
+# Each stage prints its wall time when it ends, and a summary of all of them closes the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -24,6 +27,15 @@ EPISODES=${EPISODES:-100}
 SEED=${EVAL_SEED:-1000}
 ENVS=${NUM_ENVS:-1}
 OUT=${OUT_DIR:-runs/$TASK}
+RUN_START=$SECONDS STAGE_START=$SECONDS STAGE_NAME="" TIMINGS=()
+stage() {  # stage "<name>": closes the running stage (printing its wall time) and starts the next
+  local now=$SECONDS
+  if [ -n "$STAGE_NAME" ]; then
+    TIMINGS+=("$(printf '%-10s %4d s' "$STAGE_NAME" $((now - STAGE_START)))")
+    echo "   ($STAGE_NAME: $((now - STAGE_START)) s, $((now - RUN_START)) s since the start)"
+  fi
+  STAGE_NAME=$1 STAGE_START=$now
+}
 STEP_CAP=()
 [ -n "${MAX_STEPS:-}" ] && STEP_CAP=(--max-episode-steps "$MAX_STEPS")
 TRAIN_EXTRA=()
@@ -32,6 +44,7 @@ VIDEO_CAP=()
 [ -n "${VIDEOS:-}" ] && VIDEO_CAP=(--video-episodes "$VIDEOS")
 DEMO_SOURCE=()
 [ -n "${CAMERAS:-}" ] && DEMO_SOURCE=(--cameras $CAMERAS)
+stage demos
 if [ -n "${DEMOS_FROM:-}" ]; then
   DEMO_SOURCE+=(--replay-from "$DEMOS_FROM")
   echo "== 1/5 demos: rendering the episodes of $DEMOS_FROM at ${W}x${H}, $PROCS processes"
@@ -41,8 +54,10 @@ fi
 rm -rf "$OUT/demos"
 $PY scripts/generate_data.py --task "$TASK" --num "$NUM" --num-procs "$PROCS" --camera-width "$W" \
   --camera-height "$H" --out "$OUT/demos" "${DEMO_SOURCE[@]}"
+stage convert
 echo "== 2/5 convert: one zarr per agent"
 $PY scripts/convert_to_zarr.py --task "$TASK" --all-agents --demos "$OUT/demos" --out "$OUT/zarr" --overwrite
+stage train
 echo "== 3/5 train: every agent, preset $PRESET, $EPOCHS epochs${TRAIN_MINUTES:+, at most $TRAIN_MINUTES minutes each}"
 rm -rf "$OUT/checkpoints"
 if [ "${TRAIN_PARALLEL:-0}" = 1 ]; then
@@ -59,19 +74,37 @@ else
   $PY scripts/train.py --task "$TASK" --all-agents --preset "$PRESET" --epochs "$EPOCHS" --data-root "$OUT/zarr" \
     --output-dir "$OUT/checkpoints" "${TRAIN_EXTRA[@]}"
 fi
+stage offline
 echo "== 4/5 offline action error per sampler, agent 0's held-out episodes"
 $PY scripts/offline_eval.py "$OUT/checkpoints/${TASK}_Agent0" --samplers ddpm:100 ddpm:10 ddim:10 --max-windows 256 \
   --output "$OUT/offline_eval.json"
-echo "== 5/5 rollout: $EPISODES episodes from seed $SEED, with video"
+stage rollout
+side=""; [ "${ROLLOUT_PARALLEL:-0}" = 1 ] && side=", the samplers side by side"
+echo "== 5/5 rollout: $EPISODES episodes from seed $SEED, with video$side"
+pids=()
 for sampler in ${SAMPLERS:-own}; do
   name=results; args=(); videos=$OUT/videos
   if [ "$sampler" != own ]; then
     name=results_${sampler/:/}; args=(--sampler "${sampler%%:*}" --num-inference-steps "${sampler##*:}")
     videos=$OUT/videos_$name
   fi
-  $PY scripts/rollout.py --task "$TASK" --checkpoint-dir "$OUT/checkpoints" --num-episodes "$EPISODES" --seed "$SEED" \
-    --num-envs "$ENVS" "${STEP_CAP[@]}" "${args[@]}" --record-video "${VIDEO_CAP[@]}" --video-dir "$videos" \
-    --output "$OUT/$name.json"
+  cmd=($PY scripts/rollout.py --task "$TASK" --checkpoint-dir "$OUT/checkpoints" --num-episodes "$EPISODES" \
+    --seed "$SEED" --num-envs "$ENVS" "${STEP_CAP[@]}" "${args[@]}" --record-video "${VIDEO_CAP[@]}" \
+    --video-dir "$videos" --output "$OUT/$name.json" ${ROLLOUT_ARGS:-})
+  if [ "${ROLLOUT_PARALLEL:-0}" = 1 ]; then
+    "${cmd[@]}" > "$OUT/rollout_$name.log" 2>&1 &
+    pids+=($!)
+  else
+    "${cmd[@]}"
+  fi
 done
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+[ "${#pids[@]}" -gt 0 ] && tail -n 4 "$OUT"/rollout_*.log
+[ "$failed" = 0 ] || { echo "a rollout failed: see $OUT/rollout_*.log" >&2; exit 1; }
+stage ""
+echo "== wall time per stage"
+printf '   %s\n' "${TIMINGS[@]}"
+printf '   %-10s %4d s\n' total $((SECONDS - RUN_START))
 echo "results: $(ls "$OUT"/results*.json | tr '\n' ' ')$OUT/offline_eval.json"
 ls "$OUT"/videos*/"$TASK"/*.mp4

@@ -10,8 +10,9 @@ up where arm i+1 left it and puts it down on the next pad (``panda-0`` on the go
 reaches 0.3-0.5 m to its sides, well inside the Panda's reach.
 
 ``success``: the cube's centre within the goal radius (xy), resting on the table (z < 0.03 m), released
-and static. ``info`` also has ``stage``: how many relay pads (counted from ``panda-3``'s end) the cube has
-passed, a progress measure for partial credit.
+and static. ``success_robofactory`` is the placement alone (on the goal, on the table), as RoboFactory's
+rules test it: a cube still held counts. ``info`` also has ``stage``: how many relay pads (counted from
+``panda-3``'s end) the cube has passed, a progress measure for partial credit.
 
 Episode cap: 1500 control steps (RoboFactory's).
 """
@@ -91,4 +92,5 @@ class LongPipelineDeliveryEnv(RFTableTaskEnv):
             "cube_released": released,
             "stage": stage,
             "success": in_goal & on_table & released & static,
+            "success_robofactory": in_goal & on_table,
         }

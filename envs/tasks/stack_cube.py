@@ -6,8 +6,8 @@ x in [-0.22, -0.12], y in [-0.10, 0.00]; B (magenta) at x in [-0.05, 0.05], y in
 
 ``success``: A is on B (RoboFactory's test: centres within a half diagonal + 5 mm in xy and one edge
 +- 5 mm apart in z), A is static and no longer grasped (RoboFactory counts A on B alone; we also require
-the release, so a policy that hovers holding the cube does not score). ``is_cubeA_on_cubeB`` in ``info``
-is RoboFactory's own rule.
+the release, so a policy that hovers holding the cube does not score). ``success_robofactory`` (the same
+flag as ``is_cubeA_on_cubeB``) is RoboFactory's own rule, reported beside ``success`` by rollouts.
 
 Episode cap: 400 control steps (motion-planned demos take about 215).
 """
@@ -64,4 +64,5 @@ class StackCubeEnv(RFTableTaskEnv):
             "is_cubeA_static": static,
             "is_cubeA_grasped": ~released,
             "success": on_top & static & released,
+            "success_robofactory": on_top,
         }

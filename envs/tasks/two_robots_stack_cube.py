@@ -8,7 +8,8 @@ stacks B on A; an arm waiting its turn should move clear of the goal (both rest 
 from the centre line).
 
 ``success``: A's centre within the goal radius (xy), B on A (RoboFactory's cube-on-cube test), neither
-cube grasped by any arm, both static.
+cube grasped by any arm, both static. ``success_robofactory`` is the placement alone (A on the goal, B on A),
+as RoboFactory's rules test it: a tower still held counts.
 
 Episode cap: 600 control steps (motion-planned demos take about 350).
 """
@@ -64,7 +65,12 @@ class StackOnGoalEnv(RFTableTaskEnv):
             success &= info[f"is_{upper}_on_{lower}"]
         released = is_released(self.arms, list(self.cubes.values()))
         static = torch.stack([is_static(c) for c in self.cubes.values()]).all(dim=0)
-        info.update(cubes_released=released, cubes_static=static, success=success & released & static)
+        info.update(
+            cubes_released=released,
+            cubes_static=static,
+            success=success & released & static,
+            success_robofactory=success,
+        )
         return info
 
 
