@@ -36,7 +36,17 @@ def test_round_trip_and_range(mode):
         else:
             varying = [i for i in range(8) if not (key == "state" and i == 5)]
             torch.testing.assert_close(flat[:, varying].mean(0), torch.zeros(len(varying)), atol=1e-4, rtol=0)
+            torch.testing.assert_close(flat[:, varying].std(0, unbiased=False), torch.ones(len(varying)))
     assert torch.all(norm.normalize("state", torch.from_numpy(d["state"]))[..., 5] == 0)
+
+
+def test_gaussian_mode_known_values():
+    """Mean 2 and (population) std 1 per dimension: 1 and 3 map to -1 and 1; a constant dimension maps to 0."""
+    x = np.array([[1.0, 10.0, 7.0], [3.0, 30.0, 7.0]], np.float32)
+    norm = Normalizer.fit({"state": x}, mode="gaussian")
+    y = norm.normalize("state", torch.from_numpy(x))
+    torch.testing.assert_close(y, torch.tensor([[-1.0, -1.0, 0.0], [1.0, 1.0, 0.0]]))
+    torch.testing.assert_close(norm.normalize("state", torch.tensor([2.0, 40.0, 8.0])), torch.tensor([0.0, 2.0, 1.0]))
 
 
 def test_serialises_with_safetensors(tmp_path):
