@@ -128,16 +128,27 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
     file = ckpt / CONFIG_NAME
     try:
         doc = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{file}: not valid JSON ({err})") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{file}: expected a JSON object, got {type(doc).__name__}")
     version = doc.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise ValueError(f"{file}: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
     for key in ("model", "normalizer"):
         if not isinstance(doc.get(key), dict):
             raise ValueError(f"{file}: key {key!r} must be a JSON object")
+    try:
+        ModelConfig.from_dict(doc["model"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{file}: key 'model': {err}") from None
+    for name, dim in doc["normalizer"].items():
+        if not name or "." in name:
+            raise ValueError(f"{file}: key 'normalizer': entry {name!r} must be a non-empty name without '.'")
+        if type(dim) is not int or dim <= 0:
+            raise ValueError(
+                f"{file}: key 'normalizer.{name}' must be a positive integer (the dimension), got {dim!r}"
+            )
     return doc
 
 
@@ -174,9 +185,12 @@ def load_checkpoint(
 
     ckpt = resolve_checkpoint_dir(path)
     doc = read_checkpoint_config(ckpt)
-    config = ModelConfig.from_dict(doc["model"])
+    config = ModelConfig.from_dict(doc["model"])  # checked by read_checkpoint_config
     normalizer = Normalizer({str(k): int(v) for k, v in doc["normalizer"].items()})
-    model = DiffusionPolicy(config, normalizer)
+    try:
+        model = DiffusionPolicy(config, normalizer)
+    except ValueError as err:  # e.g. a normalizer dimension that disagrees with the model config
+        raise ValueError(f"{ckpt / CONFIG_NAME}: {err}") from None
     file = ckpt / WEIGHTS_NAME
     try:
         tensors = load_file(str(file))

@@ -7,10 +7,44 @@ checkpoint's ``config.json`` is enough to rebuild the model without running any 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 Sampler = Literal["ddpm", "ddim", "dpmsolver"]
+
+_INT_FIELDS = (
+    "obs_horizon", "action_horizon", "pred_horizon", "action_dim", "state_dim", "kernel_size", "n_groups",
+    "diffusion_step_embed_dim", "num_train_timesteps", "num_inference_steps",
+)
+_STR_FIELDS = ("state_key", "beta_schedule", "prediction_type", "sampler")
+_BOOL_FIELDS = ("share_encoder", "clip_sample")
+
+
+def _typed_int(owner: str, name: str, value: Any) -> int:
+    """``value`` as an int; anything but an integer (a bool, a float, a string) is an error naming the field."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{owner}.{name} must be an integer, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def _typed_ints(owner: str, name: str, value: Any) -> tuple[int, ...]:
+    """``value`` as a tuple of ints; a string, a scalar or a non-integer entry is an error naming the field."""
+    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{owner}.{name} must be a list of integers, got {value!r} ({type(value).__name__})")
+    return tuple(_typed_int(owner, f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
+def _typed_str(owner: str, name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{owner}.{name} must be a string, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _typed_bool(owner: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be true or false, got {value!r} ({type(value).__name__})")
+    return value
 
 
 @dataclass
@@ -59,11 +93,22 @@ class ModelConfig:
     """Denoising steps at inference (DDPM uses at most num_train_timesteps)."""
 
     def __post_init__(self) -> None:
-        self.image_shape = tuple(int(v) for v in self.image_shape)  # type: ignore[assignment]
-        self.down_dims = tuple(int(v) for v in self.down_dims)
-        self.camera_keys = tuple(str(k) for k in self.camera_keys)
+        owner = "ModelConfig"
+        for name in _INT_FIELDS:
+            setattr(self, name, _typed_int(owner, name, getattr(self, name)))
+        for name in _STR_FIELDS:
+            _typed_str(owner, name, getattr(self, name))
+        for name in _BOOL_FIELDS:
+            _typed_bool(owner, name, getattr(self, name))
+        self.image_shape = _typed_ints(owner, "image_shape", self.image_shape)  # type: ignore[assignment]
+        self.down_dims = _typed_ints(owner, "down_dims", self.down_dims)
+        if isinstance(self.camera_keys, str) or not hasattr(self.camera_keys, "__iter__"):
+            raise ValueError(f"ModelConfig.camera_keys must be a list of strings, got {self.camera_keys!r}")
+        self.camera_keys = tuple(_typed_str(owner, f"camera_keys[{i}]", k) for i, k in enumerate(self.camera_keys))
         if self.crop_shape is not None:
-            self.crop_shape = tuple(int(v) for v in self.crop_shape)  # type: ignore[assignment]
+            self.crop_shape = _typed_ints(owner, "crop_shape", self.crop_shape)  # type: ignore[assignment]
+        if self.prediction_type not in ("epsilon", "sample"):
+            raise ValueError(f"ModelConfig.prediction_type must be 'epsilon' or 'sample', got {self.prediction_type!r}")
         positive = {
             "obs_horizon": self.obs_horizon,
             "action_horizon": self.action_horizon,
@@ -117,8 +162,10 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        """Rebuild from :meth:`to_dict` output; unknown keys are an error naming them."""
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelConfig":
+        """Rebuild from :meth:`to_dict` output; unknown keys and values of the wrong type are an error naming them."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a ModelConfig must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:

@@ -145,26 +145,40 @@ def test_config_that_does_not_match_the_weights_fails_loudly(saved):
     ("edit", "message"),
     [
         (lambda doc: doc.update(format_version=99), "format_version 99 is not supported"),
-        (lambda doc: doc["model"].update(bogus=1), r"unknown ModelConfig keys: \['bogus'\]"),
-        (lambda doc: doc["model"].update(pred_horizon=10), "pred_horizon"),
+        (lambda doc: doc.update(format_version=True), "format_version True is not supported"),
+        (lambda doc: doc["model"].update(bogus=1), r"key 'model': unknown ModelConfig keys: \['bogus'\]"),
+        (lambda doc: doc["model"].update(pred_horizon=10), "key 'model': ModelConfig.pred_horizon"),
+        (lambda doc: doc["model"].update(obs_horizon="two"), r"ModelConfig.obs_horizon must be an integer, got 'two' \(str\)"),
+        (lambda doc: doc["model"].update(num_inference_steps=2.5), "ModelConfig.num_inference_steps must be an integer"),
+        (lambda doc: doc["model"].update(down_dims=[32, "64"]), r"ModelConfig.down_dims\[1\] must be an integer"),
+        (lambda doc: doc["model"].update(image_shape="3x32x32"), "ModelConfig.image_shape must be a list of integers"),
+        (lambda doc: doc["model"].update(clip_sample="yes"), "ModelConfig.clip_sample must be true or false"),
+        (lambda doc: doc["model"].update(camera_keys="img"), "ModelConfig.camera_keys must be a list of strings"),
+        (lambda doc: doc["model"].update(sampler=3), "ModelConfig.sampler must be a string"),
         (lambda doc: doc.pop("normalizer"), "'normalizer' must be a JSON object"),
+        (lambda doc: doc["normalizer"].update(state="eight"), "key 'normalizer.state' must be a positive integer"),
+        (lambda doc: doc["normalizer"].update(state=9), "normalizer key 'state' has dimension 9"),
     ],
 )
-def test_bad_config_json_fails_loudly(saved, edit, message):
+def test_bad_config_json_fails_loudly_naming_the_file(saved, edit, message):
     doc = json.loads((saved / CONFIG_NAME).read_text())
     edit(doc)
     (saved / CONFIG_NAME).write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as info:
         load_policy(saved, device="cpu")
+    assert str(saved / CONFIG_NAME) in str(info.value)
 
 
 def test_corrupt_files_fail_loudly(saved):
-    (saved / WEIGHTS_NAME).write_bytes(b"not safetensors")
-    with pytest.raises(ValueError, match="cannot read safetensors"):
-        load_policy(saved, device="cpu")
-    (saved / CONFIG_NAME).write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        load_policy(saved, device="cpu")
+    whole = (saved / WEIGHTS_NAME).read_bytes()
+    for damaged in (b"not safetensors", b"", whole[: len(whole) // 2]):
+        (saved / WEIGHTS_NAME).write_bytes(damaged)
+        with pytest.raises(ValueError, match=f"{saved / WEIGHTS_NAME}: cannot read safetensors"):
+            load_policy(saved, device="cpu")
+    for damaged in (b"{not json", b"", b"\xff\xfe binary"):
+        (saved / CONFIG_NAME).write_bytes(damaged)
+        with pytest.raises(ValueError, match=f"{saved / CONFIG_NAME}: not valid JSON"):
+            load_policy(saved, device="cpu")
 
 
 class _Trap:

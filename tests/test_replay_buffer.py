@@ -151,3 +151,64 @@ def test_empty_dataset(tmp_path):
     root.create_group("meta").create_array("episode_ends", shape=(0,), dtype=np.int64, chunks=(1,))
     with pytest.raises(DatasetError, match="empty"):
         ReplayBuffer.open(path)
+
+
+def _chunk_files(array_dir: Path) -> list[Path]:
+    """The chunk files of one array directory (format 2 ``0.0`` or format 3 ``c/0/0``), in row order."""
+    files = [f for f in array_dir.rglob("*") if f.is_file() and f.name not in (".zarray", ".zattrs", "zarr.json")]
+    return sorted(files, key=lambda f: int(f.relative_to(array_dir).as_posix().replace("c/", "").split("/")[0].split(".")[0]))
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_truncated_chunk_names_file_array_and_chunk(tmp_path, fmt, in_memory):
+    eps = make_episodes([150, 100])
+    arrays = {k: np.concatenate([e[k] for e in eps]) for k in eps[0]}
+    path = tmp_path / "t.zarr"
+    if fmt == 2:
+        write_raw_format2(path, arrays, [150, 250], image_name="img")  # chunks of 100 steps: 0.0, 1.0, 2.0
+        chunk, coords, steps = path / "data" / "action" / "1.0", r"\(1, 0\)", "steps 100..199"
+    else:
+        with ZarrWriter(path, zarr_format=3) as writer:
+            for ep in eps:
+                writer.add_episode(ep)
+        files = _chunk_files(path / "data" / "action")
+        chunk, coords, steps = files[-1], rf"\({len(files) - 1}, 0\)", ""
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    message = rf"{path}: array data/action: chunk {coords} \({chunk}, {steps}.*cannot be decoded"
+    with pytest.raises(DatasetError, match=message):
+        buf = ReplayBuffer.open(path, in_memory=in_memory)
+        buf.get_episode(1)  # lazy arrays are read here
+    if not in_memory:  # the intact episode still reads
+        buf = ReplayBuffer.open(path, in_memory=False)
+        np.testing.assert_array_equal(buf["state"][:10], arrays["state"][:10])
+
+
+def test_truncated_chunk_inside_a_zip_store(tmp_path):
+    eps = make_episodes([150, 100])
+    arrays = {k: np.concatenate([e[k] for e in eps]) for k in eps[0]}
+    path = tmp_path / "d.zarr"
+    write_raw_format2(path, arrays, [150, 250], image_name="img")
+    chunk = path / "data" / "state" / "2.0"
+    chunk.write_bytes(chunk.read_bytes()[:9])
+    zpath = tmp_path / "d.zarr.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in path.rglob("*"):
+            if f.is_file():
+                zf.write(f, f.relative_to(path).as_posix())
+    with pytest.raises(DatasetError, match=rf"array data/state: chunk \(2, 0\) \(data/state/2.0 inside {zpath}"):
+        ReplayBuffer.open(zpath)
+
+
+@pytest.mark.parametrize(
+    "member, text",
+    [("data/action/.zarray", "{oops"), ("data/action/.zarray", '{"zarr_format": 2, "shape": "ten"}'),
+     ("data/.zgroup", "[]"), ("meta/episode_ends/.zarray", ""), (".zgroup", "nope")],
+)
+def test_corrupt_metadata_names_the_file(tmp_path, member, text):
+    arrays = {k: np.concatenate([e[k] for e in make_episodes([4, 4])]) for k in ("img", "state", "action")}
+    path = _store_with(tmp_path, arrays, [4, 8])
+    (path / member).write_text(text)
+    with pytest.raises(DatasetError, match=member.replace(".", r"\.")) as info:
+        ReplayBuffer.open(path)
+    assert str(path) in str(info.value)

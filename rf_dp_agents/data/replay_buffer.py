@@ -7,8 +7,10 @@ the file, the key and what was expected.
 
 from __future__ import annotations
 
+import itertools
+import zipfile
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import zarr
@@ -35,7 +37,125 @@ def open_zarr_group(path: str | Path, mode: str = "r") -> zarr.Group:
     except DatasetError:
         raise
     except (zarr.errors.GroupNotFoundError, FileNotFoundError, KeyError, ValueError, OSError) as exc:
-        raise DatasetError(f"{path}: not a zarr store ({type(exc).__name__}: {exc})") from exc
+        found = [m for m in (".zgroup", "zarr.json") if (path / m).is_file()]
+        named = f" (its {found[0]} cannot be read)" if found else ""
+        raise DatasetError(f"{path}: not a zarr store{named} ({type(exc).__name__}: {exc})") from exc
+
+
+def _node(parent: zarr.Group, name: str, where: str) -> zarr.Group | zarr.Array | None:
+    """Member ``name`` of ``parent`` (None when absent); metadata that does not parse is a :class:`DatasetError`
+    naming the member."""
+    full = f"{parent.path}/{name}".strip("/")
+    try:
+        return parent[name] if name in _child_names(where, parent) else None
+    except Exception as exc:  # noqa: BLE001  (zarr raises JSONDecodeError, ValueError, TypeError, ... here)
+        own = set(_store_keys(where, full))
+        files = [f"{full}/{m}" for m in (".zarray", ".zgroup", "zarr.json") if m in own] or [f"{full}/"]
+        raise DatasetError(
+            f"{where}: the zarr metadata of {full} ({', '.join(files)}) cannot be read: the file is truncated or "
+            f"corrupt ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _store_keys(where: str, prefix: str) -> list[str]:
+    """Keys of the store at ``where`` (a directory or a zip file) under ``prefix``, relative to it."""
+    base = Path(where)
+    prefix = prefix.strip("/")
+    if base.is_file():
+        with zipfile.ZipFile(base) as zf:
+            head = f"{prefix}/" if prefix else ""
+            return [n[len(head):] for n in zf.namelist() if n.startswith(head) and not n.endswith("/")]
+    root = base / prefix
+    return [f.relative_to(root).as_posix() for f in root.rglob("*") if f.is_file()] if root.is_dir() else []
+
+
+def _child_names(where: str, group: zarr.Group) -> list[str]:
+    """Names of the members of ``group``, read from the store listing (no member metadata is parsed)."""
+    base = Path(where)
+    if base.is_file():
+        return sorted({key.split("/")[0] for key in _store_keys(where, group.path) if "/" in key})
+    folder = base / group.path
+    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+def _chunk_file(arr: zarr.Array, coords: tuple[int, ...], where: str) -> str:
+    """Where chunk ``coords`` of ``arr`` lives: a file of a directory store, or a member of a zip store."""
+    key = f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}"
+    return f"{key} inside {where}" if Path(where).is_file() else str(Path(where) / key)
+
+
+def _rows(selection: Any, n: int) -> range:
+    """The rows of axis 0 that ``selection`` touches (all rows unless it starts with a slice or an int)."""
+    first = selection[0] if isinstance(selection, tuple) and selection else selection
+    if isinstance(first, slice):
+        return range(*first.indices(n))
+    if isinstance(first, (int, np.integer)):
+        row = int(first) % n if n else 0
+        return range(row, row + 1)
+    return range(n)
+
+
+def _bad_chunk(arr: zarr.Array, selection: Any, where: str, exc: Exception) -> DatasetError:
+    """A :class:`DatasetError` naming the first chunk of ``arr`` under ``selection`` that fails to decode."""
+    rows = _rows(selection, int(arr.shape[0]) if arr.ndim else 0)
+    if arr.ndim and len(rows):
+        step = int(arr.chunks[0])
+        grid = [range(min(rows) // step, max(rows) // step + 1)] + [range(int(n)) for n in arr.cdata_shape[1:]]
+        for coords in itertools.product(*grid):
+            region = tuple(slice(c * s, (c + 1) * s) for c, s in zip(coords, arr.chunks))
+            try:
+                arr[region]
+            except Exception as chunk_exc:  # noqa: BLE001  (any codec failure means this chunk is bad)
+                lo, hi = region[0].start, min(region[0].stop, int(arr.shape[0]))
+                return DatasetError(
+                    f"{where}: array {arr.path}: chunk {coords} ({_chunk_file(arr, coords, where)}, steps "
+                    f"{lo}..{hi - 1}) cannot be decoded: the file is truncated or corrupt "
+                    f"({type(chunk_exc).__name__}: {chunk_exc})"
+                )
+    return DatasetError(f"{where}: array {arr.path} cannot be read ({type(exc).__name__}: {exc})")
+
+
+def read_array(arr: zarr.Array | np.ndarray, selection: Any = Ellipsis, where: str = "<memory>") -> np.ndarray:
+    """``arr[selection]`` as numpy; a chunk that does not decode is a :class:`DatasetError` naming the file
+    ``where``, the array and the chunk."""
+    if isinstance(arr, np.ndarray):
+        return arr[selection]
+    try:
+        return np.asarray(arr[selection])
+    except Exception as exc:  # noqa: BLE001  (codec errors come as RuntimeError, ValueError, ...)
+        raise _bad_chunk(arr, selection, where, exc) from exc
+
+
+class LazyArray:
+    """A zarr array read on indexing (``ReplayBuffer.open(in_memory=False)``); decoding errors name the chunk."""
+
+    def __init__(self, arr: zarr.Array, where: str) -> None:
+        self.array, self.where = arr, where
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the stored array."""
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Element type of the stored array."""
+        return self.array.dtype
+
+    @property
+    def ndim(self) -> int:
+        """Number of dimensions."""
+        return self.array.ndim
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        return read_array(self.array, selection, self.where)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
 
 
 def validate_episode_ends(ends: np.ndarray, n_steps: int, where: str) -> np.ndarray:
@@ -69,7 +189,7 @@ class ReplayBuffer:
     further cameras are arrays named ``img_<camera>`` (``img_head_camera_global``).
     """
 
-    def __init__(self, data: Mapping[str, np.ndarray | zarr.Array], episode_ends: np.ndarray, source: str = "<memory>"):
+    def __init__(self, data: Mapping[str, np.ndarray | LazyArray], episode_ends: np.ndarray, source: str = "<memory>"):
         self.source = source
         if not data:
             raise DatasetError(f"{source}: no arrays under data/")
@@ -98,12 +218,15 @@ class ReplayBuffer:
         """
         where = str(path)
         root = open_zarr_group(path)
-        if "data" not in root or not isinstance(root["data"], zarr.Group):
+        group = _node(root, "data", where)
+        if not isinstance(group, zarr.Group):
             raise DatasetError(f"{where}: missing group 'data' (expected data/<key> arrays)")
-        if "meta" not in root or "episode_ends" not in root["meta"]:
+        meta = _node(root, "meta", where)
+        ends_array = _node(meta, "episode_ends", where) if isinstance(meta, zarr.Group) else None
+        if not isinstance(ends_array, zarr.Array):
             raise DatasetError(f"{where}: missing array 'meta/episode_ends'")
-        group = root["data"]
-        stored = {name: arr for name, arr in group.arrays()}
+        members = {name: _node(group, name, where) for name in _child_names(where, group)}
+        stored = {name: arr for name, arr in members.items() if isinstance(arr, zarr.Array)}
         cam = image_key or next((k for k in IMAGE_KEYS if k in stored), None)
         if image_key is not None and image_key not in stored:
             raise DatasetError(f"{where}: missing array 'data/{image_key}' (has {sorted(stored)})")
@@ -113,16 +236,16 @@ class ReplayBuffer:
         if missing:
             names = [f"data/{k}" if k != "img" else "data/img (or data/head_camera)" for k in sorted(missing)]
             raise DatasetError(f"{where}: missing array {', '.join(names)} (has {sorted(stored)})")
-        arrays: dict[str, np.ndarray | zarr.Array] = {}
+        arrays: dict[str, np.ndarray | LazyArray] = {}
         for key in wanted:
             arr = stored[mapping[key]]
             _check_array(key, mapping[key], arr, where)
             if key.startswith("img") and arr.shape[-1] == 3 and arr.shape[1] != 3:
                 # (N, H, W, 3) on disk: loaded and exposed channel-first.
-                arrays[key] = np.ascontiguousarray(np.moveaxis(arr[...], -1, 1))
+                arrays[key] = np.ascontiguousarray(np.moveaxis(read_array(arr, ..., where), -1, 1))
             else:
-                arrays[key] = arr[...] if in_memory else arr
-        ends = root["meta"]["episode_ends"][...]
+                arrays[key] = read_array(arr, ..., where) if in_memory else LazyArray(arr, where)
+        ends = read_array(ends_array, ..., where)
         return cls(arrays, ends, source=where)
 
     @property
@@ -145,7 +268,7 @@ class ReplayBuffer:
         """Length of each episode, int64 (n_episodes,)."""
         return np.diff(np.concatenate([[0], self.episode_ends]))
 
-    def __getitem__(self, key: str) -> np.ndarray | zarr.Array:
+    def __getitem__(self, key: str) -> np.ndarray | LazyArray:
         if key not in self._data:
             raise KeyError(f"{self.source}: no array {key!r}; has {self.keys}")
         return self._data[key]
@@ -180,4 +303,4 @@ def _check_array(key: str, stored_name: str, arr: zarr.Array, where: str) -> Non
             )
 
 
-__all__ = ["ReplayBuffer", "open_zarr_group", "validate_episode_ends", "IMAGE_KEYS"]
+__all__ = ["IMAGE_KEYS", "LazyArray", "ReplayBuffer", "open_zarr_group", "read_array", "validate_episode_ends"]
