@@ -61,6 +61,59 @@ def quat_about_x(deg: float) -> tuple[float, float, float, float]:
     return (float(np.cos(h)), float(np.sin(h)), 0.0, 0.0)
 
 
+def arm_actions(env: gym.Env, targets: dict[int, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+    """The env action: arm i gets ``targets[i]`` (8-d), the other arms hold their initial pose, gripper open."""
+    n = env.unwrapped.num_arms
+    per_arm = [targets.get(i, hold_action(1.0)) for i in range(n)]
+    return per_arm[0] if n == 1 else {f"panda-{i}": a for i, a in enumerate(per_arm)}
+
+
+def step_for(env: gym.Env, action, steps: int) -> dict:
+    for _ in range(steps):
+        info = env.step(action)[4]
+    return info
+
+
+def put_cube_in_hand(env: gym.Env, arm_id: int, cube, center) -> np.ndarray:
+    """Set arm ``arm_id`` (mplib IK) so its TCP points straight down at ``center``, fingers touching the sides of
+    ``cube``, which is placed between them; return that arm's 8-d action holding it there.
+
+    The gripper command 0.1 (finger targets 2.5 mm inside the cube's faces) grasps it in ManiSkill's sense and
+    keeps it at rest; a full -1 squeeze makes PhysX report a jittering, non-static cube."""
+    import mplib
+
+    u = env.unwrapped
+    placement: ArmPlacement = u.arm_placements[arm_id]
+    planner = mplib.Planner(
+        urdf=Panda.urdf_path, srdf=Panda.urdf_path.replace(".urdf", ".srdf"), move_group="panda_hand_tcp"
+    )
+    planner.set_base_pose(np.concatenate([[placement.x, placement.y, 0.0], placement.quat]))
+    for closing in ((0.0, 1.0, 0.0), (1.0, 0.0, 0.0)):
+        goal = planner.transform_goal_to_wrt_base(top_down_grasp(center, closing))
+        status, solutions = planner.IK(goal, PANDA_INIT_QPOS.astype(np.float64), n_init_qpos=40)
+        if status == "Success":
+            break
+    else:
+        raise AssertionError(f"no top-down IK solution for arm {arm_id} at {center}")
+    q = np.asarray(solutions[0], dtype=np.float32).copy()
+    q[7:9] = CUBE_HALF_SIZE
+    arm = u.arms[arm_id]
+    arm.robot.set_qpos(torch.as_tensor(q)[None])
+    set_pose(cube, arm.tcp.pose.p[0].tolist())
+    return np.concatenate([q[:7], [0.1]]).astype(np.float32)
+
+
+def assert_success_only_once_released(env: gym.Env, arm_id: int, hold: np.ndarray, held_key: str) -> None:
+    """With the goal configuration built and arm ``arm_id`` holding its cube: no success until it lets go."""
+    info = step_for(env, arm_actions(env, {arm_id: hold}), 5)
+    assert bool(info[held_key].item()) == (held_key.endswith("grasped")), "the cube is not held"
+    assert not info["success"].item(), "success while an arm still holds the cube"
+    opened = hold.copy()
+    opened[7] = 1.0
+    info = step_for(env, arm_actions(env, {arm_id: opened}), 15)
+    assert bool(info[held_key].item()) != (held_key.endswith("grasped")) and info["success"].item()
+
+
 @pytest.fixture(scope="module", params=sorted(TASK_ARMS))
 def task_env(request):
     env = make(request.param, render_mode="rgb_array")
@@ -114,13 +167,29 @@ def test_same_seed_same_layout_different_seed_different(task_env):
     assert not torch.allclose(a, c, atol=1e-3)
 
 
+PLUS_X, PLUS_Y, MINUS_Y = (1.0, 0.0), (0.0, 1.0), (0.0, -1.0)
+FACING_PAIR = [((0.0, -0.75), PLUS_Y), ((0.0, 0.75), MINUS_Y)]
+DOCUMENTED_ARMS = {
+    "StackCube-rf": [((-0.615, 0.0), PLUS_X)],
+    "LiftBarrier-rf": FACING_PAIR,
+    "TwoRobotsStackCube-rf": FACING_PAIR,
+    "ThreeRobotsStackCube-rf": [*FACING_PAIR, ((-0.70, 0.0), PLUS_X)],
+    "LongPipelineDelivery-rf": [((-0.615, y), PLUS_X) for y in (-0.9, -0.3, 0.3, 0.9)],
+}
+"""Base (x, y) and heading of panda-0, panda-1, ... as the README, the design notes (RoboFactory's two-arm layout:
+panda-0 at (0, -0.75) facing +y, panda-1 at (0, 0.75) facing -y) and the task docstrings give them."""
+
+
 def test_arms_are_placed_as_documented(task_env):
-    _, env = task_env
+    task, env = task_env
     env.reset(seed=0)
-    u = env.unwrapped
-    for placement, arm in zip(u.arm_placements, u.arms):
-        p = arm.robot.pose.p[0]
-        assert torch.allclose(p, torch.tensor([placement.x, placement.y, 0.0]), atol=1e-5)
+    arms = env.unwrapped.arms
+    assert len(arms) == len(DOCUMENTED_ARMS[task])
+    for i, (arm, ((x, y), (fx, fy))) in enumerate(zip(arms, DOCUMENTED_ARMS[task])):
+        pose = arm.robot.pose
+        assert torch.allclose(pose.p[0], torch.tensor([x, y, 0.0]), atol=1e-5), f"{task} panda-{i}"
+        forward = pose.to_transformation_matrix()[0, :3, 0]  # the base's local +x: where the arm faces
+        assert torch.allclose(forward, torch.tensor([fx, fy, 0.0]), atol=1e-5), f"{task} panda-{i} faces {forward}"
 
 
 def test_each_agent_camera_looks_at_its_own_arm(task_env):
@@ -231,6 +300,14 @@ class TestLiftBarrierSuccess:
             _, _, _, _, info = env.step({"panda-0": hold_action(-1.0), "panda-1": hold_action(-1.0)})
         assert info["is_grasped_0"].item() and info["is_grasped_1"].item()
         assert info["success"].item() and info["success_strict"].item()
+        held = u.barrier.pose.p[0].tolist()
+        for tilt, level in ((9.5, True), (10.5, False)):  # the strict rule's 10-degree threshold, grasp unchanged
+            set_pose(u.barrier, held, quat_about_x(tilt))
+            info = u.evaluate()
+            assert u.bar_tilt_deg().item() == pytest.approx(tilt, abs=1e-3)
+            assert info["is_grasped_0"].item() and info["is_grasped_1"].item() and info["success"].item()
+            assert info["is_level"].item() == level and info["success_strict"].item() == level, tilt
+        set_pose(u.barrier, held)
         for _ in range(10):
             _, _, _, _, info = env.step({"panda-0": hold_action(-1.0), "panda-1": hold_action(1.0)})
         assert not info["is_grasped_1"].item()
@@ -256,6 +333,16 @@ class TestStackCubeSuccess:
         set_pose(u.cubeA, [b[0].item(), b[1].item(), b[2].item() + 2 * CUBE_HALF_SIZE])
         info = hold_all(stack_env, 5)
         assert info["is_cubeA_on_cubeB"].item() and info["success"].item()
+
+    def test_cube_held_on_cube_succeeds_only_once_released(self, stack_env):
+        stack_env.reset(seed=0)
+        u = stack_env.unwrapped
+        b = u.cubeB.pose.p[0].tolist()
+        set_pose(u.cubeB, [b[0], b[1], CUBE_HALF_SIZE])
+        hold = put_cube_in_hand(stack_env, 0, u.cubeA, (b[0], b[1], 3 * CUBE_HALF_SIZE))
+        info = step_for(stack_env, arm_actions(stack_env, {0: hold}), 5)
+        assert info["is_cubeA_on_cubeB"].item() and info["is_cubeA_static"].item()
+        assert_success_only_once_released(stack_env, 0, hold, "is_cubeA_grasped")
 
     def test_cube_beside_or_moving_fails(self, stack_env):
         stack_env.reset(seed=0)
@@ -295,6 +382,14 @@ def test_tower_on_goal_success_rule(task):
         build_tower(0.15, len(names))  # complete tower beside the goal
         info = hold_all(env, 2)
         assert not info[f"{names[0]}_on_goal"].item() and not info["success"].item()
+        if task == "TwoRobotsStackCube-rf":  # the tower built, its top cube still in panda-1's hand
+            env.reset(seed=0)
+            build_tower(0.0, len(names) - 1)
+            top = CUBE_HALF_SIZE * (2 * len(names) - 1)
+            hold = put_cube_in_hand(env, 1, u.cubes[names[-1]], (goal[0].item(), goal[1].item(), top))
+            info = step_for(env, arm_actions(env, {1: hold}), 5)
+            assert info[f"is_{names[-1]}_on_{names[-2]}"].item() and info["cubes_static"].item()
+            assert_success_only_once_released(env, 1, hold, "cubes_released")
     finally:
         env.close()
 
@@ -319,6 +414,12 @@ def test_pipeline_success_and_stage():
         set_pose(u.cube, [goal[0].item(), goal[1].item(), CUBE_HALF_SIZE])
         info = hold_all(env, 5)
         assert info["cube_in_goal"].item() and info["success"].item()
+        env.reset(seed=0)  # put down on the goal but still in panda-0's hand
+        goal = u.goal_region.pose.p[0]
+        hold = put_cube_in_hand(env, 0, u.cube, (goal[0].item(), goal[1].item(), CUBE_HALF_SIZE + 0.003))
+        info = step_for(env, arm_actions(env, {0: hold}), 5)
+        assert info["cube_in_goal"].item() and info["success_robofactory"].item()
+        assert_success_only_once_released(env, 0, hold, "cube_released")
     finally:
         env.close()
 
