@@ -5,7 +5,8 @@ Entry points: ``python scripts/train.py --help`` on the command line, :func:`tra
 """
 
 from rf_dp_agents.training.config import TrainConfig, preset_config
-from rf_dp_agents.training.loop import NonFiniteLossError, train, train_step
+from rf_dp_agents.training.loop import train
 from rf_dp_agents.training.state import CheckpointError
+from rf_dp_agents.training.step import NonFiniteLossError, train_step
 
 __all__ = ["CheckpointError", "NonFiniteLossError", "TrainConfig", "preset_config", "train", "train_step"]

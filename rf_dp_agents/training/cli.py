@@ -57,8 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = torchrun_command(cfg.gpus, "-m", ["rf_dp_agents.training.cli", *args])
         log.info("re-launching under torchrun: %s", " ".join(command))
         return subprocess.call(command)
-    from rf_dp_agents.training.loop import NonFiniteLossError, train
+    from rf_dp_agents.training.loop import train
     from rf_dp_agents.training.state import CheckpointError
+    from rf_dp_agents.training.step import NonFiniteLossError
 
     rank = 0
     try:

@@ -8,20 +8,87 @@ learning-rate schedule (a ``fill_`` of the tensor learning rate) and writes the 
 The trainer uses it with ``--cuda-graphs`` (measurements: README, Training and inference speed). Requirements,
 checked at construction: a CUDA device, one process, one micro-batch per step, an AdamW with ``capturable=True``
 and a tensor learning rate (:func:`make_optimizer`, or :func:`make_graph_safe` on an existing one), and the
-dataset on the same device. Anything else uses the eager :func:`rf_dp_agents.training.loop.train_step`.
+dataset on the same device. Anything else uses the eager :func:`rf_dp_agents.training.step.train_step`.
+:class:`StepChoice` decides, from the config and the device, which of these fast paths a run takes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from rf_dp_agents.data.dataset import SequenceDataset
+from rf_dp_agents.training.config import TrainConfig
+from rf_dp_agents.training.distributed import DistInfo
 from rf_dp_agents.training.ema import EMA
+
+
+@dataclass(frozen=True)
+class StepChoice:
+    """Which fast paths the training step of ``cfg`` takes on ``info.device``: CUDA graph, torch.compile,
+    bf16 autocast, channels_last encoder. ``dataset_device`` is where the dataset was placed (None before it
+    is loaded)."""
+
+    cfg: TrainConfig
+    info: DistInfo
+    dataset_device: torch.device | None = None
+
+    def blockers(self) -> list[str]:
+        """What keeps the whole step from being captured in a CUDA graph (empty: nothing)."""
+        cfg, info = self.cfg, self.info
+        blockers = []
+        if info.device.type != "cuda":
+            blockers.append("a CUDA device")
+        if info.distributed:
+            blockers.append("a single process (no torchrun/DDP)")
+        if cfg.grad_accum_steps != 1:
+            blockers.append("--grad-accum-steps 1")
+        if cfg.compile == "on":
+            blockers.append("the loss not compiled (--compile auto or off)")
+        placed = self.dataset_device
+        if cfg.dataset_device == "cpu" or (placed is not None and placed != info.device):
+            blockers.append("the dataset on the GPU (--dataset-device auto or train, and room for it there)")
+        if cfg.deterministic:
+            blockers.append("no --deterministic (deterministic runs take the eager step)")
+        return blockers
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the whole optimiser step is replayed as a CUDA graph (see ``TrainConfig.cuda_graphs``)."""
+        choice = self.cfg.cuda_graphs
+        if choice == "off":
+            return False
+        blockers = self.blockers()
+        if choice == "on" and blockers:
+            raise ValueError("--cuda-graphs on needs " + ", ".join(blockers))
+        return not blockers
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the loss is run through torch.compile (see ``TrainConfig.compile``)."""
+        choice = self.cfg.compile
+        if choice == "auto":
+            return self.info.device.type == "cuda" and not self.cfg.deterministic and not self.cuda_graphs
+        return choice == "on"
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """bfloat16 when the loss runs under autocast (see ``TrainConfig.precision``), else None."""
+        choice = self.cfg.precision
+        if choice == "auto":
+            choice = "bf16" if self.cuda_graphs else "fp32"
+        return torch.bfloat16 if choice == "bf16" else None
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the image encoder is held channels_last (see ``TrainConfig.channels_last``)."""
+        choice = self.cfg.channels_last
+        return self.cuda_graphs if choice == "auto" else choice == "on"
 
 
 def make_graph_safe(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -181,4 +248,4 @@ class GraphedTrainStep:
         return self.static_loss.clone(), self.static_grad_norm.clone()
 
 
-__all__ = ["GraphedTrainStep", "make_graph_safe", "make_optimizer", "portable_state_dict"]
+__all__ = ["GraphedTrainStep", "StepChoice", "make_graph_safe", "make_optimizer", "portable_state_dict"]

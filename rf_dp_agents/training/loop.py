@@ -7,299 +7,48 @@ indexing (``SequenceDataset.get_batch``) and trained with the global torch RNG s
 the noise, timesteps and crops of every sample depend on its place in the global batch, not on which process
 holds it: N processes reproduce a 1-process run with N-fold gradient accumulation.
 
-:func:`train_step` is the whole optimiser step (forward, backward, clip, AdamW, LR schedule, EMA) as a
-separate function that returns device tensors and never synchronises with the host. Metrics are fetched
-every ``log_flush_every`` steps in one transfer; a NaN or inf loss stops the run there, before any later
-checkpoint is written. Rank 0 alone logs and writes.
+Metrics are fetched every ``log_flush_every`` steps in one transfer; a NaN or inf loss stops the run there,
+before any later checkpoint is written. Rank 0 alone logs and writes. The parts live beside this module: the
+optimiser step (:func:`~rf_dp_agents.training.step.train_step`) in ``step``, validation in ``validation``, jobs
+and dataset shapes in ``jobs``, snapshots, best tracking and resume in ``checkpoints``, the choice and capture
+of the CUDA-graph step in ``graphed``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import datetime
-import importlib.metadata
 import inspect
 import logging
 import math
 import os
-import platform
-import random
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.data import SequenceDataset
-from rf_dp_agents.training.config import (
-    TrainConfig,
-    default_output_dir,
-    find_datasets,
-    missing_dataset_message,
-    resolve_dataset,
-)
+from rf_dp_agents.training.checkpoints import BestTracker, RunKeeping, match_param_layout, package_versions
+from rf_dp_agents.training.config import TrainConfig
 from rf_dp_agents.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
 from rf_dp_agents.training.ema import EMA
-from rf_dp_agents.training.graphed import GraphedTrainStep, make_graph_safe, make_optimizer, portable_state_dict
+from rf_dp_agents.training.graphed import GraphedTrainStep, StepChoice, make_graph_safe, make_optimizer
+from rf_dp_agents.training.jobs import Job, adopt_dataset_shapes, place_dataset, plan_jobs
 from rf_dp_agents.training.metrics import PEAK_GPU_MEMORY, VAL_ACTION_MSE, MetricsLogger, epoch_loss_stats
-from rf_dp_agents.training.state import (
-    CheckpointError,
-    capture_rng,
-    flatten,
-    load_state_strict,
-    load_training_state,
-    load_weights,
-    restore_rng,
-    save_training_state,
-    unflatten,
-    write_json_atomic,
-    write_snapshot,
+from rf_dp_agents.training.step import (
+    LossModule,
+    NonFiniteLossError,
+    StepParts,
+    make_lr_scheduler,
+    seed_everything,
+    step_seed,
+    to_device,
+    train_step,
 )
+from rf_dp_agents.training.validation import validate, validate_actions
 
 log = logging.getLogger("rf_dp_agents.train")
-
-Batch = dict[str, torch.Tensor]
-VAL_STREAM = 1 << 20
-"""Offset of the validation RNG streams (kept apart from training steps)."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training or validation loss became NaN or inf; the run stopped without writing a checkpoint."""
-
-
-class LossModule(nn.Module):
-    """``forward(batch) = policy.compute_loss(batch)``, so DDP sees the loss computation as a forward pass.
-
-    With ``autocast_dtype`` the loss runs under ``torch.autocast`` of that dtype (the backward follows it).
-    """
-
-    def __init__(self, policy: nn.Module, autocast_dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.policy = policy
-        self.autocast_dtype = autocast_dtype
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        if self.autocast_dtype is None:
-            return self.policy.compute_loss(batch)
-        device_type = next(self.policy.parameters()).device.type
-        with torch.autocast(device_type, dtype=self.autocast_dtype):
-            return self.policy.compute_loss(batch)
-
-
-def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
-    """Give every per-parameter optimiser state tensor (Adam's moments) its parameter's memory layout.
-
-    A state loaded from a checkpoint is contiguous; a channels_last parameter needs channels_last moments
-    for the fused AdamW kernel to read them element for element.
-    """
-    for param, state in optimizer.state.items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
-                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
-
-
-class BestTracker:
-    """Lowest validation score so far and the number of validations since it improved (for early stopping)."""
-
-    def __init__(self, patience: int | None = None) -> None:
-        self.patience = patience
-        self.best: float | None = None
-        self.bad = 0
-
-    def update(self, score: float) -> bool:
-        """Record a validation score; True when it is a new best (strictly lower)."""
-        if self.best is None or score < self.best:
-            self.best, self.bad = score, 0
-            return True
-        self.bad += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        """True once ``patience`` validations in a row brought no improvement."""
-        return self.patience is not None and self.bad >= self.patience
-
-
-@dataclass
-class StepParts:
-    """Everything :func:`train_step` touches."""
-
-    loss_module: nn.Module
-    """The policy's loss as a module (DDP-wrapped when there are several processes)."""
-    policy: nn.Module
-    """The bare policy (its parameters are optimised, its weights averaged by the EMA)."""
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: EMA | None
-    grad_clip_norm: float | None
-    params: list[nn.Parameter]
-
-
-def step_seed(seed: int, step: int, shard: int) -> int:
-    """Seed of the RNG stream of ``shard`` at optimiser step ``step`` (independent of the process count)."""
-    return int(np.random.SeedSequence([seed, step, shard]).generate_state(1, dtype=np.uint64)[0]) >> 1
-
-
-def train_step(
-    parts: StepParts, micro_batches: Sequence[Batch], micro_seeds: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step over ``micro_batches`` (gradients averaged over them and over ranks).
-
-    Each micro-batch runs with the global torch RNG seeded by its entry of ``micro_seeds``. Returns the
-    mean loss of this process's micro-batches and the global gradient norm, as device tensors (no host sync).
-    """
-    parts.optimizer.zero_grad(set_to_none=True)
-    n = len(micro_batches)
-    total: torch.Tensor | None = None
-    for i, (batch, seed) in enumerate(zip(micro_batches, micro_seeds)):
-        torch.manual_seed(seed)
-        sync_later = isinstance(parts.loss_module, DistributedDataParallel) and i < n - 1
-        with parts.loss_module.no_sync() if sync_later else contextlib.nullcontext():
-            loss = parts.loss_module(batch)
-            (loss / n).backward()
-        total = loss.detach() if total is None else total + loss.detach()
-    assert total is not None
-    max_norm = parts.grad_clip_norm if parts.grad_clip_norm is not None else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(parts.params, max_norm)
-    parts.optimizer.step()
-    parts.scheduler.step()
-    if parts.ema is not None:
-        parts.ema.update(parts.policy)
-    return total / n, grad_norm
-
-
-@torch.no_grad()
-def sharded_mean(
-    model: nn.Module, info: DistInfo, n: int, batch_size: int, batch_sum: Callable[[int, torch.Tensor], tuple[Any, int]]
-) -> float:
-    """Mean over ``n`` windows of what ``batch_sum(j, ids)`` adds up for batch j (its sum and its count), with the
-    model in eval mode: ranks take batches round-robin and the sums are all-reduced, so the value does not depend
-    on the process count. The global RNG state is left as it was."""
-    was_training = model.training
-    model.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=info.device)
-    devices = [info.device] if info.device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            for j in range(info.rank, math.ceil(n / batch_size), info.world_size):
-                total, count = batch_sum(j, torch.arange(j * batch_size, min((j + 1) * batch_size, n)))
-                totals[0] += total
-                totals[1] += count
-    finally:
-        model.train(was_training)
-    all_reduce_sum(info, totals)
-    return float(totals[0] / totals[1])
-
-
-def validate(model: nn.Module, dataset: SequenceDataset, info: DistInfo, batch_size: int, seed: int) -> float | None:
-    """Mean diffusion loss over every validation window (None when there are none).
-
-    Batch j uses the RNG stream (seed, VAL_STREAM + j), so the value does not depend on the process count.
-    """
-    if dataset.n_val == 0:
-        return None
-
-    def batch_sum(j: int, ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-        batch = to_device(dataset.get_batch(ids, "val"), info.device)
-        torch.manual_seed(step_seed(seed, VAL_STREAM + j, 0))
-        return model.compute_loss(batch).double() * len(ids), len(ids)
-
-    return sharded_mean(model, info, dataset.n_val, batch_size, batch_sum)
-
-
-def validate_actions(model: nn.Module, dataset: SequenceDataset, info: DistInfo, windows: int, batch_size: int,
-                     seed: int) -> float | None:
-    """Mean squared error of the executed action chunk the policy samples (its configured sampler) against the
-    recorded one, over the first ``windows`` validation windows (None when there are none).
-
-    Window i samples with noise seeded (seed + i), so the value does not depend on the process count. Sampling
-    runs without CUDA graphs (none are kept alive during training).
-    """
-    from rf_dp_agents.offline_eval import chunk_error_sums
-
-    n = min(dataset.n_val, windows)
-    if n == 0:
-        return None
-
-    def batch_sum(_: int, ids: torch.Tensor) -> tuple[float, int]:
-        squared, _, count = chunk_error_sums(model, dataset, ids, "val", seed)
-        return squared, count
-
-    graphs, model.cuda_graphs = model.cuda_graphs, False
-    try:
-        return sharded_mean(model, info, n, batch_size, batch_sum)
-    finally:
-        model.cuda_graphs = graphs
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    """Move a batch to ``device`` (asynchronously from pinned memory where possible)."""
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of Python and the packages a run depends on."""
-    out = {"python": platform.python_version()}
-    for name in ("rf_dp_agents", "torch", "torchvision", "diffusers", "numpy", "zarr", "safetensors", "tyro", "wandb"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
-# ---- jobs ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Job:
-    """One agent to train: its dataset and its run directory."""
-
-    zarr_path: Path
-    run_dir: Path
-    agent_id: int | None
-
-
-def plan_jobs(cfg: TrainConfig) -> list[Job]:
-    """The (dataset, run directory) pairs that ``cfg`` asks for; a missing dataset is a clear error."""
-    cfg.check_data_source()
-    if cfg.zarr_path is not None:
-        if not cfg.zarr_path.exists():
-            raise FileNotFoundError(
-                f"--zarr-path {cfg.zarr_path} does not exist.\n"
-                + (missing_dataset_message(cfg.data_root, cfg.task, cfg.agent_id, cfg.num_demos) if cfg.task else "")
-            )
-        run_dir = cfg.output_dir or default_output_dir(cfg.task, cfg.agent_id, cfg.zarr_path)
-        return [Job(cfg.zarr_path, run_dir, cfg.agent_id if cfg.task else None)]
-    assert cfg.task is not None
-    if not cfg.all_agents:
-        path = resolve_dataset(cfg.data_root, cfg.task, cfg.agent_id, cfg.num_demos)
-        return [Job(path, cfg.output_dir or default_output_dir(cfg.task, cfg.agent_id, None), cfg.agent_id)]
-    agents = sorted(find_datasets(cfg.data_root, cfg.task))
-    if not agents:
-        raise FileNotFoundError(missing_dataset_message(cfg.data_root, cfg.task, None, cfg.num_demos))
-    jobs = []
-    for agent in agents:
-        path = resolve_dataset(cfg.data_root, cfg.task, agent, cfg.num_demos)
-        run_dir = default_output_dir(cfg.task, agent, None)
-        if cfg.output_dir is not None:
-            run_dir = cfg.output_dir / run_dir.name
-        jobs.append(Job(path, run_dir, agent))
-    return jobs
 
 
 def train(cfg: TrainConfig) -> list[Path]:
@@ -314,48 +63,7 @@ def train(cfg: TrainConfig) -> list[Path]:
         shutdown_distributed()
 
 
-# ---- one run ------------------------------------------------------------------------------------------------
-
-
-def adopt_dataset_shapes(model_cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], source: str) -> ModelConfig:
-    """``model_cfg`` with the dataset's image shape; state or action sizes that disagree are an error."""
-    (state_dim,), (action_dim,) = shapes["state"], shapes["action"]
-    if action_dim != model_cfg.action_dim:
-        raise ValueError(
-            f"{source}: data/action has {action_dim} dims per step but the model expects action_dim="
-            f"{model_cfg.action_dim} (pass --model.action-dim {action_dim} if the data is right)"
-        )
-    if state_dim != model_cfg.state_dim:
-        raise ValueError(
-            f"{source}: data/state has {state_dim} dims per step but the model expects state_dim="
-            f"{model_cfg.state_dim} (pass --model.state-dim {state_dim} if the data is right)"
-        )
-    cameras = {key: tuple(int(v) for v in shapes[key]) for key in model_cfg.camera_keys}
-    if len(set(cameras.values())) > 1:
-        raise ValueError(f"{source}: the model's cameras must share one image shape, the dataset has {cameras}")
-    image_shape = next(iter(cameras.values()))
-    if image_shape == tuple(model_cfg.image_shape):
-        return model_cfg
-    changes: dict[str, Any] = {"image_shape": image_shape}
-    crop = model_cfg.crop_shape
-    if crop is not None:
-        old_h, old_w = model_cfg.image_shape[1:]
-        new_crop = (
-            max(1, min(image_shape[1], round(crop[0] * image_shape[1] / old_h))),
-            max(1, min(image_shape[2], round(crop[1] * image_shape[2] / old_w))),
-        )
-        changes["crop_shape"] = new_crop
-    crop_note = ""
-    if crop is not None and changes["crop_shape"] != crop:
-        crop_note = f" and scaling crop_shape {crop} -> {changes['crop_shape']}"
-    log.warning(
-        "%s: images are %s but the model config says %s; using the dataset's shape%s",
-        source, image_shape, tuple(model_cfg.image_shape), crop_note,
-    )
-    return dataclasses.replace(model_cfg, **changes)
-
-
-class Trainer:
+class Trainer(RunKeeping):
     """Trains one agent: builds data, model, optimiser; runs epochs; validates; writes snapshots."""
 
     def __init__(self, cfg: TrainConfig, job: Job, info: DistInfo) -> None:
@@ -384,7 +92,7 @@ class Trainer:
             self.job.zarr_path, mcfg, cfg.val_ratio, cfg.seed, cfg.max_train_episodes, cfg.image_key
         )
         self.model_cfg = adopt_dataset_shapes(mcfg, self.dataset.shapes, str(self.job.zarr_path))
-        self._place_dataset()
+        place_dataset(self.dataset, info.device, cfg.dataset_device, info.is_main)
         self.shard_batch = cfg.batch_size
         self.n_shards = info.world_size * cfg.grad_accum_steps
         self.global_batch = self.shard_batch * self.n_shards
@@ -407,7 +115,7 @@ class Trainer:
         self.policy.train()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(params, cfg.lr, tuple(cfg.adam_betas), cfg.weight_decay, info.device)
-        self.scheduler = self._make_scheduler()
+        self.scheduler = make_lr_scheduler(self.optimizer, cfg, self.total_steps)
         self.ema = None
         if cfg.use_ema:
             self.ema = EMA(self.policy, cfg.ema_power, cfg.ema_inv_gamma, cfg.ema_min_decay, cfg.ema_max_decay)
@@ -424,57 +132,29 @@ class Trainer:
             loss_module, self.policy, self.optimizer, self.scheduler, self.ema, cfg.grad_clip_norm, params
         )
 
+    def _choice(self) -> StepChoice:
+        placed = getattr(self, "dataset", None)  # once set up: where place_dataset left it
+        return StepChoice(self.cfg, self.info, placed.device if placed is not None else None)
+
     @property
     def compiled(self) -> bool:
         """Whether the loss is run through torch.compile (see ``TrainConfig.compile``)."""
-        choice = self.cfg.compile
-        if choice == "auto":
-            return self.info.device.type == "cuda" and not self.cfg.deterministic and not self.cuda_graphs
-        return choice == "on"
-
-    def _graph_blockers(self) -> list[str]:
-        """What keeps the whole step from being captured in a CUDA graph (empty: nothing)."""
-        cfg, info = self.cfg, self.info
-        blockers = []
-        if info.device.type != "cuda":
-            blockers.append("a CUDA device")
-        if info.distributed:
-            blockers.append("a single process (no torchrun/DDP)")
-        if cfg.grad_accum_steps != 1:
-            blockers.append("--grad-accum-steps 1")
-        if cfg.compile == "on":
-            blockers.append("the loss not compiled (--compile auto or off)")
-        placed = getattr(self, "dataset", None)  # once set up: where _place_dataset left it
-        if cfg.dataset_device == "cpu" or (placed is not None and placed.device != info.device):
-            blockers.append("the dataset on the GPU (--dataset-device auto or train, and room for it there)")
-        if cfg.deterministic:
-            blockers.append("no --deterministic (deterministic runs take the eager step)")
-        return blockers
+        return self._choice().compiled
 
     @property
     def cuda_graphs(self) -> bool:
         """Whether the whole optimiser step is replayed as a CUDA graph (see ``TrainConfig.cuda_graphs``)."""
-        choice = self.cfg.cuda_graphs
-        if choice == "off":
-            return False
-        blockers = self._graph_blockers()
-        if choice == "on" and blockers:
-            raise ValueError("--cuda-graphs on needs " + ", ".join(blockers))
-        return not blockers
+        return self._choice().cuda_graphs
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         """bfloat16 when the loss runs under autocast (see ``TrainConfig.precision``), else None."""
-        choice = self.cfg.precision
-        if choice == "auto":
-            choice = "bf16" if self.cuda_graphs else "fp32"
-        return torch.bfloat16 if choice == "bf16" else None
+        return self._choice().autocast_dtype
 
     @property
     def channels_last(self) -> bool:
         """Whether the image encoder is held channels_last (see ``TrainConfig.channels_last``)."""
-        choice = self.cfg.channels_last
-        return self.cuda_graphs if choice == "auto" else choice == "on"
+        return self._choice().channels_last
 
     def _build_graph(self) -> None:
         """Capture the optimiser step when CUDA graphs are on (after resuming: the graph holds the live tensors)."""
@@ -487,184 +167,6 @@ class Trainer:
             autocast_dtype=self.autocast_dtype,
         )
 
-    def _place_dataset(self) -> None:
-        device, choice = self.info.device, self.cfg.dataset_device
-        if device.type == "cpu" or choice == "cpu":
-            return
-        ds = self.dataset
-        nbytes = sum(t.numel() * t.element_size() for t in ds.tensors)
-        if choice == "auto":
-            free, _ = torch.cuda.mem_get_info(device)
-            if nbytes > free // 2:
-                log.info("dataset (%.1f GiB) stays on the CPU: over half of the GPU's free memory", nbytes / 2**30)
-                return
-        ds.to(device)
-        if self.info.is_main:
-            log.info("dataset (%.2f GiB) held on %s", nbytes / 2**30, device)
-
-    def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
-        cfg = self.cfg
-        if cfg.lr_scheduler == "cosine":
-            from diffusers.optimization import get_cosine_schedule_with_warmup
-
-            return get_cosine_schedule_with_warmup(self.optimizer, cfg.lr_warmup_steps, self.total_steps)
-        from diffusers.optimization import get_constant_schedule_with_warmup
-
-        return get_constant_schedule_with_warmup(self.optimizer, cfg.lr_warmup_steps)
-
-    @property
-    def eval_model(self) -> nn.Module:
-        """The weights that are validated and saved: the EMA copy, or the raw policy without EMA."""
-        return self.ema.averaged if self.ema is not None else self.policy
-
-    # ---- resume -------------------------------------------------------------------------------------------
-    def _resume_or_start(self) -> None:
-        last = self.run_dir / "last"
-        if not self.cfg.resume:
-            return
-        if not (last.exists() or last.is_symlink()):
-            if self.info.is_main:
-                log.info("--resume: %s has no last/ checkpoint yet; starting from scratch", self.run_dir)
-            return
-        if not last.exists():
-            raise CheckpointError(f"cannot resume: {last} points at {last.resolve()}, which does not exist")
-        self._load_state(last)
-
-    def _load_state(self, last: Path) -> None:
-        tensors, meta = load_training_state(last)
-        dataset_hash = meta.get("dataset_hash")
-        if dataset_hash != self.dataset.content_hash:
-            raise CheckpointError(
-                f"cannot resume from {last}: it was trained on a dataset with hash {dataset_hash}, "
-                f"but {self.job.zarr_path} has hash {self.dataset.content_hash}"
-            )
-        saved_model = meta.get("model", {})
-        ignore = {"sampler", "num_inference_steps"}
-        current = self.model_cfg.to_dict()
-        differ = sorted(k for k in current if k not in ignore and _jsonish(current[k]) != _jsonish(saved_model.get(k)))
-        if differ:
-            raise CheckpointError(
-                f"cannot resume from {last}: model settings differ from the saved run: "
-                + ", ".join(f"{k} saved {saved_model.get(k)!r} now {current[k]!r}" for k in differ)
-            )
-        load_state_strict(last / "training_state.safetensors", self.policy, tensors, prefix="model.")
-        if self.ema is not None:
-            load_weights(last / "model.safetensors", self.ema.averaged)
-            self.ema.load_state(meta["ema"])
-        try:
-            self.optimizer.load_state_dict(unflatten(meta["optimizer"], tensors))
-            match_param_layout(self.optimizer)
-            # The schedule function itself is rebuilt from the current --epochs; only its counters load.
-            self.scheduler.load_state_dict(unflatten(meta["scheduler"], tensors))
-            # Rank 0's RNG states are saved and every rank restores them; the training noise does not depend
-            # on them anyway (each step and shard reseeds), so runs resume exactly on any number of processes.
-            restore_rng(unflatten(meta["rng"], tensors), self.info.device)
-        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
-            raise CheckpointError(
-                f"cannot resume from {last}: optimiser/scheduler/RNG state is damaged ({exc})"
-            ) from exc
-        self.epoch = int(meta["epoch"])
-        self.global_step = int(meta["global_step"])
-        if meta.get("best_metric", "val_loss") == self.cfg.best_metric:
-            self.tracker.best = meta.get("best_score", meta.get("best_val_loss"))
-            self.tracker.bad = int(meta.get("bad_validations", 0))
-        else:  # scores of another metric are not comparable: the next validation starts a new best
-            log.info("resuming with --best-metric %s (the run so far followed %s): best/ is replaced at the next "
-                     "validation", self.cfg.best_metric, meta.get("best_metric", "val_loss"))
-        self.wandb_run_id = meta.get("wandb_run_id")
-        self.resumed_from = last
-
-    # ---- writing ----------------------------------------------------------------------------------------
-    def _checkpoint_metadata(self, val_loss: float | None, train_loss: float | None) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "val_loss": val_loss,
-            "val_action_mse": self.val_action_mse,
-            "best_metric": self.cfg.best_metric,
-            "train_loss": train_loss,
-            "weights": "ema" if self.ema is not None else "raw",
-            "dataset_hash": self.dataset.content_hash,
-            "dataset": str(self.job.zarr_path),
-            "agent_id": self.job.agent_id,
-            "task": self.cfg.task,
-        }
-
-    def _save_last(self, val_loss: float | None, train_loss: float | None) -> None:
-        from rf_dp_agents.checkpoint import save_checkpoint
-
-        tensors: dict[str, torch.Tensor] = {
-            f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in self.policy.state_dict().items()
-        }
-        meta = {
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "best_score": self.tracker.best,
-            "best_metric": self.cfg.best_metric,
-            "bad_validations": self.tracker.bad,
-            "dataset_hash": self.dataset.content_hash,
-            "model": self.model_cfg.to_dict(),
-            "ema": self.ema.state() if self.ema is not None else None,
-            "optimizer": flatten(portable_state_dict(self.optimizer), "optimizer", tensors),
-            "scheduler": flatten(self.scheduler.state_dict(), "scheduler", tensors),
-            "rng": flatten(capture_rng(self.info.device), "rng", tensors),
-            "wandb_run_id": self.wandb_run_id,
-            "config": self.cfg.to_dict(),
-        }
-        metadata = self._checkpoint_metadata(val_loss, train_loss)
-
-        def fill(directory: Path) -> None:
-            save_checkpoint(directory, self.eval_model, metadata)
-            save_training_state(directory, tensors, meta)
-
-        write_snapshot(self.run_dir, "last", f"last-e{self.epoch:05d}", fill)
-
-    def _save_best(self, val_loss: float | None, train_loss: float | None) -> None:
-        from rf_dp_agents.checkpoint import save_checkpoint
-
-        metadata = self._checkpoint_metadata(val_loss, train_loss)
-        write_snapshot(
-            self.run_dir, "best", f"best-e{self.epoch:05d}", lambda d: save_checkpoint(d, self.eval_model, metadata)
-        )
-
-    def _write_run_json(self, resumed: bool) -> None:
-        path = self.run_dir / "run.json"
-        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        doc: dict[str, Any] = {}
-        if resumed and path.exists():
-            try:
-                import json
-
-                doc = json.loads(path.read_text())
-            except ValueError:
-                doc = {}
-        starts = doc.get("starts", [])
-        starts.append({"time": now, "global_step": self.global_step, "epoch": self.epoch, "argv": sys.argv[1:],
-                       "world_size": self.info.world_size})
-        ds = self.dataset
-        doc.update(
-            {
-                "config": self.cfg.to_dict(),
-                "model": self.model_cfg.to_dict(),
-                "dataset": {
-                    "path": str(self.job.zarr_path),
-                    "hash": ds.content_hash,
-                    "shapes": {k: list(v) for k, v in ds.shapes.items()},
-                    "episodes": int(len(ds.episode_ends)),
-                    "train_episodes": int(ds.train_mask.sum()),
-                    "val_episodes": int(ds.val_mask.sum()),
-                    "train_windows": ds.n_train,
-                    "val_windows": ds.n_val,
-                },
-                "agent_id": self.job.agent_id,
-                "world_size": self.info.world_size,
-                "global_batch": self.global_batch,
-                "steps_per_epoch": self.steps_per_epoch,
-                "versions": package_versions(),
-                "starts": starts,
-            }
-        )
-        write_json_atomic(path, doc)
 
     # ---- the loop ---------------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -867,10 +369,7 @@ class Trainer:
         if info.is_main and (self.epoch % cfg.save_every == 0 or last_epoch or stop):
             self._save_last(val_loss, train_loss)
         if info.is_main and cfg.keep_every is not None and self.epoch % cfg.keep_every == 0:
-            from rf_dp_agents.checkpoint import epoch_checkpoint_dir, save_checkpoint
-
-            save_checkpoint(epoch_checkpoint_dir(self.run_dir, self.epoch), self.eval_model,
-                            self._checkpoint_metadata(val_loss, train_loss))
+            self._save_epoch_copy(val_loss, train_loss)
         return stop
 
     def _out_of_time(self) -> bool:
@@ -903,24 +402,8 @@ class Trainer:
         return losses
 
 
-def _jsonish(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_jsonish(v) for v in value]
-    return value
-
-
-__all__ = [
-    "BestTracker",
-    "Job",
-    "LossModule",
-    "NonFiniteLossError",
-    "StepParts",
-    "Trainer",
-    "adopt_dataset_shapes",
-    "plan_jobs",
-    "seed_everything",
-    "step_seed",
-    "train",
-    "train_step",
+__all__ = [  # the trainer, and the names this module has always offered
+    "BestTracker", "Job", "LossModule", "NonFiniteLossError", "StepParts", "Trainer", "adopt_dataset_shapes",
+    "match_param_layout", "package_versions", "plan_jobs", "seed_everything", "step_seed", "train", "train_step",
     "validate",
 ]
