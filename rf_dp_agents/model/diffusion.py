@@ -20,6 +20,7 @@ from torch import nn
 
 from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.data.normalizer import Normalizer
+from rf_dp_agents.model.graphed import Bf16Unet, GraphedSampler
 from rf_dp_agents.model.unet import ConditionalUnet1D
 from rf_dp_agents.model.vision import FEATURE_DIM, ResNet18Encoder
 
@@ -127,11 +128,11 @@ class DiffusionPolicy(nn.Module):
         """Run the U-Net in sampling graphs from a bfloat16 copy of its weights (``graphed.Bf16Unet``, one copy
         per device shared by the graphs, refreshed at every replay; FiLM conditioning, scheduler and encoder stay
         float32). Actions differ from float32 sampling by bf16 rounding (README, Training and inference speed)."""
-        self._bf16_unets: dict[torch.device, nn.Module] = {}  # a dict, so the copy stays out of the state dict
+        self._bf16_unets: dict[torch.device, Bf16Unet] = {}  # a dict, so the copy stays out of the state dict
         self.film_tables = True
         """Compute every denoising step's FiLM conditioning in one batch before the loop (when steps x batch
         is at most ``FILM_TABLE_ROWS``) instead of twelve matrix-vector products per step."""
-        self._graphs: dict[tuple[Any, ...], Any] = {}
+        self._graphs: dict[tuple[Any, ...], GraphedSampler] = {}
 
     @property
     def device(self) -> torch.device:
@@ -276,9 +277,7 @@ class DiffusionPolicy(nn.Module):
             sample = scheduler.step(model_out, t, sample, generator=generator).prev_sample
         return self.normalizer.unnormalize(ACTION_KEY, sample)
 
-    def _graphed(self, size: int, steps: int) -> Any:
-        from rf_dp_agents.model.graphed import Bf16Unet, GraphedSampler
-
+    def _graphed(self, size: int, steps: int) -> GraphedSampler:
         key = (size, self.config.sampler, steps, self.device, self.compile_graphs, self.bf16_graphs)
         if key not in self._graphs:
             if not self._graphs and self.channels_last_graphs:  # no graph holds the weights' old storage yet
@@ -293,8 +292,8 @@ class DiffusionPolicy(nn.Module):
                     self._bf16_unets[self.device] = Bf16Unet(self.noise_pred_net)
                 bf16 = self._bf16_unets[self.device]
             try:
-                graph = GraphedSampler(self, size, self.config.sampler, steps, compile_unet=self.compile_graphs,
-                                       bf16_unet=bf16)
+                graph = GraphedSampler(self, size, make_scheduler(self.config, self.config.sampler), steps,
+                                       compile_unet=self.compile_graphs, bf16_unet=bf16)
             except Exception as exc:  # torch.compile needs Triton and a C compiler; the plain graph does not
                 if not self.compile_graphs:
                     raise

@@ -1,23 +1,27 @@
 """Action sampling captured in a CUDA graph: observation encoding plus the whole denoising loop in one replay.
 
-A :class:`GraphedSampler` is built for one batch size, sampler and step count (``compile_unet``: the U-Net
+A :class:`GraphedSampler` is built for one batch size, scheduler and step count (``compile_unet``: the U-Net
 compiled with torch.compile first, its Inductor kernels then captured like any others; ``bf16_unet``: a
 :class:`Bf16Unet` of the policy's U-Net to run instead, its bf16 weights refreshed at the start of each replay).
 Its inputs (uint8 images, raw state, the initial noise) are copied into static buffers; one ``replay`` runs the
 encoder, every U-Net call and every scheduler update with no Python in between. The initial noise is drawn outside the
 graph, so a caller's generators still decide it; DDPM's per-step noise comes from the default CUDA
 generator inside the graph (reseed it with ``seed`` for repeatable samples).
+
+The policy builds its graphs and hands them what they need (itself, as :class:`SamplingModel`, and a fresh
+scheduler), so this module imports nothing from :mod:`rf_dp_agents.model.diffusion`.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
+from diffusers import SchedulerMixin
 from torch import nn
 
-from rf_dp_agents.model.diffusion import DiffusionPolicy, make_scheduler
+from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.model.unet import ConditionalUnet1D
 
 
@@ -75,14 +79,29 @@ class Bf16Unet(nn.Module):
         return self.bf16_net(sample.to(torch.bfloat16), timestep, global_cond.to(torch.bfloat16), film=films).float()
 
 
+class SamplingModel(Protocol):
+    """What a sampling graph takes from the policy (a :class:`~rf_dp_agents.model.diffusion.DiffusionPolicy`)."""
+
+    config: ModelConfig
+    noise_pred_net: ConditionalUnet1D
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def encode_obs(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def denoise(self, cond: torch.Tensor, noise: torch.Tensor, scheduler: SchedulerMixin,
+                timesteps_dev: torch.Tensor, generator: Any = None, net: nn.Module | None = None) -> torch.Tensor: ...
+
+
 class GraphedSampler:
     """``sampler(obs, noise, seed=None) -> (B, T, A)`` raw actions, replaying a captured CUDA graph."""
 
     def __init__(
         self,
-        policy: DiffusionPolicy,
+        policy: SamplingModel,
         batch_size: int,
-        sampler: str,
+        scheduler: SchedulerMixin,
         num_inference_steps: int,
         warmup: int = 2,
         compile_unet: bool = False,
@@ -98,7 +117,7 @@ class GraphedSampler:
         if compile_unet:
             raise_recompile_limit()
         self.net = torch.compile(net, dynamic=False) if compile_unet else net
-        self.sampler, self.num_inference_steps = sampler, int(num_inference_steps)
+        self.num_inference_steps = int(num_inference_steps)
         to = cfg.obs_horizon
         self.static_obs: dict[str, torch.Tensor] = {
             key: torch.zeros((batch_size, to, *cfg.image_shape), dtype=torch.uint8, device=device)
@@ -106,7 +125,7 @@ class GraphedSampler:
         }
         self.static_obs[cfg.state_key] = torch.zeros((batch_size, to, cfg.state_dim), device=device)
         self.static_noise = torch.zeros((batch_size, cfg.pred_horizon, cfg.action_dim), device=device)
-        self.scheduler = make_scheduler(cfg, sampler)
+        self.scheduler = scheduler
         self.scheduler.set_timesteps(self.num_inference_steps)
         self.timesteps_dev = self.scheduler.timesteps.to(device)
         stream = torch.cuda.Stream()
@@ -141,4 +160,4 @@ class GraphedSampler:
         return self.static_out.clone()
 
 
-__all__ = ["COMPILED_UNETS", "Bf16Unet", "GraphedSampler", "raise_recompile_limit"]
+__all__ = ["COMPILED_UNETS", "Bf16Unet", "GraphedSampler", "SamplingModel", "raise_recompile_limit"]
