@@ -12,161 +12,21 @@ Each check trains the tiny preset on a small synthetic zarr through ``scripts/tr
      the tensor that differs most is named;
   4. bf16 sampling: on the graphed run's held-out windows, the action error of DDPM-10 and DDIM-10 with the
      U-Net run from bfloat16 weights (``bf16_graphs``) is within ``--bf16-rtol`` of float32 sampling's.
-Prints one line per check and exits 1 when one fails.
+Prints one line per check and exits 1 when one fails. The checks: :mod:`rf_dp_agents.bench.gpu_trainer_checks`.
 
   python scripts/check_gpu_trainer.py
 """
 
 from __future__ import annotations
 
-import math
-import os
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import tyro
-from safetensors.torch import load_file
 
-from rf_dp_agents.data.synthetic import write_synthetic_dataset
-from rf_dp_agents.offline_eval import SamplerSpec, action_errors
-from rf_dp_agents.training.metrics import VAL_ACTION_MSE, read_metrics
+from rf_dp_agents.bench.gpu_trainer_checks import TrainerCheckArgs, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-@dataclass
-class Args:
-    """Check settings."""
-
-    epochs: int = 4
-    """Epochs of every run."""
-    episodes: int = 24
-    """Episodes of the synthetic dataset (40 steps each)."""
-    loss_rtol: float = 0.1
-    """Largest relative gap of the last epoch's mean loss, graphed bf16 against eager fp32."""
-    resume_rtol: float = 0.02
-    """Largest relative gap of per-step losses, and of all EMA weights, resumed against uninterrupted (or twice
-    the gap of two uninterrupted runs, when that is larger)."""
-    bf16_rtol: float = 0.05
-    """Largest relative gap of the held-out action MSE, bf16-weight sampling against float32."""
-    work_dir: Path | None = None
-    """Where the data and runs go (default: a temporary folder, removed at the end)."""
-
-
-def train(data: Path, out: Path, epochs: int, *extra: str, wait: bool = True) -> subprocess.Popen | None:
-    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", "tiny", "--device", "cuda",
-           "--zarr-path", str(data), "--output-dir", str(out), "--epochs", str(epochs), "--batch-size", "16",
-           "--save-every", "1", "--log-flush-every", "1", "--no-progress", *extra]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise SystemExit(f"training failed ({' '.join(cmd)}):\n{done.stderr[-4000:]}")
-    return None
-
-
-def step_losses(run: Path) -> dict[int, float]:
-    return {int(r["train/global_step"]): r["train/loss"] for r in read_metrics(run / "metrics.jsonl") if "train/loss" in r}
-
-
-def last_epoch_mean(run: Path) -> float:
-    records = [r for r in read_metrics(run / "metrics.jsonl") if "train/loss" in r]
-    last = max(r["train/epoch"] for r in records)
-    values = [r["train/loss"] for r in records if r["train/epoch"] == last]
-    return sum(values) / len(values)
-
-
-def rel_gap(a: float, b: float) -> float:
-    return abs(a - b) / max(abs(b), 1e-12)
-
-
-def weight_gap(run: Path, reference: Path) -> tuple[float, str]:
-    """Relative distance of the two runs' last EMA weights (all float tensors as one vector), and the name and
-    relative distance of the tensor that differs most."""
-    a = load_file(run / "last" / "model.safetensors")
-    b = load_file(reference / "last" / "model.safetensors")
-    keys = [k for k in b if b[k].is_floating_point()]
-    diff = torch.cat([(a[k].float() - b[k].float()).flatten() for k in keys])
-    total = (diff.norm() / torch.cat([b[k].float().flatten() for k in keys]).norm().clamp_min(1e-12)).item()
-    each = {k: ((a[k].float() - b[k].float()).norm() / b[k].float().norm().clamp_min(1e-12)).item() for k in keys}
-    worst = max(each, key=each.get)
-    return total, f"{worst}: {100 * each[worst]:.1f}%"
-
-
-def main(args: Args) -> int:
-    if not torch.cuda.is_available():
-        raise SystemExit("scripts/check_gpu_trainer.py checks the CUDA path: no CUDA device is visible")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.work_dir or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        data = write_synthetic_dataset(work / "check.zarr", n_episodes=args.episodes, episode_length=40)
-        results: list[tuple[str, bool, str]] = []
-
-        graphed, eager = work / "graphed", work / "eager"
-        train(data, graphed, args.epochs)
-        train(data, eager, args.epochs, "--cuda-graphs", "off", "--compile", "off")
-        log = (graphed / "train.log").read_text()
-        on = "CUDA graphs True" in log
-        results.append(("graphed run uses the CUDA graph", on, "train.log: " + ("yes" if on else "no")))
-        g, e = last_epoch_mean(graphed), last_epoch_mean(eager)
-        results.append(("learns the same as eager fp32", rel_gap(g, e) <= args.loss_rtol,
-                        f"last-epoch mean loss {g:.5f} vs {e:.5f} (gap {100 * rel_gap(g, e):.1f}%)"))
-
-        vals = [r for r in read_metrics(graphed / "metrics.jsonl") if "val/loss" in r]
-        finite = len(vals) == args.epochs and all(
-            math.isfinite(r["val/loss"]) and math.isfinite(r.get(VAL_ACTION_MSE, math.nan)) for r in vals)
-        results.append(("validation under CUDA graphs", finite,
-                        f"{len(vals)} validations, last val/loss {vals[-1]['val/loss']:.5f}, "
-                        f"val/action_mse {vals[-1].get(VAL_ACTION_MSE, math.nan):.5f}" if vals else "no validation"))
-
-        specs = [SamplerSpec(name, 10, bf16) for name in ("ddpm", "ddim") for bf16 in (False, True)]
-        errors = action_errors(graphed, specs, device="cuda")["errors"]
-        gaps = {name: rel_gap(errors[f"{name}:10:bf16"]["mse"], errors[f"{name}:10"]["mse"])
-                for name in ("ddpm", "ddim")}
-        results.append(("bf16-weight sampling keeps the held-out action error", max(gaps.values()) <= args.bf16_rtol,
-                        "; ".join(f"{name}-10 MSE {errors[f'{name}:10']['mse']:.5f} float32 vs "
-                                  f"{errors[f'{name}:10:bf16']['mse']:.5f} bf16 (gap {100 * gap:.1f}%)"
-                                  for name, gap in gaps.items())))
-
-        killed = work / "killed"
-        proc = train(data, killed, args.epochs, wait=False)
-        assert proc is not None
-        try:
-            while not (killed / "last").is_symlink():
-                if proc.poll() is not None:
-                    raise SystemExit("the run to be killed ended before its first snapshot")
-                time.sleep(0.05)
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.wait(timeout=120)
-        train(data, killed, args.epochs, "--resume")
-        straight, resumed = step_losses(graphed), step_losses(killed)
-        steps = sorted(set(straight) & set(resumed))
-        loss_gap = max(rel_gap(resumed[s], straight[s]) for s in steps)
-        again = work / "graphed_again"  # a second uninterrupted run: how far two runs drift apart on their own
-        train(data, again, args.epochs)
-        gap, worst = weight_gap(killed, graphed)
-        floor, floor_worst = weight_gap(again, graphed)
-        again_losses = step_losses(again)
-        loss_floor = max(rel_gap(again_losses[s], straight[s]) for s in steps)
-        ok = (steps == sorted(straight) and loss_gap <= max(args.resume_rtol, 2 * loss_floor)
-              and gap <= max(args.resume_rtol, 2 * floor))
-        results.append(("SIGKILL + --resume equals uninterrupted", ok,
-                        f"{len(steps)} steps; resumed vs uninterrupted: largest loss gap {100 * loss_gap:.2f}%, "
-                        f"EMA weight gap {100 * gap:.2f}% (largest in {worst}); two uninterrupted runs: "
-                        f"{100 * loss_floor:.2f}%, {100 * floor:.2f}% (largest in {floor_worst})"))
-
-    for name, ok, detail in results:
-        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
-    return 0 if all(ok for _, ok, _ in results) else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args)))
+    sys.exit(main(tyro.cli(TrainerCheckArgs), ROOT))

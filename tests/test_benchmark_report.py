@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from rf_dp_agents.bench import report
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_script", REPO / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script is executed
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_readme_table_is_the_rendering_of_the_results_it_names(benchmark) -> None:
+def test_readme_table_is_the_rendering_of_the_results_it_names() -> None:
     readme = (REPO / "README.md").read_text()
-    source = benchmark.readme_source(readme)
+    source = report.readme_source(readme)
     res = json.loads((REPO / source).read_text())
-    table = benchmark.render_table(res, source)
-    block = readme.split(benchmark.README_START, 1)[1].split(benchmark.README_END, 1)[0]
+    table = report.render_table(res, source)
+    block = readme.split(report.README_START, 1)[1].split(report.README_END, 1)[0]
     assert block.strip() == table.strip()
     fast = res["training"]["fast"]["samples_per_s"]
     assert f"{fast:,.0f}" in table
@@ -35,16 +26,16 @@ def test_readme_table_is_the_rendering_of_the_results_it_names(benchmark) -> Non
         assert ratio == pytest.approx(fast / other)
 
 
-def test_every_results_file_renders(benchmark) -> None:
+def test_every_results_file_renders() -> None:
     """Older results (with the DataLoader and predict rows) and trainer-only results both render."""
     files = sorted((REPO / "benchmarks" / "results").glob("*-h200*.json"))
     assert files
     for path in files:
-        table = benchmark.render_table(json.loads(path.read_text()), path.name)
+        table = report.render_table(json.loads(path.read_text()), path.name)
         assert path.name in table and "| training path |" in table
 
 
-def test_goals_are_judged_from_the_results(benchmark) -> None:
+def test_goals_are_judged_from_the_results() -> None:
     res = {"training": {"fast": {"samples_per_s": 9000.0, "peak_gpu_mem_gib": 5.0},
                         "eager_dataloader": {"samples_per_s": 3000.0}},
            "dataset_gib": 2.0,
@@ -52,7 +43,7 @@ def test_goals_are_judged_from_the_results(benchmark) -> None:
                        {"sampler": "ddpm", "steps": 10, "batch": 1, "cuda_graph_ms": 4.5},
                        {"sampler": "ddpm", "steps": 100, "batch": 1, "cuda_graph_ms": 1.0},
                        {"sampler": "ddpm", "steps": 10, "batch": 32, "cuda_graph_ms": 2.0}]}
-    assert benchmark.target_lines(res) == [
+    assert report.target_lines(res) == [
         "- >= 8,000 samples/s: 9,000, met",
         "- >= 4x the plain eager DataLoader step: 3.00x, not met",
         "- peak GPU memory <= 4 GiB: 5.0 GiB (3.0 GiB without the GPU-resident dataset), not met",
@@ -60,8 +51,8 @@ def test_goals_are_judged_from_the_results(benchmark) -> None:
     ]
 
 
-def test_curve_agreement(benchmark) -> None:
-    same = benchmark.curve_agreement([1.0, 0.8, 0.6, 0.4], [1.0, 0.8, 0.6, 0.4], window=2)
+def test_curve_agreement() -> None:
+    same = report.curve_agreement([1.0, 0.8, 0.6, 0.4], [1.0, 0.8, 0.6, 0.4], window=2)
     assert same["max_rel_gap"] == 0.0 and same["fast_means"] == pytest.approx([0.9, 0.5])
-    off = benchmark.curve_agreement([1.1, 0.9, 0.6, 0.4, 9.0], [1.0, 0.8, 0.6, 0.4], window=2)
+    off = report.curve_agreement([1.1, 0.9, 0.6, 0.4, 9.0], [1.0, 0.8, 0.6, 0.4], window=2)
     assert off["max_rel_gap"] == pytest.approx(0.1 / 0.9)

@@ -1,0 +1,121 @@
+"""Checks of predict()'s CUDA-graph paths on a GPU (``scripts/check_gpu_predict.py``; the CPU test suite cannot
+run them): graph against eager DDIM actions, the bf16-weight graph against eager float32 (also after in-place
+weight changes), and DDPM's graph reproducible from its generators. Each check is a (name, passed, detail) row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rf_dp_agents.config import ModelConfig, tiny_model_config
+from rf_dp_agents.model import DiffusionPolicy
+
+
+@dataclass
+class PredictCheckArgs:
+    """Check settings."""
+
+    batch_sizes: tuple[int, ...] = (1, 3)
+    """Batch sizes to check (each costs one capture per path)."""
+    seed_config: bool = True
+    """Also check the seed config (240x320 images, U-Net 256/512/1024) besides the tiny one."""
+    atol: float = 1e-3
+    """Largest absolute gap of graph against eager actions (normalised actions lie in [-1, 1])."""
+    bf16_atol: float = 0.05
+    """Largest absolute gap of the bf16-weight graph against eager float32 actions."""
+
+
+def observations(cfg: ModelConfig, batch: int) -> dict[str, torch.Tensor]:
+    """Random uint8 images and state on the GPU for ``batch`` rows, seeded by ``batch``."""
+    g = torch.Generator(device="cuda").manual_seed(batch)
+    obs = {k: torch.randint(0, 256, (batch, cfg.obs_horizon, *cfg.image_shape), dtype=torch.uint8, device="cuda",
+                            generator=g) for k in cfg.camera_keys}
+    obs[cfg.state_key] = torch.randn(batch, cfg.obs_horizon, cfg.state_dim, device="cuda", generator=g)
+    return obs
+
+
+def generators(batch: int, offset: int = 0) -> list[torch.Generator]:
+    """One CPU generator per row, seeded ``offset + row``."""
+    return [torch.Generator().manual_seed(offset + i) for i in range(batch)]
+
+
+def check_config(name: str, cfg: ModelConfig, args: PredictCheckArgs) -> list[tuple[str, bool, str]]:
+    """Plain and compiled DDIM graphs against eager, and the bf16 check, at every batch size of ``args``."""
+    results = []
+    torch.manual_seed(0)
+    model = DiffusionPolicy(cfg).cuda().eval()
+    for batch in args.batch_sizes:
+        obs = observations(cfg, batch)
+        model.cuda_graphs = False
+        eager = model.predict_action(obs, generator=generators(batch))
+        model.cuda_graphs, model.compile_graphs = True, False
+        plain = model.predict_action(obs, generator=generators(batch))
+        model.compile_graphs = True
+        compiled = model.predict_action(obs, generator=generators(batch))
+        for label, got in (("plain graph", plain), ("compiled graph", compiled)):
+            gap = (got - eager).abs().max().item()
+            results.append((f"{name}, DDIM, batch {batch}: {label} equals eager", gap <= args.atol,
+                            f"max gap {gap:.2e} (actions up to {eager.abs().max().item():.2f})"))
+        if not model.compile_graphs:
+            results.append((f"{name}: torch.compile of the U-Net", False, "failed; the plain graph was used"))
+        results.append(check_bf16(name, model, obs, eager, args.bf16_atol))
+    return results
+
+
+def check_bf16(name: str, model: DiffusionPolicy, obs: dict[str, torch.Tensor], eager: torch.Tensor,
+               atol: float) -> tuple[str, bool, str]:
+    """The bf16-weight graph against eager float32, before and after the U-Net's weights change in place."""
+    batch = eager.shape[0]
+    model.cuda_graphs, model.bf16_graphs = True, True
+    bf16 = model.predict_action(obs, generator=generators(batch))
+    with torch.no_grad():
+        for p in model.noise_pred_net.parameters():
+            p.mul_(0.9)
+    model.cuda_graphs = False
+    eager_after = model.predict_action(obs, generator=generators(batch))
+    model.cuda_graphs = True
+    bf16_after = model.predict_action(obs, generator=generators(batch))
+    with torch.no_grad():
+        for p in model.noise_pred_net.parameters():
+            p.div_(0.9)
+    model.bf16_graphs = False
+    gap, gap_after = (bf16 - eager).abs().max().item(), (bf16_after - eager_after).abs().max().item()
+    moved = (eager_after - eager).abs().max().item()
+    ok = gap <= atol and gap_after <= atol and moved > 2 * atol
+    return (f"{name}, DDIM, batch {batch}: bf16-weight graph near eager float32, follows in-place weight changes",
+            ok, f"max gap {gap:.2e}; after scaling the U-Net's weights by 0.9 {gap_after:.2e} "
+                f"(the actions moved {moved:.2e})")
+
+
+def check_ddpm_seeds(cfg: ModelConfig) -> tuple[str, bool, str]:
+    """DDPM through the graph: the same generators repeat the actions, other generators change them."""
+    torch.manual_seed(0)
+    model = DiffusionPolicy(cfg).cuda().eval()
+    obs = observations(cfg, 2)
+    first = model.predict_action(obs, generator=generators(2))
+    again = model.predict_action(obs, generator=generators(2))
+    other = model.predict_action(obs, generator=generators(2, offset=10))
+    same, differs = torch.equal(first, again), not torch.allclose(first, other)
+    return ("DDPM graph: same generators give the same actions, others differ", same and differs,
+            f"repeat equal: {same}, other seeds differ: {differs}")
+
+
+def main(args: PredictCheckArgs) -> int:
+    """Run every check, print one line each; 0 when all pass, 1 otherwise."""
+    if not torch.cuda.is_available():
+        raise SystemExit("scripts/check_gpu_predict.py checks the CUDA path: no CUDA device is visible")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    results = check_config("tiny", tiny_model_config(image_shape=(3, 64, 64), sampler="ddim", num_inference_steps=4),
+                           args)
+    if args.seed_config:
+        results += check_config("seed config", ModelConfig(sampler="ddim", num_inference_steps=10), args)
+    results.append(check_ddpm_seeds(tiny_model_config(image_shape=(3, 64, 64), sampler="ddpm", num_inference_steps=4)))
+    for name, ok, detail in results:
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
+    return 0 if all(ok for _, ok, _ in results) else 1
+
+
+__all__ = ["PredictCheckArgs", "check_bf16", "check_config", "check_ddpm_seeds", "main"]
