@@ -2,7 +2,8 @@
 and reading them back.
 
 The h5 layout (``traj_<k>`` groups with per-agent actions, per-agent qpos and state, per-camera RGB and
-success flags) is defined once, in :mod:`rf_dp_agents.data.convert`, whose readers are re-exported here.
+success flags) is owned by :mod:`rf_dp_agents.data.convert` (the library reads demos without a simulator, and
+this package needs one), so this module writes with its keys and re-exports its readers.
 The JSON sidecar follows ManiSkill's trajectory format: ``env_info`` (env id, kwargs, episode cap) and an
 ``episodes`` list (episode id, seed, reset kwargs, control mode, length, success flags). Both files are
 written under a temporary name and renamed, so a crash never leaves a half-written demonstration.
@@ -21,12 +22,15 @@ import numpy as np
 
 from envs.router import agent_state
 from rf_dp_agents.data.convert import (
+    TRAJ_PREFIX,
     EpisodeRef,
     action_key,
     episode_agents,
     list_episodes,
     qpos_key,
+    read_actions,
     read_agent_episode,
+    read_seed,
     rgb_key,
     state_key,
 )
@@ -119,7 +123,7 @@ def write_episode(
     try:
         with h5py.File(tmp, "w") as f:
             f.attrs["env_id"] = env_id
-            g = f.create_group("traj_0")
+            g = f.create_group(f"{TRAJ_PREFIX}0")
             g.attrs["seed"] = int(seed)
             g.attrs["elapsed_steps"] = int(length)
             g.attrs["agents"] = json.dumps(list(recording.agent_keys))
@@ -297,21 +301,6 @@ class EpisodeReplayer:
     def close(self) -> None:
         """Close the env."""
         self.env.close()
-
-
-def read_actions(ref: EpisodeRef) -> list[dict[str, np.ndarray]]:
-    """The per-step action dicts (agent key -> (8,)) of an episode, for open-loop replay."""
-    agents = episode_agents(ref)
-    with h5py.File(ref.path, "r") as f:
-        per_agent = {key: f[ref.traj][action_key(key)][()] for key in agents}
-    length = len(next(iter(per_agent.values())))
-    return [{key: per_agent[key][t] for key in agents} for t in range(length)]
-
-
-def read_seed(ref: EpisodeRef) -> int:
-    """The env seed an episode was recorded from."""
-    with h5py.File(ref.path, "r") as f:
-        return int(f[ref.traj].attrs["seed"])
 
 
 __all__ = [

@@ -12,6 +12,9 @@ Layout of one demonstration file (``demos/<task>/<name>.h5``, written by ``envs.
 with attributes ``seed``, ``elapsed_steps``, ``agents`` and ``cameras`` (JSON lists) on the group. Step ``t``
 pairs observation ``t`` with action ``t``; the observation after the last action is dropped on conversion.
 
+This module owns the layout (``envs.demo_io`` writes it with the keys defined here): the library reads demos
+without a simulator, and ``envs`` cannot be imported without one.
+
 This module reads that layout (h5py only; no simulator) and streams it, one episode at a time, through
 :class:`~rf_dp_agents.data.writer.ZarrWriter`. Any structural problem is a
 :class:`~rf_dp_agents.data.errors.DatasetError` naming the file, the episode and the key, raised before a
@@ -134,6 +137,21 @@ def episode_agents(ref: EpisodeRef) -> list[str]:
         if ref.traj not in f:
             raise DatasetError(f"episode {ref}: group {ref.traj!r} missing")
         return _json_attr(f[ref.traj], "agents", f"episode {ref}")
+
+
+def read_actions(ref: EpisodeRef) -> list[dict[str, np.ndarray]]:
+    """The per-step action dicts (agent key -> (8,)) of an episode, for open-loop replay."""
+    agents = episode_agents(ref)
+    with h5py.File(ref.path, "r") as f:
+        per_agent = {key: f[ref.traj][action_key(key)][()] for key in agents}
+    length = len(next(iter(per_agent.values())))
+    return [{key: per_agent[key][t] for key in agents} for t in range(length)]
+
+
+def read_seed(ref: EpisodeRef) -> int:
+    """The env seed an episode was recorded from."""
+    with h5py.File(ref.path, "r") as f:
+        return int(f[ref.traj].attrs["seed"])
 
 
 def _dataset(group: h5py.Group, key: str, where: str) -> h5py.Dataset:
@@ -292,6 +310,8 @@ __all__ = [
     "zarr_name",
     "list_episodes",
     "episode_agents",
+    "read_actions",
+    "read_seed",
     "read_agent_episode",
     "iter_agent_episodes",
     "convert_agent",
