@@ -119,6 +119,35 @@ def test_run_episode_stops_at_the_cap(lift_env):
     assert [s.tolist() for s in policies[0].starts] == [[True], [False], [False]]
 
 
+class LiftBarAtStep(gym.Wrapper):
+    """Lifts the bar 0.3 m (RoboFactory's rule then holds, the strict one does not) before env step ``at``."""
+
+    def __init__(self, env: gym.Env, at: int) -> None:
+        super().__init__(env)
+        self.at, self.steps = at, 0
+
+    def reset(self, **kwargs):
+        self.steps = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps == self.at:
+            from mani_skill.utils.structs.pose import Pose
+
+            bar = self.env.unwrapped.barrier
+            bar.set_pose(Pose.create_from_pq(p=bar.pose.p + torch.tensor([0.0, 0.0, 0.3])))
+        return self.env.step(action)
+
+
+def test_run_episode_ends_at_the_first_success(lift_env):
+    router = MultiAgentRouter(LiftBarAtStep(lift_env, at=2), default_routes(lift_env, [RecordingPolicy(), RecordingPolicy()]))
+    summary = router.run_episode(seed=2, max_steps=6)
+    assert summary.steps == 2  # success terminates the episode
+    assert summary.success.tolist() == [True] and summary.first_success_step.tolist() == [2]
+    assert summary.extra_success["success_strict"].tolist() == [False]
+
+
 def test_missing_camera_fails_at_construction_naming_agent(lift_env):
     routes = default_routes(lift_env, [RecordingPolicy(), RecordingPolicy()])
     routes["panda-1"] = AgentRoute(routes["panda-1"].policy, cameras=("head_camera_agent7",))
@@ -217,9 +246,24 @@ def test_real_diffusion_policy_agents_drive_the_task(lift_env):
     rng = np.random.default_rng(0)
     stats = {"state": rng.normal(size=(32, 8)).astype(np.float32), "action": rng.normal(size=(32, 8)).astype(np.float32)}
     agents = [DiffusionPolicyAgent(DiffusionPolicy(config, Normalizer.fit(stats))) for _ in range(2)]
-    router = MultiAgentRouter(lift_env, default_routes(lift_env, agents))
-    obs, _ = router.reset(seed=0)
+    sent = []
+
+    class Recorder(gym.Wrapper):
+        def step(self, action):
+            sent.append({k: v.clone() for k, v in action.items()})
+            return self.env.step(action)
+
+    router = MultiAgentRouter(Recorder(lift_env), default_routes(lift_env, agents))
+    first, _ = router.reset(seed=0)
+    obs = first
     for _ in range(2):
-        obs, _, _, _, info = router.step(obs)
-    assert info["success"].shape == (1,)
+        obs, *_ = router.step(obs)
     assert [a.num_model_calls for a in agents] == [1, 1]  # one chunk each, the second action came from the queue
+    # each arm got its own agent's action for its own camera and joints: the agents asked afresh agree
+    for i, agent in enumerate(agents):
+        agent.reset()
+        own = {"img": first["sensor_data"][f"head_camera_agent{i}"]["rgb"], "state": agent_state(first, f"panda-{i}")}
+        want = agent.predict_action_chunk(own, episode_start=[True], deterministic=True)
+        for t in range(2):
+            torch.testing.assert_close(torch.as_tensor(sent[t][f"panda-{i}"]).float(), torch.as_tensor(want[:, t]).float())
+    assert not torch.allclose(torch.as_tensor(sent[0]["panda-0"]), torch.as_tensor(sent[0]["panda-1"]), atol=1e-3)
