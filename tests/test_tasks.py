@@ -108,6 +108,7 @@ def assert_success_only_once_released(env: gym.Env, arm_id: int, hold: np.ndarra
     info = step_for(env, arm_actions(env, {arm_id: hold}), 5)
     assert bool(info[held_key].item()) == (held_key.endswith("grasped")), "the cube is not held"
     assert not info["success"].item(), "success while an arm still holds the cube"
+    assert info["success_robofactory"].item(), "RoboFactory's rule counts a placement still held"
     opened = hold.copy()
     opened[7] = 1.0
     info = step_for(env, arm_actions(env, {arm_id: opened}), 15)
