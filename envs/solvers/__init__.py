@@ -11,13 +11,17 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from envs.solvers import lift_barrier, pipeline, stacking
+from envs.solvers import pass_shoe, pick_meat, strike_cube
 from envs.solvers.planner import GraspFailed, MultiArmPlanner, PlanningFailed
 
 Solver = Callable[[Any, MultiArmPlanner], dict]
 
 SOLVERS: dict[str, Solver] = {
+    "PickMeat-rf": pick_meat.solve,
     "StackCube-rf": stacking.solve_stack_cube,
+    "StrikeCube-rf": strike_cube.solve,
     "LiftBarrier-rf": lift_barrier.solve,
+    "PassShoe-rf": pass_shoe.solve,
     "TwoRobotsStackCube-rf": stacking.solve_stack_on_goal,
     "ThreeRobotsStackCube-rf": stacking.solve_stack_on_goal,
     "LongPipelineDelivery-rf": pipeline.solve_long_pipeline,

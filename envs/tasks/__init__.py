@@ -2,13 +2,19 @@
 
 from envs.tasks.lift_barrier import LiftBarrierEnv
 from envs.tasks.long_pipeline_delivery import LongPipelineDeliveryEnv
+from envs.tasks.pass_shoe import PassShoeEnv
+from envs.tasks.pick_meat import PickMeatEnv
 from envs.tasks.stack_cube import StackCubeEnv
+from envs.tasks.strike_cube import StrikeCubeEnv
 from envs.tasks.three_robots_stack_cube import ThreeRobotsStackCubeEnv
 from envs.tasks.two_robots_stack_cube import TwoRobotsStackCubeEnv
 
 TASK_IDS = (
+    "PickMeat-rf",
     "StackCube-rf",
+    "StrikeCube-rf",
     "LiftBarrier-rf",
+    "PassShoe-rf",
     "TwoRobotsStackCube-rf",
     "ThreeRobotsStackCube-rf",
     "LongPipelineDelivery-rf",
@@ -19,7 +25,10 @@ __all__ = [
     "TASK_IDS",
     "LiftBarrierEnv",
     "LongPipelineDeliveryEnv",
+    "PassShoeEnv",
+    "PickMeatEnv",
     "StackCubeEnv",
+    "StrikeCubeEnv",
     "ThreeRobotsStackCubeEnv",
     "TwoRobotsStackCubeEnv",
 ]

@@ -100,6 +100,15 @@ def is_released(arms: Sequence[Any], actors_: Sequence[Actor]) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class BoxPart:
+    """One box of a compound primitive object (:meth:`RFTableTaskEnv.build_box_body`), in the object's frame."""
+
+    half_size: tuple[float, float, float]
+    offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    color: tuple[float, float, float, float] = (0.5, 0.5, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
 class ArmPlacement:
     """World pose of one Panda base on the table: position (x, y) and heading yaw (rad) about +z."""
 
@@ -243,6 +252,37 @@ class RFTableTaskEnv(BaseEnv):
         builder = self.scene.create_actor_builder()
         builder.add_box_collision(half_size=list(half_size), density=density)
         builder.add_box_visual(half_size=list(half_size), material=sapien.render.RenderMaterial(base_color=list(color)))
+        builder.initial_pose = sapien.Pose(p=[0.0, 0.0, 2.0 + 0.2 * len(self.scene.actors)])
+        return builder.build(name=name)
+
+    def build_box_body(
+        self,
+        name: str,
+        parts: Sequence[BoxPart],
+        mass: float,
+        inertia: Sequence[float] | None = None,
+        com: Sequence[float] = (0.0, 0.0, 0.0),
+        friction: float = 0.3,
+        restitution: float = 0.0,
+    ) -> Actor:
+        """One dynamic actor made of boxes (collision and visual per part) with the given ``mass`` (kg) and
+        static/dynamic ``friction``, parked out of the way until the episode places it.
+
+        With ``inertia`` (principal moments, kg m^2) the centre of mass is ``com`` in the actor frame and the
+        inertia is taken as given (RoboFactory's assets set both); without, both follow from a uniform density.
+        """
+        if not parts:
+            raise ValueError(f"{name}: a box body needs at least one part")
+        material = sapien.physx.PhysxMaterial(float(friction), float(friction), float(restitution))
+        volume = sum(8.0 * float(np.prod(part.half_size)) for part in parts)
+        builder = self.scene.create_actor_builder()
+        for part in parts:
+            pose = sapien.Pose(p=list(part.offset))
+            builder.add_box_collision(pose, list(part.half_size), material=material, density=mass / volume)
+            visual = sapien.render.RenderMaterial(base_color=list(part.color))
+            builder.add_box_visual(pose, list(part.half_size), material=visual)
+        if inertia is not None:
+            builder.set_mass_and_inertia(float(mass), sapien.Pose(p=list(com)), list(inertia))
         builder.initial_pose = sapien.Pose(p=[0.0, 0.0, 2.0 + 0.2 * len(self.scene.actors)])
         return builder.build(name=name)
 
