@@ -167,7 +167,6 @@ class Trainer(RunKeeping):
             autocast_dtype=self.autocast_dtype,
         )
 
-
     # ---- the loop ---------------------------------------------------------------------------------------
     def run(self) -> Path:
         """Train to the end (or early stop); return the run directory."""
