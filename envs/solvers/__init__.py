@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from envs.solvers import lift_barrier, pipeline, stacking
 from envs.solvers import pass_shoe, pick_meat, strike_cube
+from envs.solvers import camera_tasks, place_food
 from envs.solvers.planner import GraspFailed, MultiArmPlanner, PlanningFailed
 
 Solver = Callable[[Any, MultiArmPlanner], dict]
@@ -22,9 +23,12 @@ SOLVERS: dict[str, Solver] = {
     "StrikeCube-rf": strike_cube.solve,
     "LiftBarrier-rf": lift_barrier.solve,
     "PassShoe-rf": pass_shoe.solve,
+    "PlaceFood-rf": place_food.solve,
     "TwoRobotsStackCube-rf": stacking.solve_stack_on_goal,
     "ThreeRobotsStackCube-rf": stacking.solve_stack_on_goal,
+    "CameraAlignment-rf": camera_tasks.solve_camera_alignment,
     "LongPipelineDelivery-rf": pipeline.solve_long_pipeline,
+    "TakePhoto-rf": camera_tasks.solve_take_photo,
 }
 """Task id -> solver."""
 
