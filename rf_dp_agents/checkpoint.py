@@ -9,6 +9,7 @@ tensors are an error naming them. Pickle files (``.ckpt``, ``.pt``, ``.pth``, ``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -214,22 +215,98 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def load_policy(path: str | os.PathLike, device: str | torch.device = "auto", seed: int = 0) -> "DiffusionPolicyAgent":
+SAMPLERS = ("ddpm", "ddim", "dpmsolver")
+"""Sampler names :func:`load_policy` accepts (diffusers' DDPM, DDIM and DPM-Solver++ multistep)."""
+GRAPH_OPTIONS = ("cuda_graphs", "compile_graphs", "bf16_graphs", "graph_tf32")
+"""Sampling-graph switches of :class:`~rf_dp_agents.model.DiffusionPolicy` that :func:`load_policy` can set."""
+
+
+def sampling_config(
+    config: ModelConfig, sampler: str | None = None, num_inference_steps: int | None = None, source: str = "checkpoint"
+) -> ModelConfig:
+    """``config`` with its inference sampler and step count replaced (None keeps the saved value), validated:
+    an unknown sampler lists the choices; the steps must be a positive int at most the training schedule's
+    ``num_train_timesteps``. ``source`` names the checkpoint in the error."""
+    changes: dict[str, Any] = {}
+    if sampler is not None:
+        if sampler not in SAMPLERS:
+            raise ValueError(f"{source}: unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        changes["sampler"] = sampler
+    if num_inference_steps is not None:
+        steps = num_inference_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 0 < steps <= config.num_train_timesteps:
+            raise ValueError(
+                f"{source}: num_inference_steps must be an int in [1, {config.num_train_timesteps}] (the "
+                f"num_train_timesteps its model was trained with), got {steps!r}"
+            )
+        changes["num_inference_steps"] = int(steps)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def load_policy(
+    path: str | os.PathLike,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    *,
+    sampler: str | None = None,
+    num_inference_steps: int | None = None,
+    execute_steps: int | None = None,
+    temporal_ensemble: float | None = None,
+    cuda_graphs: bool | None = None,
+    compile_graphs: bool | None = None,
+    bf16_graphs: bool | None = None,
+    graph_tf32: bool | None = None,
+    compile_cache: str | os.PathLike | bool | None = None,
+) -> "DiffusionPolicyAgent":
     """Load a checkpoint directory (or a training run directory with ``best/`` or ``last/``) as a policy object.
 
     Returns a :class:`~rf_dp_agents.policy.DiffusionPolicyAgent` in eval mode on ``device``
-    ("auto": cuda if available, else cpu); ``seed`` seeds its deterministic sampling.
+    ("auto": cuda if available, else cpu); ``seed`` seeds its deterministic sampling. Every other argument left
+    at None keeps the checkpoint's or the library's default:
+
+    * ``sampler`` ('ddpm', 'ddim', 'dpmsolver') and ``num_inference_steps`` (1 .. the model's
+      ``num_train_timesteps``) replace the inference settings saved in the checkpoint.
+    * ``execute_steps`` (1 .. Ta) and ``temporal_ensemble`` (ACT's coefficient m) choose how chunks are executed
+      (:mod:`rf_dp_agents.policy`); both off by default.
+    * ``cuda_graphs``, ``compile_graphs``, ``bf16_graphs``, ``graph_tf32``: the model's sampling-graph switches
+      (:class:`~rf_dp_agents.model.DiffusionPolicy`).
+    * ``compile_cache``: on CUDA with compiled graphs, where TorchInductor keeps its compiled kernels across
+      processes (a directory; None/True: ``~/.cache/rf_dp_agents/torchinductor`` unless ``TORCHINDUCTOR_CACHE_DIR``
+      or ``RF_DP_COMPILE_CACHE`` say otherwise; False: torch's default in the temp directory).
+
+    Bad values are a ValueError naming the checkpoint's ``config.json`` and the accepted range.
     """
+    from rf_dp_agents.model.graph_setup import use_compile_cache
     from rf_dp_agents.policy import DiffusionPolicyAgent
 
-    model, metadata = load_checkpoint(path, resolve_device(device))
-    return DiffusionPolicyAgent(model, seed=seed, metadata=metadata)
+    ckpt = resolve_checkpoint_dir(path)
+    source = str(ckpt / CONFIG_NAME)
+    switches = dict(zip(GRAPH_OPTIONS, (cuda_graphs, compile_graphs, bf16_graphs, graph_tf32)))
+    for name, value in switches.items():
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"{source}: {name} must be True, False or None, got {value!r}")
+    config = sampling_config(ModelConfig.from_dict(read_checkpoint_config(ckpt)["model"]), sampler,
+                             num_inference_steps, source)
+    model, metadata = load_checkpoint(ckpt, resolve_device(device))
+    model.config = config
+    for name, value in switches.items():
+        if value is not None:
+            setattr(model, name, value)
+    if model.device.type == "cuda" and model.cuda_graphs and model.compile_graphs:
+        use_compile_cache(compile_cache)
+    try:
+        return DiffusionPolicyAgent(model, seed=seed, metadata=metadata, execute_steps=execute_steps,
+                                    temporal_ensemble=temporal_ensemble)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
 
 
 __all__ = [
     "CONFIG_NAME",
     "EPOCHS_DIR",
     "FORMAT_VERSION",
+    "GRAPH_OPTIONS",
+    "SAMPLERS",
     "WEIGHTS_NAME",
     "epoch_checkpoint_dir",
     "load_checkpoint",
@@ -237,5 +314,6 @@ __all__ = [
     "read_checkpoint_config",
     "resolve_checkpoint_dir",
     "resolve_device",
+    "sampling_config",
     "save_checkpoint",
 ]

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from rf_dp_agents.checkpoint import load_checkpoint, resolve_checkpoint_dir, resolve_device
+from rf_dp_agents.checkpoint import CONFIG_NAME, load_checkpoint, resolve_checkpoint_dir, resolve_device, sampling_config
 from rf_dp_agents.data.dataset import SequenceDataset
 from rf_dp_agents.model.diffusion import DiffusionPolicy
 
@@ -113,15 +113,17 @@ def action_errors(
     if any(spec.bf16 for spec in samplers) and not (model.device.type == "cuda" and model.cuda_graphs):
         raise ValueError(f"bf16 samplers ({', '.join(str(s) for s in samplers if s.bf16)}) run in CUDA graphs only; "
                          f"the model is on {model.device}")
+    # every spec checked (as load_policy checks them) before any sampling starts
+    configs = [sampling_config(cfg, spec.name, spec.steps, source=str(ckpt / CONFIG_NAME)) for spec in samplers]
     results = {}
-    for spec in samplers:
-        model.config.sampler = spec.name
+    for spec, config in zip(samplers, configs):
+        model.config = config
         model.bf16_graphs = spec.bf16
         sq = ab = 0.0
         count = 0
         for lo in range(0, n, batch_size):
             ids = torch.arange(lo, min(lo + batch_size, n))
-            squared, absolute, values = chunk_error_sums(model, dataset, ids, split, seed, spec.steps)
+            squared, absolute, values = chunk_error_sums(model, dataset, ids, split, seed)
             sq, ab, count = sq + squared, ab + absolute, count + values
         results[str(spec)] = {"mse": sq / count, "mae": ab / count}
     return {"checkpoint": str(ckpt), "dataset": str(dataset.source), "split": split, "windows": n,

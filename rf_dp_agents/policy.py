@@ -6,12 +6,24 @@ To observations (the first one repeated at an episode start) and a queue of Ta a
 predicted chunk ``pred[:, To-1 : To-1+Ta]``. Each ``predict`` call returns one action per env; the model
 runs only when some env's queue is empty, and then only on the envs whose queue is empty (the others
 keep executing their chunk; in lock-step rollouts that is every env at once).
+
+Two ways of executing chunks, both off by default (choose them at ``load_policy`` or on the object):
+
+* ``execute_steps=k`` (1 <= k <= Ta): execute only the first k actions of each chunk, then plan again from the newest
+  observations (RoboFactory evaluates with 6 of 8). The model runs every k steps instead of every Ta.
+* ``temporal_ensemble=m``: ACT's temporal ensembling. A new chunk is predicted at every step (Ta times the model
+  calls of plain execution); the action executed at step t is the weighted mean of every prediction for step t
+  that the chunks predicted so far still hold (the chunk predicted at step s holds steps s .. s+H-1, H = k if
+  ``execute_steps`` is set, else Ta), with weights ``exp(-m * i)``, i = 0 for the oldest of those chunks. With
+  m > 0 the oldest prediction gets the largest weight (ACT uses m = 0.01), m = 0 is the plain mean and m < 0
+  favours the newest chunk.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +54,14 @@ class DiffusionPolicyAgent:
     too. Keys the model does not use are ignored. Inputs are never modified.
     """
 
-    def __init__(self, model: DiffusionPolicy, seed: int = 0, metadata: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: DiffusionPolicy,
+        seed: int = 0,
+        metadata: Mapping[str, Any] | None = None,
+        execute_steps: int | None = None,
+        temporal_ensemble: float | None = None,
+    ) -> None:
         if not isinstance(model, DiffusionPolicy) and not (
             isinstance(getattr(model, "config", None), ModelConfig) and callable(getattr(model, "predict_action", None))
         ):
@@ -57,7 +76,40 @@ class DiffusionPolicyAgent:
         """Extra checkpoint metadata (e.g. training epoch, validation loss)."""
         self.num_model_calls = 0
         """How many times the diffusion model has been run (one batched call counts once)."""
+        self._execute_steps = check_execute_steps(execute_steps, self.config.action_horizon)
+        self._temporal_ensemble = check_temporal_ensemble(temporal_ensemble)
         self.reset()
+
+    @property
+    def execute_steps(self) -> int | None:
+        """Execute only the first k <= Ta actions of each chunk (None: all Ta). Setting it empties the queues."""
+        return self._execute_steps
+
+    @execute_steps.setter
+    def execute_steps(self, value: int | None) -> None:
+        self._execute_steps = check_execute_steps(value, self.config.action_horizon)
+        self._clear_plans()
+
+    @property
+    def temporal_ensemble(self) -> float | None:
+        """ACT's temporal ensembling coefficient m (None: off); a chunk is predicted every step when it is on.
+        Setting it empties the queues."""
+        return self._temporal_ensemble
+
+    @temporal_ensemble.setter
+    def temporal_ensemble(self, value: float | None) -> None:
+        self._temporal_ensemble = check_temporal_ensemble(value)
+        self._clear_plans()
+
+    @property
+    def chunk_execution(self) -> dict[str, Any]:
+        """The chunk execution options as plain JSON (``execute_steps``, ``temporal_ensemble``)."""
+        return {"execute_steps": self._execute_steps, "temporal_ensemble": self._temporal_ensemble}
+
+    @property
+    def _horizon(self) -> int:
+        """How many actions of each chunk are used: ``execute_steps`` or Ta."""
+        return self._execute_steps or self.config.action_horizon
 
     @property
     def config(self) -> ModelConfig:
@@ -80,6 +132,14 @@ class DiffusionPolicyAgent:
         self._history: dict[str, torch.Tensor] = {}
         self._queue: torch.Tensor | None = None
         self._left = np.zeros(0, dtype=np.int64)
+        self._chunks: torch.Tensor | None = None  # ensembling: (N, H, H, A), slot j = the chunk predicted j steps ago
+        self._held = np.zeros(0, dtype=np.int64)  # ensembling: chunks held per env (slots 0 .. held-1)
+
+    def _clear_plans(self) -> None:
+        """Empty every env's action queue and ensemble (the observation histories stay)."""
+        self._queue, self._chunks = None, None
+        self._left[:] = 0
+        self._held[:] = 0
 
     # ------------------------------------------------------------------------------------ input parsing
     def _as_tensor(self, key: str, value: Any) -> torch.Tensor:
@@ -153,6 +213,7 @@ class DiffusionPolicyAgent:
         if self._n_envs is None:
             self._n_envs = n
             self._left = np.zeros(n, dtype=np.int64)
+            self._held = np.zeros(n, dtype=np.int64)
             fresh[:] = True
         elif n != self._n_envs:
             raise ValueError(
@@ -160,6 +221,7 @@ class DiffusionPolicyAgent:
                 "before changing the number of envs"
             )
         self._left[fresh] = 0
+        self._held[fresh] = 0
         to = self.config.obs_horizon
         fresh_idx = torch.as_tensor(np.nonzero(fresh)[0], device=self.device)
         for key, new in obs.items():
@@ -220,7 +282,8 @@ class DiffusionPolicyAgent:
         agents); :meth:`collect` must follow before the next ``submit``."""
         obs, batched = self._parse(observation)
         self._observe(obs, episode_start)
-        need = np.nonzero(self._left == 0)[0]
+        ensemble = self._temporal_ensemble is not None
+        need = np.arange(len(self._left)) if ensemble else np.nonzero(self._left == 0)[0]
         result = self._start_infer(need, deterministic) if need.size else None
         return PendingAction(observation, batched, need, result)
 
@@ -230,15 +293,37 @@ class DiffusionPolicyAgent:
         cfg = self.config
         n = self._n_envs
         assert n is not None
+        if self._temporal_ensemble is not None:
+            assert pending.result is not None and len(pending.rows) == n, "ensembling predicts for every env"
+            action = self._ensemble(pending.result().to(self.device))
+            return self._output(action, pending.observation, cfg.state_key, pending.batched)
         if self._queue is None:
             self._queue = torch.zeros(n, cfg.action_horizon, cfg.action_dim, device=self.device)
+        fill = self._horizon
         if pending.result is not None:
             self._queue[torch.as_tensor(pending.rows, device=self.device)] = pending.result().to(self.device)
-            self._left[pending.rows] = cfg.action_horizon
-        pos = torch.as_tensor(cfg.action_horizon - self._left, device=self.device)
+            self._left[pending.rows] = fill
+        pos = torch.as_tensor(fill - self._left, device=self.device)
         action = self._queue[torch.arange(n, device=self.device), pos]
         self._left -= 1
         return self._output(action, pending.observation, cfg.state_key, pending.batched)
+
+    def _ensemble(self, chunk: torch.Tensor) -> torch.Tensor:
+        """Add every env's new chunk ``(N, Ta, A)`` to its ensemble; return the weighted mean for this step."""
+        h, m = self._horizon, float(self._temporal_ensemble)  # type: ignore[arg-type]
+        n, _, a = chunk.shape
+        new = chunk[:, :h].float().unsqueeze(1)
+        if self._chunks is None:
+            self._chunks = torch.zeros(n, h, h, a, device=self.device)
+        self._chunks = torch.cat([new, self._chunks[:, :-1]], dim=1)  # slot j: predicted j steps ago
+        self._held = np.minimum(self._held + 1, h)
+        slots = torch.arange(h, device=self.device)
+        for_now = self._chunks[:, slots, slots]  # (N, H, A): what the chunk of slot j predicted for this step
+        held = torch.as_tensor(self._held, device=self.device).unsqueeze(1)
+        oldest_first = (held - 1 - slots).float()  # i = 0 for the oldest chunk held
+        logits = (-m * oldest_first).masked_fill(slots >= held, float("-inf"))
+        weights = torch.softmax(logits, dim=1)  # exp(-m i) / sum_i exp(-m i) over the chunks held
+        return (weights.unsqueeze(-1) * for_now).sum(dim=1)
 
     @torch.no_grad()
     def predict_action_chunk(
@@ -246,14 +331,52 @@ class DiffusionPolicyAgent:
     ) -> ArrayLike:
         """Push ``observation`` into the histories and return every env's next Ta actions ``(N, Ta, A)``.
 
-        The model runs for all envs; the action queues are emptied, so a later :meth:`predict` plans afresh.
+        The model runs for all envs; the action queues (and ensembles) are emptied, so a later :meth:`predict`
+        plans afresh. The chunk execution options do not apply: this is the whole executable chunk.
         """
         obs, batched = self._parse(observation)
         self._observe(obs, episode_start)
         assert self._n_envs is not None
         chunk = self._start_infer(np.arange(self._n_envs), deterministic)()
-        self._left[:] = 0
+        self._clear_plans()
         return self._output(chunk, observation, self.config.state_key, batched)
 
 
-__all__ = ["DiffusionPolicyAgent", "PendingAction"]
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> list[int]:
+        """Build (compile and capture) the sampling graphs for ``batch_sizes`` (numbers of envs) now, so the first
+        :meth:`predict` at those sizes does not wait; return the sizes built.
+
+        Logs one line first ("compiling the sampling graph for batch 1 ..."); a first :meth:`predict` without warmup
+        logs the same line. Nothing to build (returns ``[]``) on the CPU, with ``model.cuda_graphs`` off, for sizes
+        already built, or for a shared-inference stand-in (the parent process warms its own model up).
+        """
+        sizes = list(batch_sizes)
+        bad = [b for b in sizes if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b <= 0]
+        if bad or not sizes:
+            raise ValueError(f"warmup batch_sizes must be positive ints, got {sizes!r}")
+        build = getattr(self.model, "build_graphs", None)
+        return [] if build is None else build([int(b) for b in sizes])
+
+
+def check_execute_steps(value: Any, action_horizon: int) -> int | None:
+    """``value`` if it is None or an int in [1, Ta]; otherwise a ValueError naming the range."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= action_horizon:
+        raise ValueError(
+            f"execute_steps must be an int in [1, {action_horizon}] (the policy's action_horizon Ta) or None, "
+            f"got {value!r}"
+        )
+    return int(value)
+
+
+def check_temporal_ensemble(value: Any) -> float | None:
+    """``value`` as a float if it is None or a finite number; otherwise a ValueError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+        raise ValueError(f"temporal_ensemble must be a finite number m (weights exp(-m*i)) or None, got {value!r}")
+    return float(value)
+
+
+__all__ = ["DiffusionPolicyAgent", "PendingAction", "check_execute_steps", "check_temporal_ensemble"]

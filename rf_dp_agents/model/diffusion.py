@@ -20,6 +20,7 @@ from torch import nn
 
 from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.data.normalizer import Normalizer
+from rf_dp_agents.model.graph_setup import graph_build_message
 from rf_dp_agents.model.graphed import Bf16Unet, GraphedSampler
 from rf_dp_agents.model.unet import ConditionalUnet1D
 from rf_dp_agents.model.vision import FEATURE_DIM, ResNet18Encoder
@@ -129,6 +130,10 @@ class DiffusionPolicy(nn.Module):
         per device shared by the graphs, refreshed at every replay; FiLM conditioning, scheduler and encoder stay
         float32). Actions differ from float32 sampling by bf16 rounding (README, Training and inference speed)."""
         self._bf16_unets: dict[torch.device, Bf16Unet] = {}  # a dict, so the copy stays out of the state dict
+        self.graph_tf32 = True
+        """Compile and capture the sampling graphs with TF32 matmuls and convolutions allowed inside them only
+        (``graph_setup.tf32_scope``): the graphs run in TF32 whatever the process's global flags, which are left
+        unchanged. False: the graphs use the global flags in force when they are built."""
         self.film_tables = True
         """Compute every denoising step's FiLM conditioning in one batch before the loop (when steps x batch
         is at most ``FILM_TABLE_ROWS``) instead of twelve matrix-vector products per step."""
@@ -277,15 +282,39 @@ class DiffusionPolicy(nn.Module):
             sample = scheduler.step(model_out, t, sample, generator=generator).prev_sample
         return self.normalizer.unnormalize(ACTION_KEY, sample)
 
-    def _graphed(self, size: int, steps: int) -> GraphedSampler:
-        key = (size, self.config.sampler, steps, self.device, self.compile_graphs, self.bf16_graphs)
+    def _graph_key(self, size: int, steps: int) -> tuple[Any, ...]:
+        return (size, self.config.sampler, steps, self.device, self.compile_graphs, self.bf16_graphs, self.graph_tf32)
+
+    def has_graph(self, size: int, steps: int | None = None) -> bool:
+        """Whether the sampling graph for batch ``size`` (and ``steps``, default the config's) is already built."""
+        steps = self.config.num_inference_steps if steps is None else int(steps)
+        return self._graph_key(int(size), steps) in self._graphs
+
+    def build_graphs(self, batch_sizes: Sequence[int], steps: int | None = None) -> list[int]:
+        """Build (compile and capture) the sampling graphs for ``batch_sizes`` now, with one log line first; return
+        the sizes built. Nothing is built off CUDA, with ``cuda_graphs`` off, or in training mode."""
+        steps = self.config.num_inference_steps if steps is None else int(steps)
+        if not (self.cuda_graphs and self.device.type == "cuda" and not self.training):
+            return []
+        todo = [size for size in dict.fromkeys(int(b) for b in batch_sizes) if not self.has_graph(size, steps)]
+        if todo:
+            log.log(logging.WARNING if self.compile_graphs else logging.INFO,
+                    graph_build_message(todo, self.compile_graphs))
+        for size in todo:
+            self._graphed(size, steps, announce=False)
+        return todo
+
+    def _graphed(self, size: int, steps: int, announce: bool = True) -> GraphedSampler:
+        """The sampling graph for batch ``size``, built on first use (``announce``: log the one line that says so)."""
+        key = self._graph_key(size, steps)
         if key not in self._graphs:
             if not self._graphs and self.channels_last_graphs:  # no graph holds the weights' old storage yet
                 self.encoders.to(memory_format=torch.channels_last)
             if len(self._graphs) >= MAX_CUDA_GRAPHS:
                 self._graphs.pop(next(iter(self._graphs)))
-            if self.compile_graphs:
-                log.info("compiling the U-Net for CUDA-graph sampling at batch %d (once per batch size)", size)
+            if announce:  # a compilation is announced at WARNING, so it shows without any logging configuration
+                log.log(logging.WARNING if self.compile_graphs else logging.INFO,
+                        graph_build_message([size], self.compile_graphs))
             bf16 = None
             if self.bf16_graphs:
                 if self.device not in self._bf16_unets:
@@ -293,14 +322,14 @@ class DiffusionPolicy(nn.Module):
                 bf16 = self._bf16_unets[self.device]
             try:
                 graph = GraphedSampler(self, size, make_scheduler(self.config, self.config.sampler), steps,
-                                       compile_unet=self.compile_graphs, bf16_unet=bf16)
+                                       compile_unet=self.compile_graphs, bf16_unet=bf16, tf32=self.graph_tf32)
             except Exception as exc:  # torch.compile needs Triton and a C compiler; the plain graph does not
                 if not self.compile_graphs:
                     raise
                 log.warning("torch.compile of the U-Net failed (%s: %s); sampling graphs capture the plain U-Net",
                             type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
                 self.compile_graphs = False
-                return self._graphed(size, steps)
+                return self._graphed(size, steps, announce=False)
             self._graphs[key] = graph
         return self._graphs[key]
 

@@ -6,7 +6,9 @@ compiled with torch.compile first, its Inductor kernels then captured like any o
 Its inputs (uint8 images, raw state, the initial noise) are copied into static buffers; one ``replay`` runs the
 encoder, every U-Net call and every scheduler update with no Python in between. The initial noise is drawn outside the
 graph, so a caller's generators still decide it; DDPM's per-step noise comes from the default CUDA
-generator inside the graph (reseed it with ``seed`` for repeatable samples).
+generator inside the graph (reseed it with ``seed`` for repeatable samples). With ``tf32`` (the default) the U-Net is
+compiled and the graph captured with TF32 matmuls and convolutions allowed (``graph_setup.tf32_scope``): the replays
+run in TF32 while the caller's global precision flags stay as they were.
 
 The policy builds its graphs and hands them what they need (itself, as :class:`SamplingModel`, and a fresh
 scheduler), so this module imports nothing from :mod:`rf_dp_agents.model.diffusion`.
@@ -22,6 +24,7 @@ from diffusers import SchedulerMixin
 from torch import nn
 
 from rf_dp_agents.config import ModelConfig
+from rf_dp_agents.model.graph_setup import tf32_scope
 from rf_dp_agents.model.unet import ConditionalUnet1D
 
 
@@ -106,6 +109,7 @@ class GraphedSampler:
         warmup: int = 2,
         compile_unet: bool = False,
         bf16_unet: Bf16Unet | None = None,
+        tf32: bool = True,
     ):
         device = policy.device
         if device.type != "cuda":
@@ -128,15 +132,16 @@ class GraphedSampler:
         self.scheduler = scheduler
         self.scheduler.set_timesteps(self.num_inference_steps)
         self.timesteps_dev = self.scheduler.timesteps.to(device)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.no_grad():
-            for _ in range(max(warmup, 1)):
-                self._body()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
-            self.static_out = self._body()
+        with tf32_scope(tf32):  # compilation and capture only: replays keep the captured math mode
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream), torch.no_grad():
+                for _ in range(max(warmup, 1)):
+                    self._body()
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), torch.no_grad():
+                self.static_out = self._body()
 
     def _body(self) -> torch.Tensor:
         if self.bf16 is not None:

@@ -6,6 +6,7 @@ Importing this module does not import mani_skill.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,6 +53,13 @@ class RolloutConfig:
     """Override the policies' inference sampler ('ddpm' with 10 steps is the fast one that kept accuracy: README)."""
     num_inference_steps: int | None = None
     """Override the policies' number of denoising steps."""
+    execute_steps: int | None = None
+    """Execute only the first k actions of each predicted chunk (1 <= k <= the policies' action_horizon Ta), then plan
+    again; RoboFactory evaluates with 6 of 8. Default: all Ta."""
+    temporal_ensemble: float | None = None
+    """ACT's temporal ensembling with coefficient m (ACT uses 0.01): a new chunk every step (Ta times the model
+    calls), each action the mean of every chunk's prediction for that step, weights exp(-m*i), i = 0 the oldest
+    chunk. Default: off."""
     deterministic: bool = False
     """Sample the diffusion noise from each policy's fixed seed (equal observations give equal actions)."""
     device: str = "auto"
@@ -60,6 +68,9 @@ class RolloutConfig:
     """On CUDA, capture the torch.compile'd U-Net in the sampling CUDA graphs (3.3x faster per chunk at batch 1
     on an H200: README); each new batch size costs 10-20 s of compilation at its first call, so
     --no-compile-graphs suits short rollouts."""
+    graph_tf32: bool = True
+    """On CUDA, compile and capture the sampling graphs with TF32 matmuls and convolutions allowed inside them only
+    (the process's global precision flags are left as they are)."""
     bf16_graphs: bool = False
     """On CUDA, run the U-Net in the sampling graphs from a bfloat16 copy of its weights (README, Training and
     inference speed); measure its accuracy first with scripts/offline_eval.py --samplers ddpm:10 ddpm:10:bf16."""
@@ -84,6 +95,10 @@ class RolloutConfig:
             value = getattr(self, name)
             if value is not None and int(value) <= 0:
                 raise ValueError(f"RolloutConfig.{name} must be positive, got {value}")
+        if self.execute_steps is not None and (isinstance(self.execute_steps, bool) or int(self.execute_steps) <= 0):
+            raise ValueError(f"RolloutConfig.execute_steps must be a positive int, got {self.execute_steps!r}")
+        if self.temporal_ensemble is not None and not math.isfinite(float(self.temporal_ensemble)):
+            raise ValueError(f"RolloutConfig.temporal_ensemble must be a finite number, got {self.temporal_ensemble!r}")
         if (self.camera_width is None) != (self.camera_height is None):
             raise ValueError("RolloutConfig: give both camera_width and camera_height, or neither")
         if self.sim_backend not in ("cpu", "gpu"):

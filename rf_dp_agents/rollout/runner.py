@@ -19,7 +19,6 @@ the first success) for ``success`` and the same logic for ``success_strict``. Re
 from __future__ import annotations
 
 import concurrent.futures as futures
-import dataclasses
 import multiprocessing
 import os
 import time
@@ -46,7 +45,7 @@ from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.policy import DiffusionPolicyAgent
 from rf_dp_agents.rollout.config import RolloutConfig
 from rf_dp_agents.rollout.execution import Execution, as_agent_actions, make_execution, to_env_action
-from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer, RemoteModel, claim_slot
+from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer, RemoteModel, batch_sizes, claim_slot
 from rf_dp_agents.rollout.metrics import (
     EpisodeResult,
     format_summary,
@@ -117,23 +116,19 @@ def checkpoint_paths(cfg: RolloutConfig, num_arms: int) -> list[Path]:
 
 
 def load_agent_policies(cfg: RolloutConfig, paths: Sequence[Path]) -> list[DiffusionPolicyAgent]:
-    """Load each agent's policy, with the config's sampler / inference-step overrides and its
-    ``compile_graphs`` and ``bf16_graphs`` choices applied."""
+    """Load each agent's policy through ``load_policy`` with the config's sampler, inference steps, chunk execution
+    and sampling-graph choices."""
     policies = []
     for i, path in enumerate(paths):
-        policy = load_policy(path, device=cfg.device, seed=cfg.seed + i)
-        policy.model.compile_graphs, policy.model.bf16_graphs = cfg.compile_graphs, cfg.bf16_graphs
-        overrides: dict[str, Any] = {}
-        if cfg.sampler is not None:
-            overrides["sampler"] = cfg.sampler
-        if cfg.num_inference_steps is not None:
-            overrides["num_inference_steps"] = cfg.num_inference_steps
-        if overrides:
-            try:
-                policy.model.config = dataclasses.replace(policy.config, **overrides)
-            except ValueError as err:
-                raise ValueError(f"agent {i} ({path}): cannot apply {overrides}: {err}") from None
-        policies.append(policy)
+        try:
+            policies.append(load_policy(
+                path, device=cfg.device, seed=cfg.seed + i, sampler=cfg.sampler,
+                num_inference_steps=cfg.num_inference_steps, execute_steps=cfg.execute_steps,
+                temporal_ensemble=cfg.temporal_ensemble, compile_graphs=cfg.compile_graphs,
+                bf16_graphs=cfg.bf16_graphs, graph_tf32=cfg.graph_tf32,
+            ))
+        except ValueError as err:
+            raise ValueError(f"agent {i} (panda-{i}): {err}") from None
     return policies
 
 
@@ -342,6 +337,8 @@ def _init_worker(cfg_dict: dict[str, Any], paths: list[str], threads: int) -> No
     global _SESSION
     torch.set_num_threads(threads)
     _SESSION = EvalSession(RolloutConfig(**cfg_dict), [Path(p) for p in paths], num_envs=1)
+    for policy in _SESSION.policies:
+        policy.warmup([1])
 
 
 def _init_shared_worker(
@@ -352,7 +349,8 @@ def _init_shared_worker(
     cfg = RolloutConfig(**cfg_dict)
     client = InferenceClient(claim_slot(slots), requests, replies)
     policies = [
-        DiffusionPolicyAgent(RemoteModel(ModelConfig.from_dict(c), i, client), seed=cfg.seed + i)
+        DiffusionPolicyAgent(RemoteModel(ModelConfig.from_dict(c), i, client), seed=cfg.seed + i,
+                             execute_steps=cfg.execute_steps, temporal_ensemble=cfg.temporal_ensemble)
         for i, c in enumerate(configs)
     ]
     _SESSION = EvalSession(cfg, [Path(p) for p in paths], num_envs=1, policies=policies)
@@ -416,6 +414,8 @@ def run_episodes(
             torch.set_num_threads(_threads(cfg, 1))
             num_envs = cfg.num_envs if cfg.sim_backend == "gpu" else 1
             session = EvalSession(cfg, paths, num_envs=num_envs, policies=policies)
+            for policy in session.policies:  # every env plans at once: one batch size
+                policy.warmup([session.num_envs])
             try:
                 for k in range(0, len(seeds), session.num_envs):
                     batch = session.run_batch(seeds[k : k + session.num_envs])
@@ -430,6 +430,8 @@ def run_episodes(
             names = [str(p) for p in paths]
             if mode == "shared":
                 policies = list(policies) if policies is not None else load_agent_policies(cfg, paths)
+                for policy in policies:  # the server pads its batches to these sizes
+                    policy.warmup(batch_sizes(workers))
                 server = InferenceServer([p.model for p in policies], workers, multiprocessing.get_context("spawn"))
                 configs = [p.config.to_dict() for p in policies]
                 with server:
@@ -467,7 +469,8 @@ def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
     policies = load_agent_policies(cfg, paths)
     width, height = camera_size(cfg, policies, paths)
     policy_info = {
-        key: {"checkpoint": str(path), "config": p.config.to_dict(), "metadata": p.metadata}
+        key: {"checkpoint": str(path), "config": p.config.to_dict(), "chunk_execution": p.chunk_execution,
+              "metadata": p.metadata}
         for key, path, p in zip(agent_keys(num_arms), paths, policies)
     }
     start = time.perf_counter()
