@@ -103,7 +103,7 @@ def planned_demo(task: str, out_dir: Path, seed: int, cameras: Sequence[str]) ->
 
 
 def assert_converts_to_zarr(demo_dir: Path, task: str, agent_ids: Sequence[int], length: int, out_dir: Path) -> None:
-    """Each agent's episodes in ``demo_dir`` convert to a zarr with img/state/action/episode_ends of the right shapes."""
+    """Each agent's episodes in ``demo_dir`` convert to a zarr with img, state, action and episode_ends as expected."""
     refs = list_episodes(demo_dir)
     assert len(refs) == 1
     for i in agent_ids:

@@ -1,9 +1,12 @@
 """Motion-planned solution of ``PassShoe-rf``: a relay through the table centre, one arm after the other.
 
-RoboFactory's order: ``panda-0`` grasps the shoe from above (fingers across its width), lifts it, carries it
-to the midpoint of the two bases and lets go, then pulls back; ``panda-1`` grasps it there, carries it over
-the target and lets go. Here each arm lowers the shoe onto the table before opening (RoboFactory's drops it
-from 5 cm), and ``panda-1`` lifts its hand clear at the end, so the shoe rests released on the target.
+RoboFactory's order: ``panda-0`` grasps the shoe from above (fingers across its width, 2 cm behind its centre),
+lifts it, carries it to the midpoint of the two bases and lets go, then pulls back; ``panda-1`` grasps it there
+at the same point, carries it over the target and lets go. Here each arm lowers the shoe onto the table before
+opening (RoboFactory's drops it from 5 cm); the grasp point, rather than the centre, is put on the midpoint, so
+it is equally far from both bases (at 0.75 m, near the Panda's reach); ``panda-1`` waits beside the relay spot
+while ``panda-0`` brings the shoe, and comes over it while ``panda-0`` backs off; at the end it lifts its hand
+clear, so the shoe rests released on the target.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ def _across(shoe: Any) -> np.ndarray:
     return axis / np.linalg.norm(axis)
 
 
-def top_down(planner: MultiArmPlanner, arm_id: int, point: np.ndarray, across: np.ndarray, pre: float = 0.0) -> sapien.Pose:
+def top_down(
+    planner: MultiArmPlanner, arm_id: int, point: np.ndarray, across: np.ndarray, pre: float = 0.0
+) -> sapien.Pose:
     """A reachable top-down TCP pose of arm ``arm_id`` at ``point``, fingers closing along +-``across``.
 
     The sign nearest the arm's current closing axis is tried first (no wrist flip); with ``pre`` the pose
@@ -71,7 +76,7 @@ def shoe_grasp(planner: MultiArmPlanner, arm_id: int, shoe: Any) -> sapien.Pose:
 
 def grasp_and_lift(planner: MultiArmPlanner, arm_id: int, shoe: Any, grasp: sapien.Pose) -> None:
     """Descend from above ``grasp`` (where the hand already is), close, check and lift the shoe by ``CARRY``."""
-    planner.move({arm_id: grasp}, method="screw")
+    planner.move({arm_id: grasp})
     planner.close_gripper(arm_id)
     planner.check_grasp(arm_id, shoe)
     planner.move({arm_id: lifted(grasp, CARRY)}, method="screw")
@@ -98,10 +103,13 @@ def solve(env: Any, planner: MultiArmPlanner) -> dict[str, Any]:
     grasp0 = shoe_grasp(planner, 0, shoe)
     planner.move({0: lifted(grasp0, PRE_GRASP)})
     grasp_and_lift(planner, 0, shoe, grasp0)
+    # the grasp point (not the centre) goes on the relay spot: then it is as far from either base
+    T = _np(shoe.pose.to_transformation_matrix())
+    relay_center = relay - (T[:3, :3] @ np.asarray(GRASP_POINT))[:2]
     toward1 = bases[1].p[:2] - relay
     wait_xy = relay + WAIT_OFFSET * toward1 / np.linalg.norm(toward1)
     wait = top_down(planner, 1, np.array([wait_xy[0], wait_xy[1], WAIT_HEIGHT]), _across(shoe))
-    set_down(planner, 0, shoe, relay, also={1: wait})
+    set_down(planner, 0, shoe, relay_center, also={1: wait})
     # panda-0 backs off while panda-1 comes over the shoe; both start and stop together
     forward0 = bases[0].to_transformation_matrix()[:3, 0]
     back = bases[0].p + forward0 * BACK_OFF[0] + np.array([0.0, 0.0, BACK_OFF[1]])

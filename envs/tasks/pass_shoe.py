@@ -82,9 +82,9 @@ class PassShoeEnv(RFTableTaskEnv):
 
     SUPPORTED_ROBOTS = [("panda", "panda")]
     arm_placements = (ArmPlacement(0.0, -0.75, math.pi / 2), ArmPlacement(0.0, 0.75, -math.pi / 2))
-    render_camera_eye = (0.95, 0.0, 1.0)
-    """Off the table's +x end, seeing both arms, the shoe's start area and the target (RoboFactory's render
-    camera, beside ``panda-1``, has that arm in front of the relay)."""
+    render_camera_eye = (0.85, -0.35, 1.05)
+    """Above the table's +x end on ``panda-0``'s side: both arms, the shoe's start area and the target in view
+    (RoboFactory's render camera stands beside ``panda-1``, which then hides the relay spot)."""
     render_camera_target = (0.0, 0.0, 0.0)
     render_camera_fov = 1.3
 
