@@ -256,7 +256,7 @@ class EpisodeReplayer:
         """Reset ``env`` (this replayer's by default) to ``seed``, step ``actions``; returns the recording and last info."""
         env = env if env is not None else self.env
         base = env.unwrapped
-        env.reset(seed=seed)
+        env.reset(seed=seed, options={"reconfigure": True})  # a fresh scene: PhysX keeps state over plain resets
         keys = env_agent_keys(base)
         multi = hasattr(base.agent, "agents_dict")
         arms = list(base.agent.agents) if multi else [base.agent]

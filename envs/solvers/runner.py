@@ -6,6 +6,11 @@ succeeds within the task's step cap, replays the actions open-loop from the same
 :class:`~envs.demo_io.EpisodeReplayer`, which renders only the chosen cameras (rendering dominates the
 cost on a CPU renderer) and records each arm's joints and the success flags. Only an episode that
 succeeds again on replay is written, so the data is exactly what the env does.
+
+Every episode starts from a rebuilt scene (``reset`` with ``reconfigure=True``): after a plain reset PhysX keeps
+state from the previous episode (LiftBarrier-rf joints differ by 2e-3 rad after 10 steps), so a seed's plan and
+data would depend on the seeds its worker ran before. The rebuild costs about 0.7 s per reset on a loaded
+2-core machine.
 """
 
 from __future__ import annotations
@@ -67,7 +72,10 @@ class DemoRunner:
     def plan(self, seed: int) -> tuple[AttemptResult, list[dict[str, np.ndarray]]]:
         """Solve ``seed`` on the state-only env; returns the outcome and the actions sent."""
         start = time.perf_counter()
-        self.plan_env.reset(seed=seed)
+        # A rebuilt scene: the episode of a seed is then the same whichever seeds this env ran before (PhysX keeps
+        # state across plain resets); the new scene has new agents, so the planner is rebuilt too.
+        self.plan_env.reset(seed=seed, options={"reconfigure": True})
+        self.planner = MultiArmPlanner(self.plan_env)
         self.planner.begin_episode()
         result = AttemptResult(seed=seed, outcome="success")
         try:

@@ -42,7 +42,10 @@ class RolloutConfig:
     video_dir: str = "videos"
     """Videos go to <video-dir>/<task>/."""
     output: str = "results.json"
-    """Where the results JSON is written (through a temporary file and a rename)."""
+    """Where the results JSON is written (through a temporary file and a rename), after every episode."""
+    resume: bool = False
+    """Continue the run whose results file is --output: keep its episodes and run only the seeds it lacks (the
+    settings that change results must be the same; without the file, start from the first seed)."""
     camera_width: int | None = None
     """Camera width in pixels; default: the width the policies were trained on (their image_shape)."""
     camera_height: int | None = None

@@ -10,15 +10,20 @@ separate processes would take turns on the GPU one row at a time.
 
 Batches are padded to the next power of two (at most the number of workers), so a CUDA-graphed model captures
 a handful of graphs. With ``deterministic=True`` each row's initial noise comes from its policy's seed, as in a
-worker's own model.
+worker's own model; otherwise each request carries seeds drawn from the worker's torch RNG, so a worker whose
+RNG is seeded per episode gets the same noise whichever other requests share its model call.
+
+Each worker has its own line to the server (a duplex pipe, one per reply slot), so a worker killed in the middle
+of a request damages only its own line: the server drops it, and :meth:`InferenceServer.reset_slot` gives the
+slot a fresh line for the restarted worker.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -93,10 +98,11 @@ class ServerStats:
 class InferenceServer:
     """Runs the models of every agent for requests from worker processes, in a thread of this process.
 
-    ``models[i]`` serves agent i. Give the workers :attr:`requests`, :attr:`replies` and :attr:`slots`
-    (multiprocessing objects of ``ctx``); each worker claims a reply slot with :func:`claim_slot`.
-    Use as a context manager: the thread runs inside the ``with`` block. A failed model call is sent to the
-    workers that asked (they raise it); the server goes on serving.
+    ``models[i]`` serves agent i. Slot ``k``'s worker talks to the server over the line :meth:`line` gives
+    (``InferenceClient(k, server.requests, server.replies)`` picks it; a worker may also claim the next free slot
+    with :func:`claim_slot` on :attr:`slots`). Use as a context manager: the thread runs inside the ``with`` block.
+    A failed model call is sent to the workers that asked (they raise it); the server goes on serving. A line
+    whose worker died is dropped; :meth:`reset_slot` opens a new one for the slot's next worker.
     """
 
     def __init__(self, models: Sequence[Any], num_workers: int, ctx: Any) -> None:
@@ -104,12 +110,49 @@ class InferenceServer:
             raise ValueError("InferenceServer needs at least one model")
         self.models = list(models)
         self.num_workers = int(num_workers)
-        self.requests = ctx.Queue()
-        self.replies = [ctx.Queue() for _ in range(self.num_workers)]
         self.slots = ctx.Value("i", 0)
         self.stats = ServerStats()
+        self._lock = threading.Lock()
+        self._ends: list[Connection | None] = [None] * self.num_workers
+        """The server's end of each slot's line (None once dropped)."""
+        self._lines: list[Connection] = [None] * self.num_workers  # type: ignore[list-item]
+        """The worker's end of each slot's line, until :meth:`release_worker_end`."""
+        self._retired: list[Connection] = []
+        for slot in range(self.num_workers):
+            self.reset_slot(slot)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @property
+    def requests(self) -> list[Connection]:
+        """The workers' ends of the lines, by slot (requests go out and replies come back on the same line)."""
+        return self._lines
+
+    @property
+    def replies(self) -> list[Connection]:
+        """The same lines as :attr:`requests` (kept for the ``InferenceClient(slot, requests, replies)`` form)."""
+        return self._lines
+
+    def line(self, slot: int) -> Connection:
+        """The worker's end of slot ``slot``'s line (pass it to the worker process when starting it)."""
+        return self._lines[slot]
+
+    def reset_slot(self, slot: int) -> Connection:
+        """Open a fresh line for ``slot`` (its worker died): the old one is dropped with any reply still due on it;
+        returns the new worker end."""
+        server_end, worker_end = _pipe()
+        with self._lock:
+            old = self._ends[slot]
+            if old is not None:
+                self._retired.append(old)
+            self._ends[slot] = server_end
+            self._lines[slot] = worker_end
+        return worker_end
+
+    def release_worker_end(self, slot: int) -> None:
+        """Close this process's copy of slot ``slot``'s worker end once the worker process holds its own, so the
+        server sees the line close when that worker dies."""
+        self._lines[slot].close()
 
     def __enter__(self) -> "InferenceServer":
         self._thread = threading.Thread(target=self._serve, name="inference-server", daemon=True)
@@ -120,40 +163,65 @@ class InferenceServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        for q in (self.requests, *self.replies):
-            q.close()
-            q.cancel_join_thread()
+        with self._lock:
+            ends = [e for e in self._ends if e is not None] + self._retired + list(self._lines)
+            self._ends, self._retired = [None] * self.num_workers, []
+        for end in ends:
+            end.close()
 
     # ------------------------------------------------------------------ the server thread
+    def _receive(self, timeout: float) -> list[tuple[Connection, Request]]:
+        """The requests that arrive on any live line within ``timeout`` seconds (each with the line it came on)."""
+        with self._lock:
+            for end in self._retired:
+                end.close()
+            self._retired = []
+            live = [e for e in self._ends if e is not None]
+        got: list[tuple[Connection, Request]] = []
+        if not live:
+            time.sleep(timeout)
+            return got
+        for end in wait(live, timeout=timeout):
+            try:
+                got.append((end, end.recv()))  # type: ignore[union-attr]
+            except (EOFError, OSError):  # its worker died (possibly mid-request): drop the line
+                with self._lock:
+                    self._ends = [None if e is end else e for e in self._ends]
+                end.close()  # type: ignore[union-attr]
+        return got
+
     def _serve(self) -> None:
         """Take every waiting request, run the agent whose oldest request waited longest on all of its requests,
         repeat: requests that arrive while a model runs join the next call for their agent."""
-        pending: list[Request] = []
+        pending: list[tuple[Connection, Request]] = []
         while not self._stop.is_set():
             if not pending:
-                try:
-                    pending.append(self.requests.get(timeout=REQUEST_POLL_S))
-                except queue.Empty:
+                pending.extend(self._receive(REQUEST_POLL_S))
+                if not pending:
                     continue
-                except (EOFError, OSError):  # the queue was closed under us: the run is over
-                    return
                 wait_until = time.perf_counter() + GATHER_S
             else:
                 wait_until = time.perf_counter()
             while True:
-                try:
-                    pending.append(self.requests.get(timeout=max(wait_until - time.perf_counter(), 0.0)))
-                except queue.Empty:
+                more = self._receive(max(wait_until - time.perf_counter(), 0.0))
+                if not more:
                     break
-                except (EOFError, OSError):
-                    return
-            group = pending[0].group  # the oldest request's agent and seeding
-            chosen = [r for r in pending if r.group == group]
-            pending = [r for r in pending if r.group != group]
+                pending.extend(more)
+            group = pending[0][1].group  # the oldest request's agent and seeding
+            chosen = [p for p in pending if p[1].group == group]
+            pending = [p for p in pending if p[1].group != group]
             self._run(group[0], chosen)
 
-    def _run(self, agent: int, reqs: list[Request]) -> None:
-        """Run agent ``agent``'s model on the rows of ``reqs``; reply to each request's slot."""
+    @staticmethod
+    def _reply(end: Connection, message: tuple) -> None:
+        try:
+            end.send(message)
+        except (OSError, ValueError):  # the worker died or its line was dropped: nobody waits for this reply
+            pass
+
+    def _run(self, agent: int, asked: list[tuple[Connection, Request]]) -> None:
+        """Run agent ``agent``'s model on the rows of the requests ``asked``; reply to each on its line."""
+        reqs = [r for _, r in asked]
         try:
             model = self.models[agent]
             keys = list(reqs[0].obs)
@@ -182,13 +250,20 @@ class InferenceServer:
             stats.rows_per_batch[rows] = stats.rows_per_batch.get(rows, 0) + 1
         except Exception as err:  # the workers raise it; the server keeps serving the others
             message = f"inference for agent {agent} failed in the parent process: {type(err).__name__}: {err}"
-            for r in reqs:
-                self.replies[r.slot].put(("error", r.rid, message))
+            for end, r in asked:
+                self._reply(end, ("error", r.rid, message))
             return
         at = 0
-        for r, n in zip(reqs, counts):
-            self.replies[r.slot].put(("ok", r.rid, out[at : at + n]))
+        for (end, r), n in zip(asked, counts):
+            self._reply(end, ("ok", r.rid, out[at : at + n]))
             at += n
+
+
+def _pipe() -> tuple[Connection, Connection]:
+    """A duplex pipe: (server end, worker end)."""
+    import multiprocessing
+
+    return multiprocessing.Pipe(duplex=True)
 
 
 def claim_slot(slots: Any) -> int:
@@ -202,12 +277,14 @@ def claim_slot(slots: Any) -> int:
 class InferenceClient:
     """A worker's line to the server: sends requests tagged with an id, sorts the replies back to them.
 
-    Several requests may be in flight at once (one per agent, say); replies can come back in any order.
+    ``requests`` is the slot's line, or the list of every slot's lines (:attr:`InferenceServer.requests`);
+    ``replies`` is accepted for the older three-argument form and must be the same lines. Several requests may
+    be in flight at once (one per agent, say); replies can come back in any order.
     """
 
-    def __init__(self, slot: int, requests: Any, replies: Any) -> None:
+    def __init__(self, slot: int, requests: Connection | Sequence[Connection], replies: Any = None) -> None:
         self.slot = int(slot)
-        self._requests, self._replies = requests, replies[self.slot]
+        self._line: Connection = requests[self.slot] if isinstance(requests, Sequence) else requests
         self._next_id = 0
         self._arrived: dict[int, tuple[str, Any]] = {}
 
@@ -215,17 +292,24 @@ class InferenceClient:
         """Send one request for agent ``agent``; returns its id for :meth:`result`."""
         rid = self._next_id
         self._next_id += 1
-        self._requests.put(Request(self.slot, rid, int(agent), dict(obs), seeds))
+        try:
+            self._line.send(Request(self.slot, rid, int(agent), dict(obs), seeds))
+        except OSError as err:
+            raise RuntimeError(f"worker slot {self.slot}: the inference server's line is closed ({err})") from None
         return rid
 
     def result(self, rid: int) -> np.ndarray:
         """Wait for request ``rid``'s rows (keeping any other reply that arrives first)."""
         while rid not in self._arrived:
             try:
-                status, got, value = self._replies.get(timeout=REPLY_TIMEOUT_S)
-            except queue.Empty:
+                if not self._line.poll(REPLY_TIMEOUT_S):
+                    raise RuntimeError(
+                        f"worker slot {self.slot}: no reply from the inference server in {REPLY_TIMEOUT_S:.0f} s"
+                    )
+                status, got, value = self._line.recv()
+            except (EOFError, OSError):
                 raise RuntimeError(
-                    f"worker slot {self.slot}: no reply from the inference server in {REPLY_TIMEOUT_S:.0f} s"
+                    f"worker slot {self.slot}: the inference server closed the line (its process ended)"
                 ) from None
             self._arrived[got] = (status, value)
         status, value = self._arrived.pop(rid)
@@ -259,11 +343,15 @@ class RemoteModel:
         return self
 
     def submit_action(self, obs: Mapping[str, torch.Tensor], generator: Any = None) -> Callable[[], torch.Tensor]:
-        """Send the request; the returned call waits for the raw action chunks ``(B, T, A)``."""
-        seeds = None
+        """Send the request; the returned call waits for the raw action chunks ``(B, T, A)``.
+
+        Without ``generator``, each row's noise seed is drawn from this process's torch RNG."""
         if generator is not None:
             gens = list(generator) if isinstance(generator, Sequence) else [generator]
             seeds = [int(g.initial_seed()) for g in gens]
+        else:
+            rows = len(next(iter(obs.values())))
+            seeds = [int(s) for s in torch.randint(0, 2**62, (rows,), dtype=torch.int64)]
         payload = {key: value.detach().cpu().numpy() for key, value in obs.items()}
         rid = self.client.submit(self.agent, payload, seeds)
         return lambda: torch.from_numpy(self.client.result(rid))

@@ -12,19 +12,26 @@ policies' ``image_shape``, and runs ``num_episodes`` episodes with seeds ``seed,
 
 An episode runs until every success rule of the task has held at least once, or the step cap. Each
 rule's first success step is kept, so success rates and episode lengths follow RoboFactory's rule (stop at
-the first success) for ``success`` and the same logic for ``success_strict``. Results go to a JSON file
-(written atomically) and optionally one mp4 per episode under ``<video_dir>/<task>/``.
+the first success) for ``success`` and the same logic for ``success_strict``. Results go to a JSON file,
+rewritten atomically after every episode (``rollout.results``; ``resume`` continues from it), and optionally
+one mp4 per episode under ``<video_dir>/<task>/``. An env worker process that dies is restarted and its episode
+retried once (``rollout.workers``).
+
+On the CPU backend each episode starts from a rebuilt scene (``reset`` with ``reconfigure=True``: PhysX keeps
+state over plain resets) and reseeds its process's torch RNG with the episode's seed, so a seed's result does
+not depend on which episodes ran before it or in which worker.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as futures
+import hashlib
 import multiprocessing
+import sys
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -45,14 +52,10 @@ from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.policy import DiffusionPolicyAgent
 from rf_dp_agents.rollout.config import RolloutConfig
 from rf_dp_agents.rollout.execution import Execution, as_agent_actions, make_execution, to_env_action
-from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer, RemoteModel, batch_sizes, claim_slot
-from rf_dp_agents.rollout.metrics import (
-    EpisodeResult,
-    format_summary,
-    package_versions,
-    summarize,
-    write_json_atomic,
-)
+from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer, RemoteModel, batch_sizes
+from rf_dp_agents.rollout.metrics import EpisodeResult, format_summary
+from rf_dp_agents.rollout.results import ResultsFile, load_resume, noise_source, timing
+from rf_dp_agents.rollout.workers import WorkerDeath, WorkerPool, set_session
 from rf_dp_agents.rollout.video import EpisodeVideoWriter, compose_frame, episode_video_path
 
 PRIMARY_RULE = "success"
@@ -211,6 +214,8 @@ class _Track:
     """(TOPP calls, failures) when the episode ended before the batch did."""
     done: bool = False
     writer: EpisodeVideoWriter | None = None
+    digest: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=8))
+    """Hash of every env action sent to this env (float32 bytes): equal digests mean equal trajectories."""
 
 
 class EvalSession:
@@ -256,11 +261,18 @@ class EvalSession:
         if not 0 < len(seeds) <= n:
             raise ValueError(f"run_batch needs 1..{n} seeds, got {len(seeds)}")
         padded = list(seeds) + [int(seeds[-1]) + 1 + k for k in range(n - len(seeds))]
+        torch.manual_seed(int(seeds[0]))  # the policies' sampling noise follows the episode's seed
         started = time.perf_counter()
         recorded = [self._records(int(s)) for s in seeds]
         if hasattr(self.env.unwrapped, "pause_cameras"):
             self.env.unwrapped.pause_cameras([] if any(recorded) else self.video_only_cameras)
-        obs, _ = self.env.reset(seed=padded if n > 1 else padded[0])
+        if self.cfg.sim_backend == "cpu":
+            # A rebuilt scene for every episode: after a plain reset PhysX keeps state from the previous episode, so
+            # a seed's result would depend on the seeds this env ran before. New scene, new agents: new execution.
+            obs, _ = self.env.reset(seed=padded[0], options={"reconfigure": True})
+            self.execution = make_execution(self.cfg.execution, self.env)
+        else:
+            obs, _ = self.env.reset(seed=padded if n > 1 else padded[0])
         self.execution.begin_episode(n)
         tracks = [_Track(seed=int(s), first={r: None for r in self.rules}) for s in padded]
         for b, track in enumerate(tracks[: len(seeds)]):
@@ -280,10 +292,13 @@ class EvalSession:
                 for env_action in self.execution.expand(as_agent_actions(action, self.keys)):
                     obs, _, _, _, info = self.env.step(to_env_action(env_action, self.multi_agent))
                     step += 1
+                    sent = [np.asarray(_np(env_action[k]), dtype=np.float32) for k in self.keys]
                     flags = {r: _np(info[r]).reshape(-1) for r in self.rules}
                     for b, track in enumerate(tracks):
                         if track.done:
                             continue
+                        for a in sent:
+                            track.digest.update(np.ascontiguousarray(a[b]).tobytes())
                         track.steps = step
                         for r in self.rules:
                             if track.first[r] is None and bool(flags[r][b]):
@@ -319,6 +334,7 @@ class EvalSession:
                         "policy_steps": track.policy_steps,
                         "seconds": seconds,
                         "video_frames": track.writer.frames if track.writer else None,
+                        "action_digest": track.digest.hexdigest(),
                     },
                 )
             )
@@ -330,35 +346,26 @@ class EvalSession:
 
 
 # ------------------------------------------------------------------------------------ worker processes
-_SESSION: EvalSession | None = None
-
-
 def _init_worker(cfg_dict: dict[str, Any], paths: list[str], threads: int) -> None:
-    global _SESSION
     torch.set_num_threads(threads)
-    _SESSION = EvalSession(RolloutConfig(**cfg_dict), [Path(p) for p in paths], num_envs=1)
-    for policy in _SESSION.policies:
+    session = EvalSession(RolloutConfig(**cfg_dict), [Path(p) for p in paths], num_envs=1)
+    for policy in session.policies:
         policy.warmup([1])
+    set_session(session)
 
 
 def _init_shared_worker(
-    cfg_dict: dict[str, Any], paths: list[str], configs: list[dict[str, Any]], requests: Any, replies: Any, slots: Any
+    cfg_dict: dict[str, Any], paths: list[str], configs: list[dict[str, Any]], slot: int, line: Any
 ) -> None:
-    global _SESSION
     torch.set_num_threads(1)
     cfg = RolloutConfig(**cfg_dict)
-    client = InferenceClient(claim_slot(slots), requests, replies)
+    client = InferenceClient(slot, line)
     policies = [
         DiffusionPolicyAgent(RemoteModel(ModelConfig.from_dict(c), i, client), seed=cfg.seed + i,
                              execute_steps=cfg.execute_steps, temporal_ensemble=cfg.temporal_ensemble)
         for i, c in enumerate(configs)
     ]
-    _SESSION = EvalSession(cfg, [Path(p) for p in paths], num_envs=1, policies=policies)
-
-
-def _worker_episode(seed: int) -> EpisodeResult:
-    assert _SESSION is not None, "worker was not initialised"
-    return _SESSION.run_batch([seed])[0]
+    set_session(EvalSession(cfg, [Path(p) for p in paths], num_envs=1, policies=policies))
 
 
 def _threads(cfg: RolloutConfig, processes: int) -> int:
@@ -377,40 +384,45 @@ def inference_mode(cfg: RolloutConfig, device: torch.device) -> str:
     return cfg.inference
 
 
-def _pool_episodes(seeds: Sequence[int], workers: int, init: Any, initargs: tuple, bar: Any) -> list[EpisodeResult]:
-    """Run ``seeds`` on a spawned pool of ``workers`` env processes set up by ``init(*initargs)``."""
-    ctx = multiprocessing.get_context("spawn")
-    results: list[EpisodeResult] = []
-    with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=init, initargs=initargs) as pool:
-        pending = [pool.submit(_worker_episode, s) for s in seeds]
-        for fut in futures.as_completed(pending):
-            results.append(fut.result())
-            bar.update(1)
-            bar.set_postfix(success=sum(r.success(PRIMARY_RULE) for r in results))
-    return sorted(results, key=lambda r: r.seed)
-
-
 def run_episodes(
     cfg: RolloutConfig,
     paths: Sequence[Path],
     policies: Sequence[DiffusionPolicyAgent] | None = None,
     stats: dict[str, Any] | None = None,
+    seeds: Sequence[int] | None = None,
+    on_result: Callable[[EpisodeResult], None] | None = None,
+    on_death: Callable[[WorkerDeath], None] | None = None,
 ) -> tuple[list[EpisodeResult], list[str]]:
-    """Run every seed of ``cfg``; return the episode results (in seed order) and the success rules.
+    """Run ``seeds`` (default: every seed of ``cfg``); return the episode results (in seed order) and the success
+    rules (empty when no episode ran).
 
     ``policies`` (already loaded from ``paths``) are used when the episodes run in this process, and serve
-    every worker with shared inference (they are loaded here if not given). ``stats`` receives the inference
-    mode and, with shared inference, the server's batching figures.
+    every worker with shared inference (they are loaded here if not given). ``on_result`` gets each episode as
+    it finishes, ``on_death`` each env worker death (``rollout.workers``). ``stats`` receives the inference mode,
+    with shared inference the server's batching figures, and ``failed_seeds``: the seeds whose worker died on
+    every try, with the reason (they have no result).
     """
-    seeds = cfg.seeds
+    seeds = list(cfg.seeds if seeds is None else seeds)
     device = policies[0].device if policies else resolve_device(cfg.device)
     mode = inference_mode(cfg, device)
+    failed: dict[int, str] = {}
     if stats is not None:
         stats["mode"] = mode
     bar = tqdm(total=len(seeds), desc=f"{cfg.task} episodes", unit="ep", disable=not cfg.progress)
     results: list[EpisodeResult] = []
+    rules: list[str] = []
+
+    def finished(result: EpisodeResult) -> None:
+        results.append(result)
+        bar.update(1)
+        bar.set_postfix(success=sum(r.success(PRIMARY_RULE) for r in results))
+        if on_result is not None:
+            on_result(result)
+
     try:
-        if mode == "in-process":
+        if not seeds:
+            pass
+        elif mode == "in-process":
             torch.set_num_threads(_threads(cfg, 1))
             num_envs = cfg.num_envs if cfg.sim_backend == "gpu" else 1
             session = EvalSession(cfg, paths, num_envs=num_envs, policies=policies)
@@ -418,52 +430,48 @@ def run_episodes(
                 policy.warmup([session.num_envs])
             try:
                 for k in range(0, len(seeds), session.num_envs):
-                    batch = session.run_batch(seeds[k : k + session.num_envs])
-                    results.extend(batch)
-                    bar.update(len(batch))
-                    bar.set_postfix(success=sum(r.success(PRIMARY_RULE) for r in results))
+                    for result in session.run_batch(seeds[k : k + session.num_envs]):
+                        finished(result)
                 rules = session.rules
             finally:
                 session.close()
         else:
             workers = min(cfg.num_envs, len(seeds))
             names = [str(p) for p in paths]
+            ctx = multiprocessing.get_context("spawn")
             if mode == "shared":
                 policies = list(policies) if policies is not None else load_agent_policies(cfg, paths)
                 for policy in policies:  # the server pads its batches to these sizes
                     policy.warmup(batch_sizes(workers))
-                server = InferenceServer([p.model for p in policies], workers, multiprocessing.get_context("spawn"))
+                server = InferenceServer([p.model for p in policies], workers, ctx)
                 configs = [p.config.to_dict() for p in policies]
+
+                def shared_args(slot: int) -> tuple:  # a fresh line to the server for each (re)started worker
+                    return (cfg.to_dict(), names, configs, slot, server.reset_slot(slot))
+
                 with server:
-                    initargs = (cfg.to_dict(), names, configs, server.requests, server.replies, server.slots)
-                    results = _pool_episodes(seeds, workers, _init_shared_worker, initargs, bar)
+                    pool = WorkerPool(ctx, workers, _init_shared_worker, shared_args, server.release_worker_end)
+                    failed = pool.run(seeds, finished, on_death)
                 if stats is not None:
                     stats["server"] = server.stats.to_dict()
             else:
                 initargs = (cfg.to_dict(), names, _threads(cfg, workers))
-                results = _pool_episodes(seeds, workers, _init_worker, initargs, bar)
-            rules = list(results[0].first_success_step)
+                failed = WorkerPool(ctx, workers, _init_worker, lambda slot: initargs).run(seeds, finished, on_death)
+            rules = list(results[0].first_success_step) if results else []
     finally:
         bar.close()
-    return results, rules
-
-
-def timing(episodes: Sequence[EpisodeResult], wall: float) -> dict[str, float | None]:
-    """Wall time of the run (env creation included), overall steps per second, and one env's stepping rate.
-
-    Each episode's ``extra["seconds"]`` is the time its env spent on it (its batch's time on the GPU backend).
-    """
-    steps = sum(ep.steps for ep in episodes)
-    busy = sum(float(ep.extra.get("seconds", 0.0)) for ep in episodes)
-    return {
-        "wall_seconds": wall,
-        "env_steps_per_second": steps / wall if wall > 0 else None,
-        "env_steps_per_second_per_env": steps / busy if busy > 0 else None,
-    }
+    if stats is not None:
+        stats["failed_seeds"] = failed
+    return sorted(results, key=lambda r: r.seed), rules
 
 
 def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
-    """Evaluate the task's agents as ``cfg`` says; write and return the results document."""
+    """Evaluate the task's agents as ``cfg`` says; return the results document, written to ``cfg.output`` after
+    every episode. With ``cfg.resume`` the episodes already in that file are kept and only the other seeds run.
+
+    Seeds whose env worker died on both tries have no result: they are listed in the document's
+    ``failed_seeds`` and the run ends with a RuntimeError naming them, after the other seeds ran.
+    """
     num_arms = task_num_arms(cfg.task)
     paths = checkpoint_paths(cfg, num_arms)
     policies = load_agent_policies(cfg, paths)
@@ -473,12 +481,9 @@ def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
               "metadata": p.metadata}
         for key, path, p in zip(agent_keys(num_arms), paths, policies)
     }
-    start = time.perf_counter()
-    inference: dict[str, Any] = {}
-    episodes, rules = run_episodes(cfg, paths, policies, stats=inference)
-    wall = time.perf_counter() - start
-    summary = summarize(episodes, rules, topp=cfg.execution == "topp")
-    doc = {
+    noise = noise_source(cfg, inference_mode(cfg, policies[0].device))
+    previous, previous_doc = load_resume(cfg, policy_info, noise) if cfg.resume else ([], {})
+    header = {
         "task": cfg.task,
         "num_agents": num_arms,
         "execution": cfg.execution,
@@ -486,17 +491,23 @@ def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
         "num_envs": cfg.num_envs,
         "camera_size": [width, height],
         "max_episode_steps": episode_cap(cfg.task, cfg.max_episode_steps),
-        "seeds": cfg.seeds,
-        "success_rules": rules,
-        "summary": summary,
-        "episodes": [ep.to_dict() for ep in episodes],
         "policies": policy_info,
-        "rollout_config": cfg.to_dict(),
-        "versions": package_versions(),
-        "timing": timing(episodes, wall),
-        "inference": inference,
     }
-    write_json_atomic(cfg.output, doc)
+    results = ResultsFile(cfg, header, previous, previous_doc, noise)
+    if previous_doc:
+        print(f"resuming {cfg.output}: {results.resumed} episodes kept, {len(results.pending)} to run", file=sys.stderr)
+    results.write()
+    _, rules = run_episodes(cfg, paths, policies, stats=results.inference, seeds=results.pending,
+                            on_result=results.add, on_death=lambda death: results.add_death(death.to_dict()))
+    results.failed = results.inference.pop("failed_seeds")
+    results.rules = rules or results.rules
+    doc = results.write(complete=True)
+    if results.failed:
+        listing = "; ".join(f"seed {s}: {e}" for s, e in sorted(results.failed.items()))
+        raise RuntimeError(
+            f"{len(results.failed)} episode(s) have no result ({listing}); the other results are in {cfg.output}, "
+            "and --resume runs the missing seeds again"
+        )
     return doc
 
 
