@@ -4,6 +4,7 @@
 Loads ``checkpoints/<task>_Agent<i>/`` (best, else last) for every agent, runs seeded episodes, prints the
 success rate (95% Wilson interval) per success rule and the episode lengths, writes a results JSON and,
 with ``--record-video``, one mp4 per episode under ``videos/<task>/``. See ``--help`` for every option.
+The results JSON is rewritten after every episode; ``--resume`` continues an interrupted run from it.
 """
 
 import sys
@@ -18,9 +19,14 @@ from rf_dp_agents.rollout.config import RolloutConfig  # noqa: E402
 
 def main() -> int:
     cfg = tyro.cli(RolloutConfig)
+    from rf_dp_agents.rollout.results import EpisodesFailed
     from rf_dp_agents.rollout.runner import format_summary, run_rollout
 
-    doc = run_rollout(cfg)
+    try:
+        doc = run_rollout(cfg)
+    except EpisodesFailed as err:  # seeds whose env worker died twice: the others' results are in --output
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(format_summary(doc["summary"]))
     t = doc["timing"]
     print(f"{doc['summary']['env_steps']} env steps in {t['wall_seconds']:.1f} s "

@@ -31,6 +31,10 @@ On the CPU backend ``num_envs`` and ``inference`` may change too, as long as the
 (see :func:`noise_source`)."""
 
 
+class EpisodesFailed(RuntimeError):
+    """Some seeds have no result (their env worker died on every try); the other results are in the file."""
+
+
 def noise_source(cfg: RolloutConfig, mode: str) -> str:
     """Where the policies' sampling noise comes from, which fixes each seed's result: the policies' own seeds
     (``--deterministic``), or each episode's seed, drawn in the worker (``shared`` inference) or by the model."""
@@ -187,4 +191,4 @@ class ResultsFile:
         return doc
 
 
-__all__ = ["RESUMABLE_CHANGES", "ResultsFile", "episode_from_dict", "load_resume", "noise_source", "timing"]
+__all__ = ["EpisodesFailed", "RESUMABLE_CHANGES", "ResultsFile", "episode_from_dict", "load_resume", "noise_source", "timing"]

@@ -49,7 +49,7 @@ from rf_dp_agents.rollout.config import RolloutConfig
 from rf_dp_agents.rollout.execution import Execution, as_agent_actions, make_execution, to_env_action
 from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer, RemoteModel, batch_sizes
 from rf_dp_agents.rollout.metrics import EpisodeResult, format_summary
-from rf_dp_agents.rollout.results import ResultsFile, load_resume, noise_source, timing
+from rf_dp_agents.rollout.results import EpisodesFailed, ResultsFile, load_resume, noise_source, timing
 from rf_dp_agents.rollout.workers import WorkerDeath, WorkerPool, set_session
 from rf_dp_agents.rollout.video import EpisodeVideoWriter, compose_frame, episode_video_path
 
@@ -377,7 +377,7 @@ def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
     every episode. With ``cfg.resume`` the episodes already in that file are kept and only the other seeds run.
 
     Seeds whose env worker died on both tries have no result: they are listed in the document's
-    ``failed_seeds`` and the run ends with a RuntimeError naming them, after the other seeds ran.
+    ``failed_seeds`` and the run ends with :class:`EpisodesFailed` naming them, after the other seeds ran.
     """
     num_arms = task_num_arms(cfg.task)
     paths = checkpoint_paths(cfg, num_arms)
@@ -411,7 +411,7 @@ def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
     doc = results.write(complete=True)
     if results.failed:
         listing = "; ".join(f"seed {s}: {e}" for s, e in sorted(results.failed.items()))
-        raise RuntimeError(
+        raise EpisodesFailed(
             f"{len(results.failed)} episode(s) have no result ({listing}); the other results are in {cfg.output}, "
             "and --resume runs the missing seeds again"
         )
