@@ -123,8 +123,8 @@ class CameraPropTaskEnv(WorldLayoutMixin, RFTableTaskEnv):
     """((x_low, y_low), (x_high, y_high)) of the meat's start position."""
     meat_yaw = math.pi
     """RoboFactory turns the meat by about 180 degrees: its thin axis lies along world y."""
-    render_camera_eye = (0.85, 1.0, 0.75)
-    render_camera_target = (0.15, 0.0, 0.15)
+    render_camera_eye = (0.9, -1.0, 0.9)
+    render_camera_target = (0.1, 0.0, 0.15)
 
     def _load_objects(self, options: dict) -> None:
         builder = self.scene.create_actor_builder()

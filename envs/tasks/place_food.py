@@ -139,8 +139,8 @@ class PlaceFoodEnv(WorldLayoutMixin, RFTableTaskEnv):
         "head_camera_agent1": look_at_pose([0.5, -0.115, 0.4], [0.0, 0.235, 0.1]),
         "head_camera_global": world_pose([0.538897, 0.0328311, 0.7419], [0.00132558, -0.278757, 0.00042972, 0.960361]),
     }
-    render_camera_eye = (0.6, 0.7, 0.6)
-    render_camera_target = (0.0, 0.0, 0.15)
+    render_camera_eye = (0.85, 0.2, 0.7)
+    render_camera_target = (-0.05, 0.0, 0.1)
 
     @property
     def _default_sim_config(self) -> SimConfig:

@@ -67,8 +67,6 @@ class TakePhotoEnv(CameraPropTaskEnv):
         "head_camera_agent3": world_pose([-0.70417, 0.458536, 0.606336], [0.871062, 0.053639, 0.0976719, -0.478366]),
         "head_camera_global": world_pose([0.672536, -0.794409, 0.694811], [0.42276, -0.258701, 0.127348, 0.859145]),
     }
-    render_camera_eye = (0.9, -1.0, 0.9)
-    render_camera_target = (0.1, 0.0, 0.15)
 
     def fingertip(self) -> torch.Tensor:
         """World position (num_envs, 3) of ``panda-3``'s closed fingertips."""
