@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -100,3 +101,52 @@ def test_sigkill_while_writing_snapshots_always_leaves_a_loadable_last(tmp_path:
         newest = meta["epoch"]
     leftovers = [p.name for p in (run / "snapshots").iterdir()]
     assert len(leftovers) <= 3  # the live snapshot plus at most the one being written when killed
+
+
+def _trained_steps(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    records = read_metrics(path) if path.is_file() else []
+    return max((int(r["train/global_step"]) for r in records if "train/loss" in r), default=0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_ten_sigkills_at_random_points_then_resume_equal_uninterrupted(tmp_path: Path) -> None:
+    """Ten SIGKILLs, each at a random moment of a training step of the process then running (seeded), each followed
+    by --resume; the final weights, EMA, optimiser and RNG state equal an uninterrupted run's bitwise (CPU,
+    --deterministic)."""
+    rng = random.Random(10)
+    data = write_synthetic_dataset(tmp_path / "resume.zarr")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    epochs = ("--epochs", "8")
+    done = subprocess.run(command(data, straight, *epochs), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    total = _trained_steps(straight)
+
+    kills, resumed_at = 0, []
+    for k in range(10):
+        extra = (*epochs, "--resume") if k else epochs
+        before = _trained_steps(killed)
+        proc = subprocess.Popen(command(data, killed, *extra), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            while proc.poll() is None and _trained_steps(killed) <= before and _trained_steps(killed) < total:
+                time.sleep(0.02)  # wait for this process to train (its first new step is logged)
+            time.sleep(rng.uniform(0.0, 0.6))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                kills += 1
+        finally:
+            proc.wait(timeout=60)
+        resumed_at.append(before)
+    assert kills == 10, f"only {kills} of the runs were still going when their kill came"
+
+    final = subprocess.run(command(data, killed, *epochs, "--resume"), cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert final.returncode == 0, final.stderr[-4000:]
+    assert len(set(resumed_at)) >= 3  # the kills fell at different points of the run
+    a, b = final_tensors(straight), final_tensors(killed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after ten kills and resumes"
