@@ -89,7 +89,7 @@ def set_down(planner: MultiArmPlanner, arm_id: int, shoe: Any, goal_xy: np.ndarr
     offset = tcp.p - _np(shoe.pose.p)
     down = np.array([goal_xy[0], goal_xy[1], SHOE_HALF_HEIGHT + SET_DOWN]) + offset
     planner.move({arm_id: sapien.Pose(p=down + np.array([0.0, 0.0, CARRY]), q=tcp.q), **(also or {})})
-    planner.move({arm_id: sapien.Pose(p=down, q=tcp.q)}, method="screw")
+    planner.move({arm_id: sapien.Pose(p=down, q=tcp.q)})
     planner.open_gripper(arm_id)
 
 

@@ -13,6 +13,8 @@ Objects:
   axis, friction 0.3 (RoboFactory's). It stands upright, its long axis along world y turned by 9 degrees
   (RoboFactory's orientation), its centre in RoboFactory's one-sided range x, y in (-0.5, -0.3].
 * Target: ManiSkill's red/white disc, radius 0.1 m, visual only (kinematic), centre x, y in [0.3, 0.5).
+* Table: RoboFactory's (top at z = 0, x up to 1.39 m): ManiSkill's ends at x = 0.47, where a shoe set on a
+  target near x = 0.5 would hang over the edge and tip off.
 
 Success rules, both in ``info``:
 
@@ -40,6 +42,7 @@ from mani_skill.utils.structs.actor import Actor
 from mani_skill.utils.structs.types import SimConfig
 
 from envs.tasks.base import GLOBAL_CAMERA, ArmPlacement, BoxPart, RFTableTaskEnv, is_released, is_static
+from envs.tasks.rf_scene import RoboFactoryTableSceneBuilder
 
 SHOE_HALF_HEIGHT = 0.0465
 """Half the shoe's height (m): its origin's height when it stands on the table."""
@@ -107,6 +110,11 @@ class PassShoeEnv(RFTableTaskEnv):
             if cam.uid == GLOBAL_CAMERA:
                 cam.pose = GLOBAL_CAMERA_POSE
         return cams
+
+    def _load_scene(self, options: dict) -> None:
+        self.table_scene = RoboFactoryTableSceneBuilder(env=self, robot_init_qpos_noise=self.robot_init_qpos_noise)
+        self.table_scene.build()
+        self._load_objects(options)
 
     @property
     def relay_xy(self) -> tuple[float, float]:
