@@ -114,8 +114,26 @@ def test_requests_of_two_agents_in_flight_come_back_to_their_agent(tiny_policy_d
     assert server.stats.rows == 2
 
 
-def test_rollout_workers_share_the_parents_models(tmp_path: Path, tiny_checkpoint) -> None:
+def record_served_chunks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, object, np.ndarray]]:
+    """Record (agent, request, chunk sent back) for every request the parent's inference server answers."""
+    served: list[tuple[int, object, np.ndarray]] = []
+    run = InferenceServer._run
+
+    def recording_run(self, agent: int, asked: list) -> None:
+        sent: list[tuple] = []
+        self._reply = lambda end, message: (sent.append(message), InferenceServer._reply(end, message))
+        run(self, agent, asked)
+        chunks = {m[1]: m[2] for m in sent if m[0] == "ok"}
+        served.extend((agent, r, chunks[r.rid]) for _, r in asked)
+
+    monkeypatch.setattr(InferenceServer, "_run", recording_run)
+    return served
+
+
+def test_rollout_workers_share_the_parents_models(tmp_path: Path, tiny_checkpoint, monkeypatch) -> None:
     from rf_dp_agents.rollout.runner import run_rollout
+
+    served = record_served_chunks(monkeypatch)
 
     for i in range(2):
         tiny_checkpoint(tmp_path / "ckpt" / f"{TASK}_Agent{i}" / "best", image_hw=IMAGE_HW, seed=i)
@@ -132,4 +150,17 @@ def test_rollout_workers_share_the_parents_models(tmp_path: Path, tiny_checkpoin
     assert per_worker["inference"] == {"mode": "per-worker"}
     for a, b in zip(shared["episodes"], per_worker["episodes"]):
         assert (a["steps"], a["first_success_step"]) == (b["steps"], b["first_success_step"])
+    # every chunk a worker got is what that agent's own model (as a per-worker rollout runs it) samples for the
+    # worker's observation history and seed
+    own = [load_policy(tmp_path / "ckpt" / f"{TASK}_Agent{i}", device="cpu", num_inference_steps=2).model
+           for i in range(2)]
+    assert sorted(agent for agent, _, _ in served) == [0, 0, 0, 1, 1, 1]
+    for agent, request, chunk in served:
+        obs = {k: torch.from_numpy(v) for k, v in request.obs.items()}
+        gens = [torch.Generator().manual_seed(int(seed)) for seed in request.seeds]
+        with torch.no_grad():
+            want = own[agent].predict_action(obs, generator=gens).numpy()
+        np.testing.assert_allclose(chunk, want, atol=1e-4)
+    first = {agent: chunk for agent, _, chunk in served}
+    assert not np.allclose(first[0], first[1], atol=1e-3)  # the two agents' models differ
     assert json.loads((tmp_path / "shared.json").read_text())["inference"]["server"]["rows"] == 6

@@ -199,7 +199,10 @@ def test_image_shape_is_adopted_from_the_dataset(zarr_path: Path, tmp_path: Path
     assert trainer.model_cfg.image_shape == (3, 32, 32) and trainer.model_cfg.crop_shape == (28, 28)
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(run_dir: Path, zarr_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("poison", ["nan", "inf"])
+def test_nan_or_inf_loss_stops_and_keeps_the_last_good_checkpoint(
+    poison: str, run_dir: Path, zarr_path: Path, tmp_path: Path
+) -> None:
     copy = tmp_path / "nan"
     shutil.copytree(run_dir, copy, symlinks=True)
     good = os.readlink(copy / "last")
@@ -209,8 +212,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(run_dir: Path, zarr_p
     trainer.prepare()
     assert trainer.global_step == 12
     with torch.no_grad():
-        next(trainer.policy.noise_pred_net.parameters()).fill_(float("nan"))
-    with pytest.raises(NonFiniteLossError, match="at global step 13"):
+        if poison == "nan":
+            next(trainer.policy.noise_pred_net.parameters()).fill_(float("nan"))
+        else:  # a noise prediction of 1e30 everywhere: its squared error overflows float32, the loss is inf
+            trainer.policy.noise_pred_net.final_conv[1].bias.fill_(1e30)
+    with pytest.raises(NonFiniteLossError, match=f"training loss became {poison} at global step 13"):
         trainer.fit()
     assert os.readlink(copy / "last") == good
     action, _ = load_policy(copy, device="cpu").predict(
@@ -241,10 +247,28 @@ def test_time_budget_ends_the_run_like_a_last_epoch(zarr_path: Path, tmp_path: P
         TrainConfig(task="x", max_minutes=0)
 
 
-def test_keep_every_keeps_loadable_weights_of_those_epochs(zarr_path: Path, tmp_path: Path) -> None:
-    out = tmp_path / "kept"
+@pytest.fixture(scope="module")
+def four_epoch_run(zarr_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 epochs of 4 steps, 4 of them warm-up, keeping the weights of epochs 2 and 4."""
+    out = tmp_path_factory.mktemp("runs") / "kept"
     assert main([*TINY, "--zarr-path", str(zarr_path), "--output-dir", str(out), "--epochs", "4",
-                 "--keep-every", "2", "--save-every", "1"]) == 0
+                 "--keep-every", "2", "--save-every", "1", "--lr-warmup-steps", "4"]) == 0
+    return out
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine(four_epoch_run: Path) -> None:
+    """README: cosine schedule with linear warm-up. Step s (1-based) runs at peak * (s-1)/W during the W warm-up
+    steps, then at peak * (1 + cos(pi * (s-1-W) / (N-W))) / 2 over the N steps of the run."""
+    records = [r for r in read_metrics(four_epoch_run / "metrics.jsonl") if "train/learning_rate" in r]
+    peak, warmup, total = 1e-3, 4, 16  # the tiny preset's lr; 39 windows // 8 = 4 steps per epoch, 4 epochs
+    assert [r["train/global_step"] for r in records] == list(range(1, total + 1))
+    want = [peak * c / warmup if c < warmup else peak * (1 + math.cos(math.pi * (c - warmup) / (total - warmup))) / 2
+            for c in range(total)]
+    np.testing.assert_allclose([r["train/learning_rate"] for r in records], want, rtol=1e-6, atol=1e-12)
+
+
+def test_keep_every_keeps_loadable_weights_of_those_epochs(four_epoch_run: Path) -> None:
+    out = four_epoch_run
     assert sorted(p.name for p in (out / "epochs").iterdir()) == ["epoch-00002", "epoch-00004"]
     for epoch in (2, 4):
         kept = out / "epochs" / f"epoch-{epoch:05d}"
@@ -258,6 +282,39 @@ def test_keep_every_keeps_loadable_weights_of_those_epochs(zarr_path: Path, tmp_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="keep_every must be positive"):
         TrainConfig(task="x", keep_every=0)
+
+
+def test_early_stopping_ends_a_real_run(zarr_path: Path, tmp_path: Path) -> None:
+    """With --lr 1e-12 every update rounds away, so each validation repeats the first score exactly: with
+    patience 1 the run stops after epoch 2 of 10, saved, best/ from epoch 1."""
+    out = tmp_path / "early"
+    assert main([*TINY, "--zarr-path", str(zarr_path), "--output-dir", str(out), "--epochs", "10", "--lr", "1e-12",
+                 "--lr-scheduler", "constant", "--lr-warmup-steps", "0", "--best-metric", "val_loss",
+                 "--early-stopping-patience", "1", "--save-every", "5"]) == 0
+    records = read_metrics(out / "metrics.jsonl")
+    val = [(r["train/epoch"], r["val/loss"]) for r in records if "val/loss" in r]
+    assert [e for e, _ in val] == [1, 2] and val[0][1] == val[1][1]
+    assert max(r["train/epoch"] for r in records) == 2
+    assert json.loads((out / "last" / "config.json").read_text())["epoch"] == 2  # saved although 2 % 5 != 0
+    assert json.loads((out / "best" / "config.json").read_text())["epoch"] == 1
+
+
+def test_all_agents_trains_each_agent_on_its_own_dataset(tmp_path: Path) -> None:
+    """README: train.py --task T --all-agents trains every agent of T found under --data-root, one after the other."""
+    root, out = tmp_path / "zarr", tmp_path / "ck"
+    data = [write_synthetic_dataset(root / f"Pair-rf_Agent{i}_4.zarr", seed=i) for i in range(2)]
+    assert main([*TINY, "--task", "Pair-rf", "--all-agents", "--data-root", str(root), "--output-dir", str(out),
+                 "--epochs", "1", "--best-metric", "val_loss"]) == 0
+    from rf_dp_agents.data import SequenceDataset
+
+    weights = []
+    for i, path in enumerate(data):
+        run = out / f"Pair-rf_Agent{i}"
+        doc = json.loads((run / "run.json").read_text())
+        assert doc["dataset"]["hash"] == SequenceDataset(path).content_hash
+        assert json.loads((run / "last" / "config.json").read_text())["epoch"] == 1
+        weights.append(load_policy(run, device="cpu").model.noise_pred_net.final_conv[1].weight)
+    assert not torch.equal(weights[0], weights[1])
 
 
 def test_early_stopping_tracker() -> None:
