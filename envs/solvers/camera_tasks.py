@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import sapien
 
-from envs.solvers.planner import MultiArmPlanner, PlanningFailed, lifted, resample_path
+from envs.solvers.planner import MultiArmPlanner, PlanningFailed, first_env, lifted, resample_path
 from envs.tasks.camera_prop import GRASP_Y, GRIP_Z, local_point, shutter_top
 from envs.tasks.take_photo import FINGERTIP_BELOW_TCP
 
@@ -35,15 +35,11 @@ HOVER = 0.06
 SETTLE_STEPS = 10
 
 
-def _numpy(x: Any) -> np.ndarray:
-    return x[0].cpu().numpy().astype(np.float64)
-
-
 def grip_grasp(planner: MultiArmPlanner, arm_id: int, camera: Any, side: float) -> sapien.Pose:
     """A grasp of the camera's grip at y = ``side`` * GRASP_Y for ``arm_id``: fingers close along the camera's x,
     the hand tilted :data:`GRIP_PITCH_DEG` from straight down towards the camera's middle."""
     arm = planner.arms[arm_id]
-    point = _numpy(local_point(camera, (0.0, side * GRASP_Y, GRIP_Z)))
+    point = first_env(local_point(camera, (0.0, side * GRASP_Y, GRIP_Z)))
     T = camera.pose.to_transformation_matrix()[0].cpu().numpy()
     closing = T[:3, 0]
     inward = -side * T[:3, 1]
@@ -85,11 +81,11 @@ def _follow_lift(planner: MultiArmPlanner, paths: dict[int, np.ndarray]) -> None
 def present_meat(env: Any, planner: MultiArmPlanner) -> None:
     """Arm 2 holds the meat :data:`AIM_DISTANCE` in front of the lens, on the lens axis."""
     base = env.unwrapped
-    tip = _numpy(base.lens_tip())
-    axis = _numpy(base.lens_axis())
+    tip = first_env(base.lens_tip())
+    axis = first_env(base.lens_axis())
     target = tip + AIM_DISTANCE * axis
     hand = planner.arms[2].tcp_pose()
-    offset = hand.p - _numpy(base.meat.pose.p)
+    offset = hand.p - first_env(base.meat.pose.p)
     planner.move({2: sapien.Pose(p=target + offset, q=hand.q)})
 
 
@@ -97,9 +93,9 @@ def press_shutter(env: Any, planner: MultiArmPlanner) -> None:
     """Arm 3 closes its fingers, comes over the shutter and presses it."""
     base = env.unwrapped
     planner.close_gripper([3], extra_steps=0)
-    top = _numpy(shutter_top(base.camera))
+    top = first_env(shutter_top(base.camera))
     down = np.array([0.0, 0.0, -1.0])
-    closing = _numpy(base.camera.pose.to_transformation_matrix()[..., :3, 0])
+    closing = first_env(base.camera.pose.to_transformation_matrix()[..., :3, 0])
     arm = planner.arms[3]
     press = None
     for flip in (1.0, -1.0):

@@ -70,6 +70,11 @@ def lifted(pose: PoseLike, dz: float) -> sapien.Pose:
     return sapien.Pose(p=pose.p + np.array([0.0, 0.0, dz]), q=pose.q)
 
 
+def first_env(x: Any) -> np.ndarray:
+    """Sub-env 0's value of a batched simulator tensor, as a float64 numpy array."""
+    return x[0].cpu().numpy().astype(np.float64)
+
+
 def _numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
@@ -397,6 +402,7 @@ __all__ = [
     "PlanningFailed",
     "GraspFailed",
     "as_pose",
+    "first_env",
     "pose_vector",
     "lifted",
     "resample_path",

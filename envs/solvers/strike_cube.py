@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import sapien
 
-from envs.solvers.planner import MultiArmPlanner, PlanningFailed, lifted
+from envs.solvers.planner import MultiArmPlanner, PlanningFailed, first_env, lifted
 
 PRE_GRASP = 0.08
 """Height (m) above the handle where the descent to the grasp starts."""
@@ -28,14 +28,10 @@ HOLD_STEPS = 10
 """Steps held on the cube at the end, the hand closed."""
 
 
-def _np(x: Any) -> np.ndarray:
-    return x[0].cpu().numpy().astype(np.float64)
-
-
 def handle_grasp(planner: MultiArmPlanner, hammer: Any) -> sapien.Pose:
     """A reachable top-down grasp at the hammer's origin, the fingers closing across the handle."""
     arm = planner.arms[0]
-    T = _np(hammer.pose.to_transformation_matrix())
+    T = first_env(hammer.pose.to_transformation_matrix())
     across = T[:3, 0] - T[2, 0] * np.array([0.0, 0.0, 1.0])
     across /= np.linalg.norm(across)
     approaching = np.array([0.0, 0.0, -1.0])
@@ -58,8 +54,8 @@ def solve(env: Any, planner: MultiArmPlanner) -> dict[str, Any]:
     planner.move({0: lifted(grasp, LIFT)}, method="screw")
     planner.check_grasp(0, hammer)
     tcp = planner.arms[0].tcp_pose()
-    face_to_tcp = tcp.p - _np(base.face_point())
-    top = _np(cube.pose.p) + np.array([0.0, 0.0, float(base.cube_half_size)])
+    face_to_tcp = tcp.p - first_env(base.face_point())
+    top = first_env(cube.pose.p) + np.array([0.0, 0.0, float(base.cube_half_size)])
     above = sapien.Pose(p=top + face_to_tcp + np.array([0.0, 0.0, PRE_STRIKE]), q=tcp.q)
     planner.move({0: above})
     planner.move({0: lifted(above, -PRE_STRIKE - PRESS)}, method="screw")
