@@ -100,8 +100,9 @@ def test_every_task_has_a_working_solver(task, seed):
     try:
         result, actions = runner.plan(seed)
         assert result.outcome == "success", result.message
+        assert result.success_strict is True
         _, info = runner.replay(seed, actions, env=runner.plan_env, render=False)
-        assert success_flag(info)
+        assert success_flag(info) and success_flag(info, "success_strict")
     finally:
         runner.close()
 

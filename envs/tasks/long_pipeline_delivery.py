@@ -9,10 +9,10 @@ the hand-over spots between neighbours, at x = -0.15 and y = 0.6, 0.0, -0.6: arm
 up where arm i+1 left it and puts it down on the next pad (``panda-0`` on the goal). Each arm only ever
 reaches 0.3-0.5 m to its sides, well inside the Panda's reach.
 
-``success``: the cube's centre within the goal radius (xy), resting on the table (z < 0.03 m), released
-and static. ``success_robofactory`` is the placement alone (on the goal, on the table), as RoboFactory's
-rules test it: a cube still held counts. ``info`` also has ``stage``: how many relay pads (counted from
-``panda-3``'s end) the cube has passed, a progress measure for partial credit.
+``success``: the cube's centre within the goal radius (xy), on the table (z < 0.03 m): the placement
+alone, the kind of test RoboFactory's rules make (a cube still held counts). ``success_strict`` also needs
+it released and static. ``info`` also has ``stage``: how many relay pads (counted from ``panda-3``'s end)
+the cube has passed, a progress measure for partial credit.
 
 Episode cap: 1500 control steps (RoboFactory's).
 """
@@ -91,6 +91,6 @@ class LongPipelineDeliveryEnv(RFTableTaskEnv):
             "cube_in_goal": in_goal,
             "cube_released": released,
             "stage": stage,
-            "success": in_goal & on_table & released & static,
-            "success_robofactory": in_goal & on_table,
+            "success": in_goal & on_table,
+            "success_strict": in_goal & on_table & released & static,
         }

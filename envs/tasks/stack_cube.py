@@ -4,10 +4,10 @@ Layout (RoboFactory's): ``panda-0`` at (-0.615, 0) facing +x (a plain single age
 calls it ``panda-0``). Cubes of edge 0.04 m lie on the table with random yaw: A (blue) at
 x in [-0.22, -0.12], y in [-0.10, 0.00]; B (magenta) at x in [-0.05, 0.05], y in [-0.10, 0.00].
 
-``success``: A is on B (RoboFactory's test: centres within a half diagonal + 5 mm in xy and one edge
-+- 5 mm apart in z), A is static and no longer grasped (RoboFactory counts A on B alone; we also require
-the release, so a policy that hovers holding the cube does not score). ``success_robofactory`` (the same
-flag as ``is_cubeA_on_cubeB``) is RoboFactory's own rule, reported beside ``success`` by rollouts.
+``success`` is RoboFactory's rule: A is on B (centres within a half diagonal + 5 mm in xy and one edge
++- 5 mm apart in z; the same flag as ``is_cubeA_on_cubeB``). It counts a cube still held or moving, so
+``success_strict`` also needs A static and no longer grasped: a policy that hovers holding the cube does not
+score there.
 
 Episode cap: 400 control steps (motion-planned demos take about 215).
 """
@@ -63,6 +63,6 @@ class StackCubeEnv(RFTableTaskEnv):
             "is_cubeA_on_cubeB": on_top,
             "is_cubeA_static": static,
             "is_cubeA_grasped": ~released,
-            "success": on_top & static & released,
-            "success_robofactory": on_top,
+            "success": on_top,
+            "success_strict": on_top & static & released,
         }

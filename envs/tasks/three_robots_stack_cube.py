@@ -9,8 +9,8 @@ the goal disc (radius 0.06 m) lies between them. Intended plan: ``panda-0`` puts
 goal.
 
 ``success``: A's centre within the goal radius (xy), B on A and C on B (RoboFactory's cube-on-cube test),
-no cube grasped by any arm, all static. ``success_robofactory`` is the placement alone, as RoboFactory's
-rules test it: a tower still held counts.
+the placement alone as RoboFactory's rules test it (a tower still held counts). ``success_strict`` also
+needs no cube grasped by any arm and all static.
 
 Episode cap: 800 control steps (RoboFactory's).
 """

@@ -7,9 +7,9 @@ facing -y). Cube A (blue) starts on ``panda-0``'s side (x in [-0.10, 0.10], y in
 stacks B on A; an arm waiting its turn should move clear of the goal (both rest poses hover 0.13 m
 from the centre line).
 
-``success``: A's centre within the goal radius (xy), B on A (RoboFactory's cube-on-cube test), neither
-cube grasped by any arm, both static. ``success_robofactory`` is the placement alone (A on the goal, B on A),
-as RoboFactory's rules test it: a tower still held counts.
+``success``: A's centre within the goal radius (xy) and B on A (RoboFactory's cube-on-cube test), the
+placement alone as RoboFactory's rules test it, so a tower still held counts. ``success_strict`` also needs
+neither cube grasped by any arm and both static.
 
 Episode cap: 600 control steps (motion-planned demos take about 350).
 """
@@ -68,8 +68,8 @@ class StackOnGoalEnv(RFTableTaskEnv):
         info.update(
             cubes_released=released,
             cubes_static=static,
-            success=success & released & static,
-            success_robofactory=success,
+            success=success,
+            success_strict=success & released & static,
         )
         return info
 
