@@ -5,28 +5,13 @@ from __future__ import annotations
 
 import math
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from task_checks import (
-    assert_base_pose,
-    assert_camera_format,
-    assert_camera_looks,
-    assert_converts_to_zarr,
-    assert_in_range,
-    assert_seeds_repeat_and_differ,
-    camera_pose,
-    planned_demo,
-    xy_samples,
-)
+import task_checks as tc
 
 import envs  # noqa: F401  (registers the -rf tasks)
-from envs.demo_io import list_episodes, read_actions
-from envs.solvers import SOLVERS
-from envs.solvers.planner import success_flag
 from envs.tasks.base import PANDA_INIT_QPOS
-from mani_skill.utils.registration import REGISTERED_ENVS
 from mani_skill.utils.structs.pose import Pose
 
 TASK = "PassShoe-rf"
@@ -44,52 +29,30 @@ STEP_CAP = 500
 SHOE_REST_Z = 0.0465
 
 
-@pytest.fixture(scope="module")
-def env():
-    e = gym.make(TASK, obs_mode="state_dict", robot_init_qpos_noise=0.0)
-    yield e
-    e.close()
+env = tc.state_env_fixture(TASK)
 
 
 def test_registration_two_arms_three_cameras():
-    e = gym.make(TASK, obs_mode="rgb", camera_width=64, camera_height=48)
-    try:
-        obs, _ = e.reset(seed=0)
-        assert TASK in SOLVERS
-        assert REGISTERED_ENVS[TASK].max_episode_steps == STEP_CAP
-        keys = ["panda-0", "panda-1"]
-        assert list(obs["agent"]) == keys and list(e.action_space.spaces) == keys
-        for k in keys:
-            assert e.action_space[k].shape == (8,) and obs["agent"][k]["qpos"].shape == (1, 9)
-        cams = {"head_camera_agent0", "head_camera_agent1", "head_camera_global"}
-        assert_camera_format(e, cams, 64, 48)
-        assert set(obs["sensor_data"]) == cams
-        for cam in cams:
-            assert obs["sensor_data"][cam]["rgb"].shape == (1, 48, 64, 3)
-        u = e.unwrapped
-        assert (u.sim_freq, u.control_freq) == (20, 20)  # RoboFactory's PassShoe: one physics step per control step
-    finally:
-        e.close()
+    cams = {"head_camera_agent0", "head_camera_agent1", "head_camera_global"}
+    # (20, 20) Hz: RoboFactory's PassShoe, one physics step per control step
+    tc.check_registration(TASK, cams, ["panda-0", "panda-1"], STEP_CAP, (20, 20))
 
 
 def test_arm_bases_start_poses_and_cameras(env):
     env.reset(seed=0)
     u = env.unwrapped
-    for arm, (xyz, yaw) in zip(u.arms, BASES):
-        assert_base_pose(arm, xyz, yaw)
-        np.testing.assert_allclose(arm.robot.get_qpos()[0].numpy(), START_QPOS, atol=1e-5)
+    tc.check_arm_bases(env, BASES, [START_QPOS] * 2, atol=1e-5)
     for name, (eye, target) in AGENT_CAMERAS.items():
-        assert_camera_looks(env, name, eye, target)
-    p, _ = camera_pose(env, "head_camera_global")
-    np.testing.assert_allclose(p, GLOBAL_CAMERA[0], atol=1e-4)
+        tc.assert_camera_looks(env, name, eye, target)
+    tc.check_camera_positions(env, {"head_camera_global": GLOBAL_CAMERA[0]})
     q = u._sensors["head_camera_global"].camera.global_pose.q[0].numpy()
     assert abs(q @ np.asarray(GLOBAL_CAMERA[1])) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_seeded_resets_and_ranges(env):
-    assert_seeds_repeat_and_differ(env)
-    assert_in_range(xy_samples(env, "shoe", range(8)), *SHOE_XY_RANGE)
-    assert_in_range(xy_samples(env, "goal_region", range(8)), *GOAL_XY_RANGE)
+    tc.assert_seeds_repeat_and_differ(env, 5, 6, step_between=True)
+    tc.assert_in_range(tc.xy_samples(env, "shoe", range(8)), *SHOE_XY_RANGE)
+    tc.assert_in_range(tc.xy_samples(env, "goal_region", range(8)), *GOAL_XY_RANGE)
 
 
 def hold(env, steps: int) -> dict:
@@ -100,10 +63,8 @@ def hold(env, steps: int) -> dict:
 
 
 def test_a_shoe_dropped_onto_the_target_is_a_strict_success_only_once_at_rest(env):
-    env.reset(seed=0)
+    tc.check_success_false_at_reset(env)
     u = env.unwrapped
-    info = u.evaluate()
-    assert not info["success"].item() and not info["success_strict"].item()
     goal = u.goal_region.pose.p[0]
     drop = torch.tensor([[goal[0].item(), goal[1].item(), 0.3]])
     u.shoe.set_pose(Pose.create_from_pq(p=drop, q=u.shoe.pose.q))
@@ -122,28 +83,16 @@ def test_a_shoe_dropped_onto_the_target_is_a_strict_success_only_once_at_rest(en
     assert not info["success"].item() and not info["success_strict"].item()
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pass_shoe")
-    runner, result = planned_demo(TASK, out, seed=0, cameras=tuple(AGENT_CAMERAS))
-    yield runner, result, out
-    runner.close()
+demo = tc.demo_fixture(TASK, list(AGENT_CAMERAS))
 
 
 def test_solver_relay_meets_both_rules_and_replays(demo):
-    runner, result, out = demo
-    assert result.outcome == "success", result.message  # "success" also means the rendered replay succeeded
-    assert result.success_strict is True
-    assert 0 < result.steps <= STEP_CAP
-    final = runner.plan_env.unwrapped.evaluate()
-    assert final["success"].item() and final["success_strict"].item()
-    actions = read_actions(list_episodes(out / TASK)[0])
+    tc.check_solver_final_state(demo, STEP_CAP)
+    actions = tc.recorded_actions(demo)
     for key in ("panda-0", "panda-1"):  # both arms grasped the shoe in turn
         assert min(a[key][7] for a in actions) == -1.0
-    _, info = runner.replay(0, actions, env=runner.plan_env, render=False)
-    assert success_flag(info) and success_flag(info, "success_strict")
+    tc.check_replays_from_h5(demo, actions)
 
 
 def test_planned_demo_converts_to_zarr_per_agent(demo, tmp_path):
-    _, result, out = demo
-    assert_converts_to_zarr(out / TASK, TASK, [0, 1], result.steps, tmp_path)
+    tc.check_zarr(demo, tmp_path, [0, 1], gripper_closes=True)

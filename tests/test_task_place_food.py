@@ -5,25 +5,14 @@ from __future__ import annotations
 
 import math
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+import task_checks as tc
 
 import envs  # noqa: F401  (registers the -rf tasks)
-from envs.solvers import SOLVERS
-from envs.tasks import TASK_IDS
 from envs.tasks.place_food import RIM_HEIGHT
 from mani_skill.utils.structs.pose import Pose
-from rf_demo import (
-    CAM_H,
-    CAM_W,
-    check_arm_bases,
-    check_camera_positions,
-    check_zarr,
-    plan_record_convert,
-    state_after_reset,
-)
 
 TASK = "PlaceFood-rf"
 BASES = [(0.0, -0.75, math.pi / 2), (0.0, 0.75, -math.pi / 2)]
@@ -33,18 +22,8 @@ GLOBAL_CAMERA_P = [0.538897, 0.0328311, 0.7419]
 AGENT0_CAMERA_P = [-0.5, 0.115, 0.4]
 
 
-@pytest.fixture(scope="module")
-def env():
-    env = gym.make(TASK, obs_mode="state_dict", robot_init_qpos_noise=0.0)
-    yield env
-    env.close()
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    demo = plan_record_convert(TASK, 0, tmp_path_factory.mktemp("place_food"))
-    yield demo
-    demo.runner.close()
+env = tc.state_env_fixture(TASK)
+demo = tc.demo_fixture(TASK, ["head_camera_agent0"])
 
 
 def set_meat(u, xyz) -> None:
@@ -52,23 +31,12 @@ def set_meat(u, xyz) -> None:
 
 
 def test_registered_with_two_arms_and_three_cameras():
-    assert TASK in TASK_IDS and TASK in SOLVERS and TASK in gym.registry
-    env = gym.make(TASK, obs_mode="rgb", camera_width=CAM_W, camera_height=CAM_H)
-    try:
-        obs, _ = env.reset(seed=0)
-        assert set(obs["sensor_data"]) == {"head_camera_agent0", "head_camera_agent1", "head_camera_global"}
-        for cam in obs["sensor_data"].values():
-            assert cam["rgb"].shape == (1, CAM_H, CAM_W, 3)
-        assert list(env.action_space.spaces) == ["panda-0", "panda-1"]
-        assert env.unwrapped.sim_freq == 20 and env.unwrapped.control_freq == 20
-        assert env._max_episode_steps == 500  # ManiSkill's TimeLimitWrapper
-    finally:
-        env.close()
+    cams = {"head_camera_agent0", "head_camera_agent1", "head_camera_global"}
+    tc.check_registration(TASK, cams, ["panda-0", "panda-1"], 500, (20, 20))
 
 
 def test_seeded_resets_repeat_and_differ(env):
-    a, b, c = state_after_reset(env, 3), state_after_reset(env, 3), state_after_reset(env, 4)
-    assert torch.allclose(a, b) and not torch.allclose(a, c, atol=1e-3)
+    tc.assert_seeds_repeat_and_differ(env, 3, 4, step_between=False)
     xs = []
     for seed in range(8):
         env.reset(seed=seed)
@@ -82,10 +50,8 @@ def test_seeded_resets_repeat_and_differ(env):
 
 
 def test_arms_and_global_camera_at_documented_poses(env):
-    env.reset(seed=0)
-    check_arm_bases(env.unwrapped, BASES, JOINT4)
     cameras = {"head_camera_global": GLOBAL_CAMERA_P, "head_camera_agent0": AGENT0_CAMERA_P}
-    check_camera_positions(env.unwrapped, cameras)
+    tc.check_rf_layout(env, BASES, JOINT4, cameras)
 
 
 def test_lid_is_a_prismatic_link_that_moves(env):
@@ -107,9 +73,7 @@ def test_lid_is_a_prismatic_link_that_moves(env):
 
 
 def test_success_false_at_reset(env):
-    env.reset(seed=0)
-    info = env.unwrapped.evaluate()
-    assert not info["success"].item() and not info["success_strict"].item()
+    tc.check_success_false_at_reset(env)
 
 
 def test_strict_rule_rejects_lid_up_and_moving_meat(env):
@@ -131,13 +95,9 @@ def test_strict_rule_rejects_lid_up_and_moving_meat(env):
 
 
 def test_solver_final_state_succeeds_and_replays(demo):
-    assert demo.result.outcome == "success", demo.result.message
-    info = demo.final_env.evaluate()
-    assert info["success"].item() and info["success_strict"].item()
+    info = tc.check_solver_final_state(demo, 500)
     assert info["meat_released"].item() and info["lid_closed"].item()
-    assert len(demo.actions) <= 500
-    assert demo.replay_success and demo.replay_strict
 
 
-def test_planned_demo_converts_to_zarr(demo):
-    check_zarr(demo)
+def test_planned_demo_converts_to_zarr(demo, tmp_path):
+    tc.check_zarr(demo, tmp_path, [0], gripper_closes=False)
