@@ -6,7 +6,9 @@
 #   NUM=4 CAMERA_WIDTH=64 CAMERA_HEIGHT=48 PRESET=tiny EPOCHS=10 EPISODES=2 MAX_STEPS=150 bash scripts/pipeline.sh
 # More knobs: DEMOS_FROM (render these state-only demos, e.g. from generate_data.py --no-render, instead of
 # planning), TRAIN_MINUTES (wall-clock budget per agent), TRAIN_PARALLEL=1 (train the agents side by side),
-# SAMPLERS ("ddpm:100 ddpm:10": one rollout per sampler:steps; default: the policies' own), VIDEOS (record the
+# SAMPLERS ("ddpm:100 ddpm:10": one rollout per sampler:steps, "ddpm:100:50" with its own episode count instead
+# of EPISODES; default: the policies' own), OFFLINE_SAMPLERS (samplers of the offline stage, default
+# "ddpm:100 ddpm:10 ddim:10"; empty skips it), VIDEOS (record the
 # first N episodes; default all), NUM_ENVS (env worker processes of each rollout), ROLLOUT_PARALLEL=1 (the samplers'
 # rollouts side by side, each with NUM_ENVS workers, logs in OUT_DIR/rollout_<name>.log), CAMERAS (cameras recorded
 # in the demos, e.g. "head_camera_agent0 head_camera_agent1"; default all of the task's), ROLLOUT_ARGS (more
@@ -75,20 +77,27 @@ else
     --output-dir "$OUT/checkpoints" "${TRAIN_EXTRA[@]}"
 fi
 stage offline
-echo "== 4/5 offline action error per sampler, agent 0's held-out episodes"
-$PY scripts/offline_eval.py "$OUT/checkpoints/${TASK}_Agent0" --samplers ddpm:100 ddpm:10 ddim:10 --max-windows 256 \
-  --output "$OUT/offline_eval.json"
+OFFLINE_SAMPLERS=${OFFLINE_SAMPLERS-ddpm:100 ddpm:10 ddim:10}
+if [ -n "$OFFLINE_SAMPLERS" ]; then
+  echo "== 4/5 offline action error per sampler, agent 0's held-out episodes"
+  $PY scripts/offline_eval.py "$OUT/checkpoints/${TASK}_Agent0" --samplers $OFFLINE_SAMPLERS --max-windows 256 \
+    --output "$OUT/offline_eval.json"
+else
+  echo "== 4/5 offline action error: skipped (OFFLINE_SAMPLERS is empty)"
+fi
 stage rollout
 side=""; [ "${ROLLOUT_PARALLEL:-0}" = 1 ] && side=", the samplers side by side"
-echo "== 5/5 rollout: $EPISODES episodes from seed $SEED, with video$side"
+echo "== 5/5 rollout: $EPISODES episodes (or the count a sampler names) from seed $SEED, with video$side"
 pids=()
-for sampler in ${SAMPLERS:-own}; do
+for spec in ${SAMPLERS:-own}; do
+  IFS=: read -r sampler steps episodes <<< "$spec"
   name=results; args=(); videos=$OUT/videos
   if [ "$sampler" != own ]; then
-    name=results_${sampler/:/}; args=(--sampler "${sampler%%:*}" --num-inference-steps "${sampler##*:}")
+    [ -n "${steps:-}" ] || { echo "SAMPLERS: '$spec' is not sampler:steps[:episodes]" >&2; exit 2; }
+    name=results_$sampler$steps; args=(--sampler "$sampler" --num-inference-steps "$steps")
     videos=$OUT/videos_$name
   fi
-  cmd=($PY scripts/rollout.py --task "$TASK" --checkpoint-dir "$OUT/checkpoints" --num-episodes "$EPISODES" \
+  cmd=($PY scripts/rollout.py --task "$TASK" --checkpoint-dir "$OUT/checkpoints" --num-episodes "${episodes:-$EPISODES}" \
     --seed "$SEED" --num-envs "$ENVS" "${STEP_CAP[@]}" "${args[@]}" --record-video "${VIDEO_CAP[@]}" \
     --video-dir "$videos" --output "$OUT/$name.json" ${ROLLOUT_ARGS:-})
   if [ "${ROLLOUT_PARALLEL:-0}" = 1 ]; then
@@ -106,5 +115,5 @@ stage ""
 echo "== wall time per stage"
 printf '   %s\n' "${TIMINGS[@]}"
 printf '   %-10s %4d s\n' total $((SECONDS - RUN_START))
-echo "results: $(ls "$OUT"/results*.json | tr '\n' ' ')$OUT/offline_eval.json"
+echo "results: $(ls "$OUT"/results*.json "$OUT"/offline_eval.json 2>/dev/null | tr '\n' ' ')"
 ls "$OUT"/videos*/"$TASK"/*.mp4
