@@ -200,6 +200,35 @@ def test_corrupt_checkpoint_on_resume(run_dir: Path, zarr_path: Path, tmp_path: 
     assert "training_state.safetensors is corrupt" in err and "cannot resume" in err
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("epoch", None, "field 'epoch' is missing"),
+        ("global_step", "twelve", "field 'global_step' must be a non-negative integer, got 'twelve'"),
+        ("bad_validations", -1, "field 'bad_validations' must be a non-negative integer, got -1"),
+        ("ema", None, "field 'ema' is missing or damaged"),
+        ("best_score", "low", "field 'best_score' must be a number, got 'low'"),
+    ],
+)
+def test_damaged_training_state_field_names_file_and_field(
+    field: str, value: object, message: str, run_dir: Path, zarr_path: Path, tmp_path: Path, capsys
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    state = (copy / "last").resolve() / "training_state.json"
+    meta = json.loads(state.read_text())
+    assert field in meta
+    if value is None:
+        del meta[field]
+    else:
+        meta[field] = value
+    state.write_text(json.dumps(meta))
+    assert main([*TINY, "--zarr-path", str(zarr_path), "--output-dir", str(copy), "--resume", "--epochs", "4"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot resume: {state}" in err or f"cannot resume: {copy / 'last' / 'training_state.json'}" in err
+    assert message in err
+
+
 def test_image_shape_is_adopted_from_the_dataset(zarr_path: Path, tmp_path: Path) -> None:
     cfg = parse_args([*TINY, "--zarr-path", str(zarr_path), "--model.image-shape", "3", "48", "48",
                       "--model.crop-shape", "42", "42", "--output-dir", str(tmp_path / "r")])

@@ -27,6 +27,7 @@ from rf_dp_agents.training.ema import EMA
 from rf_dp_agents.training.graphed import portable_state_dict
 from rf_dp_agents.training.jobs import Job
 from rf_dp_agents.training.state import (
+    STATE_JSON,
     CheckpointError,
     capture_rng,
     flatten,
@@ -147,9 +148,13 @@ class RunKeeping:
                 + ", ".join(f"{k} saved {saved_model.get(k)!r} now {current[k]!r}" for k in differ)
             )
         load_state_strict(last / "training_state.safetensors", self.policy, tensors, prefix="model.")
+        json_path = last / STATE_JSON
         if self.ema is not None:
             load_weights(last / "model.safetensors", self.ema.averaged)
-            self.ema.load_state(meta["ema"])
+            try:
+                self.ema.load_state(meta["ema"])
+            except (KeyError, ValueError, TypeError) as exc:
+                raise CheckpointError(f"cannot resume: {json_path} field 'ema' is missing or damaged ({exc!r})") from exc
         try:
             self.optimizer.load_state_dict(unflatten(meta["optimizer"], tensors))
             match_param_layout(self.optimizer)
@@ -162,11 +167,14 @@ class RunKeeping:
             raise CheckpointError(
                 f"cannot resume from {last}: optimiser/scheduler/RNG state is damaged ({exc})"
             ) from exc
-        self.epoch = int(meta["epoch"])
-        self.global_step = int(meta["global_step"])
+        self.epoch = _count_field(meta, "epoch", json_path)
+        self.global_step = _count_field(meta, "global_step", json_path)
         if meta.get("best_metric", "val_loss") == self.cfg.best_metric:
-            self.tracker.best = meta.get("best_score", meta.get("best_val_loss"))
-            self.tracker.bad = int(meta.get("bad_validations", 0))
+            best = meta.get("best_score", meta.get("best_val_loss"))
+            if best is not None and not isinstance(best, (int, float)):
+                raise CheckpointError(f"cannot resume: {json_path} field 'best_score' must be a number, got {best!r}")
+            self.tracker.best = best
+            self.tracker.bad = _count_field(meta, "bad_validations", json_path, default=0)
         else:  # scores of another metric are not comparable: the next validation starts a new best
             log.info("resuming with --best-metric %s (the run so far followed %s): best/ is replaced at the next "
                      "validation", self.cfg.best_metric, meta.get("best_metric", "val_loss"))
@@ -269,6 +277,15 @@ class RunKeeping:
             }
         )
         write_json_atomic(path, doc)
+
+
+def _count_field(meta: dict[str, Any], key: str, path: Path, default: int | None = None) -> int:
+    """``meta[key]`` as a non-negative integer, or a :class:`CheckpointError` naming ``path`` and ``key``."""
+    value = meta.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        missing = "is missing" if key not in meta else f"must be a non-negative integer, got {value!r}"
+        raise CheckpointError(f"cannot resume: {path} field {key!r} {missing}")
+    return value
 
 
 def _jsonish(value: Any) -> Any:
