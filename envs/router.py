@@ -14,92 +14,50 @@ Each step it builds every policy's observation ``{camera_key: uint8 (B, H, W, 3)
 (B, D)}``, calls ``policy.predict(obs, episode_start=...)`` (the stable-baselines3 contract, batched over
 parallel envs) and merges the actions into the env's action.
 
-The state definition shared by the datasets, the demo converter and the router is :func:`agent_state`:
-the 7 measured arm joint angles (rad) followed by the gripper opening, the sum of the two finger joint
-positions (m, 0 to 0.08): 8 values.
+A shared policy (one model for several arms, ``rf_dp_agents.architecture``) is routed under the tuple of the
+agent keys it drives: it runs once per step for all of them, its state is their states concatenated in that
+order and its action is split back per arm, so the arms' action queues stay in lock step. Routes, the state
+definition (:func:`agent_state`) and the observation helpers live in :mod:`envs.routes`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
-STATE_DIM = 8
-"""Size of :func:`agent_state`: 7 arm joints + gripper opening."""
-ARM_JOINTS = 7
-
-StateSource = Union[str, Callable[[Mapping[str, Any], str], Any]]
-
-
-def agent_state(obs_or_qpos: Any, agent_key: str | None = None) -> Any:
-    """Policy state of one arm: 7 arm joint angles + gripper opening (finger joint sum), shape (..., 8).
-
-    Pass either a raw ManiSkill observation and the agent key (``agent_state(obs, "panda-1")``), or a
-    Panda qpos array (..., 9) directly (``agent_state(qpos)``). Torch in gives float32 torch out (same
-    device); anything else gives a float32 NumPy array.
-    """
-    qpos = agent_qpos(obs_or_qpos, agent_key) if isinstance(obs_or_qpos, Mapping) else obs_or_qpos
-    if isinstance(qpos, torch.Tensor):
-        if qpos.shape[-1] != ARM_JOINTS + 2:
-            raise ValueError(f"agent_state needs Panda qpos (..., 9), got shape {tuple(qpos.shape)}")
-        q = qpos.float()
-        return torch.cat([q[..., :ARM_JOINTS], q[..., ARM_JOINTS:].sum(dim=-1, keepdim=True)], dim=-1)
-    q = np.asarray(qpos, dtype=np.float32)
-    if q.shape[-1:] != (ARM_JOINTS + 2,):
-        raise ValueError(f"agent_state needs Panda qpos (..., 9), got shape {q.shape}")
-    return np.concatenate([q[..., :ARM_JOINTS], q[..., ARM_JOINTS:].sum(axis=-1, keepdims=True)], axis=-1)
-
-
-def agent_qpos(obs: Mapping[str, Any], agent_key: str | None) -> Any:
-    """``obs["agent"][agent_key]["qpos"]``; for a one-arm observation (``obs["agent"]["qpos"]``) the key must end in ``-0``."""
-    agents = obs.get("agent")
-    if not isinstance(agents, Mapping):
-        raise KeyError("observation has no 'agent' dict: make the env with an obs_mode that includes the agent state")
-    if agent_key is None:
-        raise TypeError("agent_state(obs, agent_key): an observation dict needs the agent key, e.g. 'panda-0'")
-    if agent_key in agents and isinstance(agents[agent_key], Mapping):
-        return agents[agent_key]["qpos"]
-    if "qpos" in agents and agent_key.endswith("-0"):
-        return agents["qpos"]
-    keys = [k for k, v in agents.items() if isinstance(v, Mapping)] or ["<single agent>-0"]
-    raise KeyError(f"observation has no agent {agent_key!r}; its agents are {keys}")
-
-
-def env_agent_keys(env: Any) -> list[str]:
-    """Agent keys of a ManiSkill env in action order: the MultiAgent's keys, or ``["<uid>-0"]`` for one arm."""
-    agent = env.unwrapped.agent
-    if hasattr(agent, "agents_dict"):
-        return list(agent.agents_dict)
-    return [f"{agent.uid}-0"]
-
-
-@dataclass(frozen=True)
-class AgentRoute:
-    """What one agent's policy sees.
-
-    ``cameras``: env camera uids in the order of the policy's ``config.camera_keys``, or a mapping
-    ``{policy_camera_key: env_camera_uid}``. ``state``: ``"qpos"`` for :func:`agent_state`, or a callable
-    ``f(obs, agent_key) -> (B, state_dim)``.
-    """
-
-    policy: Any
-    cameras: Sequence[str] | Mapping[str, str] = ("head_camera_agent0",)
-    state: StateSource = "qpos"
-
+from envs.routes import (
+    STATE_DIM,
+    AgentRoute,
+    RouteKey,
+    agent_qpos,
+    agent_state,
+    concat_states,
+    default_routes,
+    env_agent_keys,
+    policy_cameras,
+    policy_input,
+    split_action,
+)
 
 @dataclass
 class _Plan:
-    """A validated route: the policy and where each of its inputs comes from."""
+    """A validated route: the policy, the agents it drives and where each of its inputs comes from."""
 
     policy: Any
+    agents: list[str]  # env agent keys, in the order of the policy's state and action
     camera_map: list[tuple[str, str]]  # (policy key, env camera uid)
     state_key: str
     state_fn: Callable[[Mapping[str, Any], str], Any]
-    state_dim: int
-    action_dim: int
+    state_dim: int  # the policy's whole state
+    action_dims: list[int]  # per agent
+
+    @property
+    def action_dim(self) -> int:
+        """The policy's whole action: the agents' actions side by side."""
+        return sum(self.action_dims)
 
 
 @dataclass
@@ -136,11 +94,13 @@ def _to_numpy_bool(x: Any, n: int, what: str) -> np.ndarray:
 class MultiAgentRouter:
     """Feeds each agent's policy its own cameras and state, and merges their actions for ``env.step``.
 
-    ``act(obs, episode_start)`` is the building block (the caller steps the env); ``reset``/``step``
-    keep ``episode_start`` for you, and ``run_episode`` runs a whole episode.
+    ``routes`` maps each agent key, or a tuple of agent keys that one shared policy drives, to its
+    :class:`AgentRoute`; every env agent must be covered exactly once. ``act(obs, episode_start)`` is the
+    building block (the caller steps the env); ``reset``/``step`` keep ``episode_start`` for you, and
+    ``run_episode`` runs a whole episode.
     """
 
-    def __init__(self, env: Any, routes: Mapping[str, AgentRoute]) -> None:
+    def __init__(self, env: Any, routes: Mapping[RouteKey, AgentRoute]) -> None:
         self.env = env
         base = env.unwrapped
         self.agent_keys = env_agent_keys(env)
@@ -149,17 +109,25 @@ class MultiAgentRouter:
         self.device = base.device
         if not isinstance(routes, Mapping):
             raise TypeError(f"routes must map agent keys to AgentRoute, got {type(routes).__name__}")
-        unknown = [k for k in routes if k not in self.agent_keys]
+        covered = [a for key in routes for a in (key if isinstance(key, tuple) else (key,))]
+        unknown = [k for k in covered if k not in self.agent_keys]
         if unknown:
             raise ValueError(f"routes name agents {unknown} that the env does not have; its agents are {self.agent_keys}")
-        missing = [k for k in self.agent_keys if k not in routes]
+        twice = sorted({k for k in covered if covered.count(k) > 1})
+        if twice:
+            raise ValueError(f"agents {twice} have more than one route; each agent is driven by one policy")
+        missing = [k for k in self.agent_keys if k not in covered]
         if missing:
             raise ValueError(f"agents {missing} have no route; every agent of the env needs a policy ({self.agent_keys})")
-        self.plans: dict[str, _Plan] = {key: self._validate(base, key, routes[key]) for key in self.agent_keys}
+        order = sorted(routes, key=lambda k: self.agent_keys.index(k[0] if isinstance(k, tuple) else k))
+        self.plans: dict[RouteKey, _Plan] = {key: self._validate(base, key, routes[key]) for key in order}
+        self._route_of = {a: key for key, plan in self.plans.items() for a in plan.agents}
         self._episode_start = np.ones(self.num_envs, dtype=bool)
 
     # ------------------------------------------------------------------ construction checks
-    def _validate(self, base: Any, key: str, route: AgentRoute) -> _Plan:
+    def _validate(self, base: Any, route_key: RouteKey, route: AgentRoute) -> _Plan:
+        agents = list(route_key) if isinstance(route_key, tuple) else [route_key]
+        key = route_key if len(agents) == 1 and not isinstance(route_key, tuple) else tuple(agents)
         if not isinstance(route, AgentRoute):
             raise TypeError(f"route for agent {key!r} must be an AgentRoute, got {type(route).__name__}")
         policy = route.policy
@@ -206,10 +174,11 @@ class MultiAgentRouter:
                 )
         if route.state == "qpos":
             state_fn: Callable[[Mapping[str, Any], str], Any] = agent_state
-            if int(cfg.state_dim) != STATE_DIM:
+            if int(cfg.state_dim) != STATE_DIM * len(agents):
                 raise ValueError(
-                    f"agent {key!r}: state 'qpos' gives {STATE_DIM} values (7 joints + gripper opening) but the "
-                    f"policy's config.state_dim is {cfg.state_dim}"
+                    f"agent {key!r}: state 'qpos' gives {STATE_DIM} values (7 joints + gripper opening) per arm, "
+                    f"{STATE_DIM * len(agents)} for {len(agents)} arm(s), but the policy's config.state_dim is "
+                    f"{cfg.state_dim}"
                 )
         elif callable(route.state):
             state_fn = route.state
@@ -219,48 +188,51 @@ class MultiAgentRouter:
                 f"callable f(obs, agent_key); got {route.state!r} (the policy's key, config.state_key="
                 f"{cfg.state_key!r}, is used automatically)"
             )
-        space = base.single_action_space[key] if self.multi_agent else base.single_action_space
-        if _space_shape(space) != (int(cfg.action_dim),):
+        spaces = [base.single_action_space[a] if self.multi_agent else base.single_action_space for a in agents]
+        if any(len(_space_shape(sp)) != 1 for sp in spaces) or sum(_space_shape(sp)[0] for sp in spaces) != int(cfg.action_dim):
             raise ValueError(
-                f"agent {key!r}: the env's action is {_space_shape(space)} but the policy's config.action_dim is {cfg.action_dim}"
+                f"agent {key!r}: the env's action is {' + '.join(str(_space_shape(sp)) for sp in spaces)} but the "
+                f"policy's config.action_dim is {cfg.action_dim}"
             )
-        return _Plan(policy, camera_map, str(cfg.state_key), state_fn, int(cfg.state_dim), int(cfg.action_dim))
+        dims = [_space_shape(sp)[0] for sp in spaces]
+        return _Plan(policy, agents, camera_map, str(cfg.state_key), state_fn, int(cfg.state_dim), dims)
 
     # ------------------------------------------------------------------ per step
-    def policy_observation(self, obs: Mapping[str, Any], key: str) -> dict[str, Any]:
-        """Agent ``key``'s policy input: ``{camera_key: uint8 (B, H, W, 3), state_key: float32 (B, D)}``."""
-        plan = self.plans[key]
+    def policy_observation(self, obs: Mapping[str, Any], key: RouteKey) -> dict[str, Any]:
+        """The input of agent ``key``'s policy (for an agent of a shared route, the shared policy's; a route's
+        tuple key works too): ``{camera_key: uint8 (B, H, W, 3), state_key: float32 (B, D)}``."""
+        plan = self.plans[key] if key in self.plans else self.plans[self._route_of[key]]  # type: ignore[index]
         sensors = obs["sensor_data"]
         out: dict[str, Any] = {}
         for policy_key, cam in plan.camera_map:
             if cam not in sensors:
                 raise KeyError(f"agent {key!r}: camera {cam!r} is missing from this observation; it has {sorted(sensors)}")
             out[policy_key] = sensors[cam]["rgb"]
-        state = plan.state_fn(obs, key)
+        state = concat_states([plan.state_fn(obs, agent) for agent in plan.agents])
         if tuple(state.shape[-1:]) != (plan.state_dim,):
             raise ValueError(f"agent {key!r}: state has shape {tuple(state.shape)}, the policy expects (B, {plan.state_dim})")
         out[plan.state_key] = state
         return out
 
-    def policy_observations(self, obs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-        """:meth:`policy_observation` for every agent, keyed by agent."""
-        return {key: self.policy_observation(obs, key) for key in self.agent_keys}
+    def policy_observations(self, obs: Mapping[str, Any]) -> dict[RouteKey, dict[str, Any]]:
+        """:meth:`policy_observation` for every route, keyed like the routes (agent key, or tuple for a shared one)."""
+        return {key: self.policy_observation(obs, key) for key in self.plans}
 
     def act(self, obs: Mapping[str, Any], episode_start: Any = None, deterministic: bool = True) -> Any:
         """One action per env from every policy, merged: ``{key: float32 (B, 8)}``, or one (B, 8) array for a one-arm env.
 
         ``episode_start`` (bool per env; None means no env starts an episode) is passed on to every
-        policy so it can clear that env's history and action queue.
+        policy so it can clear that env's history and action queue. A shared policy runs once and its
+        action is split among its agents.
         """
         starts = _to_numpy_bool(episode_start, self.num_envs, "episode_start")
-        pending: dict[str, Any] = {}
-        for key in self.agent_keys:  # policies that can start their model without waiting all start first
-            policy = self.plans[key].policy
+        pending: dict[RouteKey, Any] = {}
+        for key, plan in self.plans.items():  # policies that can start their model without waiting all start first
+            policy = plan.policy
             if callable(getattr(policy, "submit", None)) and callable(getattr(policy, "collect", None)):
                 pending[key] = policy.submit(self.policy_observation(obs, key), starts, deterministic)
         actions: dict[str, torch.Tensor] = {}
-        for key in self.agent_keys:
-            plan = self.plans[key]
+        for key, plan in self.plans.items():
             if key in pending:
                 action = plan.policy.collect(pending[key])
             else:
@@ -274,7 +246,8 @@ class MultiAgentRouter:
                     f"agent {key!r}: policy returned an action of shape {tuple(action.shape)}, expected "
                     f"({self.num_envs}, {plan.action_dim})"
                 )
-            actions[key] = action
+            actions.update(split_action(action, plan.agents, plan.action_dims))
+        actions = {agent: actions[agent] for agent in self.agent_keys}
         return actions if self.multi_agent else actions[self.agent_keys[0]]
 
     # ------------------------------------------------------------------ episode helpers
@@ -318,41 +291,7 @@ class MultiAgentRouter:
         return EpisodeSummary(steps=steps, success=first >= 0, first_success_step=first, extra_success=extra)
 
 
-def default_routes(env: Any, policies: Sequence[Any] | Mapping[str, Any]) -> dict[str, AgentRoute]:
-    """RoboFactory's routing: agent i's policy sees ``head_camera_agent<i>`` and its own joint state.
-
-    A policy with more cameras gets them by the dataset naming convention: policy key ``img`` is the agent's
-    own ``head_camera_agent<i>``, ``img_<camera>`` is the env camera ``<camera>`` (``img_head_camera_global``).
-    """
-    keys = env_agent_keys(env)
-    if isinstance(policies, Mapping):
-        items = [(k, policies[k]) for k in keys if k in policies]
-        if len(items) != len(policies):
-            raise ValueError(f"policies are keyed {sorted(policies)} but the env's agents are {keys}")
-    else:
-        if len(policies) != len(keys):
-            raise ValueError(f"{len(policies)} policies for an env with {len(keys)} agents {keys}")
-        items = list(zip(keys, policies))
-    return {
-        key: AgentRoute(policy, cameras=policy_cameras(policy, f"head_camera_agent{keys.index(key)}"))
-        for key, policy in items
-    }
-
-
-def policy_cameras(policy: Any, own_camera: str) -> dict[str, str]:
-    """Map each of the policy's camera keys to an env camera: ``img`` (or a policy's only camera) ->
-    ``own_camera``, ``img_<cam>`` -> ``<cam>``, any other key -> the env camera of that name."""
-    keys = tuple(policy.config.camera_keys)
-    mapping = {}
-    for key in keys:
-        if key == "img" or len(keys) == 1:
-            mapping[key] = own_camera
-        else:
-            mapping[key] = key[len("img_"):] if key.startswith("img_") else key
-    return mapping
-
-
-__all__ = [
+__all__ = [  # the router, and the routing names this module has always offered (now in envs.routes)
     "STATE_DIM",
     "AgentRoute",
     "EpisodeSummary",
@@ -361,5 +300,7 @@ __all__ = [
     "agent_state",
     "default_routes",
     "policy_cameras",
+    "policy_input",
     "env_agent_keys",
+    "split_action",
 ]

@@ -1,13 +1,18 @@
-"""Convert motion-planned demos (``demos/<task>/*.h5``) into one zarr dataset per agent.
+"""Convert motion-planned demos (``demos/<task>/*.h5``) into zarr datasets: one per agent, or one shared.
 
 Writes ``<out>/<task>_Agent<i>_<n>.zarr`` with ``data/img`` (agent i's head camera, uint8 (L,3,H,W)),
 ``data/state`` (measured 7 arm joints + gripper opening, or the action with ``--state-source action``,
-RoboFactory's convention), ``data/action`` (L,8) and ``meta/episode_ends``. Episodes stream one at a time;
-a bad episode stops the run with an error naming the file, episode and key, and leaves no dataset behind.
+RoboFactory's convention), ``data/action`` (L,8) and ``meta/episode_ends``. ``--architecture`` picks one of the
+paper's four (``rf_dp_agents.architecture``): ``global-separate`` stores the global camera instead of the agent's
+own (``<task>_Agent<i>_Global_<n>.zarr``), ``local-shared`` / ``global-shared`` write one dataset for a policy that
+drives every arm (``<task>_Shared[_Global]_<n>.zarr``: every arm's state and action concatenated). The choice is
+recorded in the dataset's attributes, where the trainer reads it. Episodes stream one at a time; a bad episode
+stops the run with an error naming the file, episode and key, and leaves no dataset behind.
 
 Example::
 
     python scripts/convert_to_zarr.py --task LiftBarrier-rf --all-agents --num 150
+    python scripts/convert_to_zarr.py --task LiftBarrier-rf --architecture local-shared --num 150
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rf_dp_agents.data.convert import convert_agent, episode_agents, list_episodes, zarr_name  # noqa: E402
+from rf_dp_agents.architecture import Architecture, ArchitectureName  # noqa: E402
+from rf_dp_agents.data.convert import convert_agent, convert_shared, episode_agents, list_episodes  # noqa: E402
 from rf_dp_agents.data.errors import DatasetError  # noqa: E402
 
 
@@ -34,16 +40,20 @@ class Args:
 
     task: str = "LiftBarrier-rf"
     """Task id; episodes are read from ``<demos>/<task>/*.h5`` in name (seed) order."""
+    architecture: ArchitectureName = "local-separate"
+    """Which policies the data is for: each arm's own camera (local) or the global camera (global), one policy per
+    arm (separate: one dataset per agent) or one policy for every arm (shared: one dataset)."""
     agent_id: int = 0
-    """Agent to convert (ignored with --all-agents)."""
+    """Agent to convert (ignored with --all-agents and for a shared architecture)."""
     all_agents: bool = False
-    """Convert every agent of the task, one dataset each."""
+    """Convert every agent of the task, one dataset each (a shared architecture always writes its one dataset)."""
     num: int | None = None
     """Use the first N episodes (default: all)."""
     state_source: Literal["measured", "action"] = "measured"
     """'measured': 7 arm joints + gripper opening as measured; 'action': the commanded action (RoboFactory)."""
     include_global_camera: bool = False
-    """Also store head_camera_global as data/img_head_camera_global."""
+    """Also store head_camera_global as data/img_head_camera_global beside each policy's own camera(s)
+    (<task>_Agent<i>_LocalGlobal_<n>.zarr, <task>_Shared_LocalGlobal_<n>.zarr)."""
     demos: Path = Path("demos")
     """Root of the demonstrations."""
     out: Path = Path("data/zarr")
@@ -64,14 +74,18 @@ def convert(args: Args) -> list[Path]:
             raise DatasetError(f"{args.demos / args.task}: --num {args.num} asked but only {len(refs)} episodes exist")
         refs = refs[: args.num]
     n_agents = len(episode_agents(refs[0]))
-    agent_ids = list(range(n_agents)) if args.all_agents else [args.agent_id]
+    arch = Architecture(args.architecture, args.include_global_camera)
+    if arch.shared:
+        agent_ids: list[int | None] = [None]
+    else:
+        agent_ids = list(range(n_agents)) if args.all_agents else [args.agent_id]
     for i in agent_ids:
-        if not 0 <= i < n_agents:
+        if i is not None and not 0 <= i < n_agents:
             raise ValueError(f"--agent-id {i} out of range: {args.task} demos have {n_agents} agents")
     if args.num_procs is not None and args.num_procs < 1:
         raise ValueError(f"--num-procs must be >= 1, got {args.num_procs}")
     procs = min(len(agent_ids), args.num_procs or os.cpu_count() or 1)
-    jobs = [(refs, args.out / zarr_name(args.task, i, len(refs)), i, args) for i in agent_ids]
+    jobs = [(refs, args.out / arch.zarr_name(args.task, len(refs), i), i, args) for i in agent_ids]
     written = []
     if procs == 1:
         done = map(_convert_one, jobs)
@@ -80,7 +94,7 @@ def convert(args: Args) -> list[Path]:
         done = pool.map(_convert_one, jobs)
     try:
         for (_, path, i, _), result in zip(jobs, done):
-            print(f"agent {i}: {len(refs)} episodes -> {result}")
+            print(f"{arch.label if i is None else f'agent {i}'}: {len(refs)} episodes -> {result}")
             written.append(path)
     finally:
         if procs > 1:
@@ -88,16 +102,13 @@ def convert(args: Args) -> list[Path]:
     return written
 
 
-def _convert_one(job: tuple[list, Path, int, Args]) -> Path:
+def _convert_one(job: tuple[list, Path, int | None, Args]) -> Path:
     refs, path, agent_id, args = job
-    return convert_agent(
-        refs,
-        path,
-        agent_id=agent_id,
-        state_source=args.state_source,
-        include_global_camera=args.include_global_camera,
-        overwrite=args.overwrite,
-    )
+    options = dict(state_source=args.state_source, include_global_camera=args.include_global_camera,
+                   overwrite=args.overwrite, architecture=args.architecture)
+    if agent_id is None:
+        return convert_shared(refs, path, **options)  # type: ignore[arg-type]
+    return convert_agent(refs, path, agent_id=agent_id, **options)  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -23,16 +23,25 @@ dataset appears under its final name.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Iterable, Iterator, Literal, Mapping, Sequence
 
 import h5py
 import numpy as np
 from tqdm import tqdm
 
+from rf_dp_agents.architecture import (
+    DEFAULT_ARCHITECTURE,
+    GLOBAL_CAMERA,
+    RECORD_KEY,
+    Architecture,
+    ArchitectureRecord,
+    make_record,
+)
 from rf_dp_agents.data.errors import DatasetError
 from rf_dp_agents.data.writer import ZarrWriter
 
@@ -66,9 +75,6 @@ def agent_camera(agent_id: int) -> str:
     """Name of agent ``agent_id``'s head camera in the -rf tasks."""
     return f"head_camera_agent{agent_id}"
 
-
-GLOBAL_CAMERA = "head_camera_global"
-"""Name of the fixed camera that sees the whole scene."""
 
 
 def zarr_name(task: str, agent_id: int, n_episodes: int) -> str:
@@ -182,10 +188,12 @@ def read_agent_episode(
     camera: str | None = None,
     extra_cameras: Sequence[str] = (),
     shapes_only: bool = False,
+    cameras: Mapping[str, str] | None = None,
 ) -> dict[str, np.ndarray | tuple[int, ...]]:
     """One agent's training arrays of an episode: ``img`` (L,3,H,W) uint8, ``state`` (L,8), ``action`` (L,8).
 
     ``camera`` defaults to the agent's head camera; each of ``extra_cameras`` adds ``img_<camera>``.
+    ``cameras`` (array key -> env camera) replaces both: exactly those images are read (none for ``{}``).
     With ``shapes_only`` the arrays are checked but not read, and their shapes are returned instead.
     """
     if state_source not in ("measured", "action"):
@@ -199,13 +207,13 @@ def read_agent_episode(
         if not 0 <= agent_id < len(agents):
             raise DatasetError(f"{where}: agent {agent_id} missing (the episode has agents {agents})")
         agent = agents[agent_id]
-        camera = camera or agent_camera(agent_id)
+        if cameras is None:
+            cameras = {"img": camera or agent_camera(agent_id), **{f"img_{extra}": extra for extra in extra_cameras}}
         keys = {"action": action_key(agent)}
         if state_source == "measured":
             keys["state"] = state_key(agent)
-        keys["img"] = rgb_key(camera)
-        for extra in extra_cameras:
-            keys[f"img_{extra}"] = rgb_key(extra)
+        for name, cam in cameras.items():
+            keys[name] = rgb_key(cam)
         datasets = {name: _dataset(group, key, where) for name, key in keys.items()}
 
         act = datasets["action"]
@@ -256,6 +264,28 @@ def iter_agent_episodes(
         yield read_agent_episode(ref, agent_id, **kwargs)  # type: ignore[misc]
 
 
+def _check_image_shapes(refs: Sequence[EpisodeRef], read_shapes) -> None:
+    """Every camera of every episode gives one (3, H, W); the first that differs is named."""
+    image_shape = None
+    for ref in refs:
+        for name, shape in read_shapes(ref).items():
+            if not name.startswith("img"):
+                continue
+            if image_shape is None:
+                image_shape = shape[1:]
+            elif shape[1:] != image_shape:
+                raise DatasetError(f"episode {ref}: camera {name!r} image shape {shape[1:]} differs from {image_shape}")
+
+
+def _attributes(refs: Sequence[EpisodeRef], record: ArchitectureRecord, state_source: str) -> dict:
+    return {
+        "state_source": state_source,
+        "state_definition": "action" if state_source == "action" else "qpos[:7] + gripper opening (qpos[7]+qpos[8])",
+        "episodes": [str(r) for r in refs],
+        RECORD_KEY: record.to_dict(),
+    }
+
+
 def convert_agent(
     refs: Sequence[EpisodeRef],
     out_path: str | Path,
@@ -265,37 +295,97 @@ def convert_agent(
     camera: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    architecture: str = DEFAULT_ARCHITECTURE,
 ) -> Path:
     """Write agent ``agent_id``'s episodes to a zarr dataset at ``out_path``; returns the path.
 
     Every episode's keys and lengths are checked first, then episodes are streamed one at a time. The
-    dataset holds ``img`` (and ``img_head_camera_global`` with ``include_global_camera``), ``state``,
-    ``action`` and ``meta/episode_ends``; nothing appears at ``out_path`` if any episode is bad.
+    dataset holds ``img`` (the agent's own camera, or ``camera``) for the local view, ``img_head_camera_global``
+    for the global view or with ``include_global_camera``, ``state``, ``action`` and ``meta/episode_ends``, and
+    the architecture record in its attributes; nothing appears at ``out_path`` if any episode is bad.
     """
     if not refs:
         raise DatasetError(f"{out_path}: no episodes to convert")
-    extra = (GLOBAL_CAMERA,) if include_global_camera else ()
-    options = dict(state_source=state_source, camera=camera, extra_cameras=extra)
-    image_shape = None
-    for ref in refs:
-        shapes = read_agent_episode(ref, agent_id, shapes_only=True, **options)  # type: ignore[arg-type]
-        if image_shape is None:
-            image_shape = shapes["img"][1:]
-        elif shapes["img"][1:] != image_shape:
-            raise DatasetError(f"episode {ref}: camera image shape {shapes['img'][1:]} differs from {image_shape}")
+    arch = Architecture(architecture, include_global_camera)
+    if arch.shared:
+        raise ValueError(f"{arch.name} is one dataset for every agent: use convert_shared")
+    agents = episode_agents(refs[0])
+    if not 0 <= agent_id < len(agents):
+        raise DatasetError(f"episode {refs[0]}: agent {agent_id} missing (the episode has agents {agents})")
+    record = make_record(arch, agents, agent_id)
+    cameras = dict(record.cameras)
+    if camera is not None and "img" in cameras:
+        cameras["img"] = camera
+        record = dataclasses.replace(record, cameras=cameras)
+    options = dict(state_source=state_source, cameras=cameras)
+    _check_image_shapes(refs, lambda ref: read_agent_episode(ref, agent_id, shapes_only=True, **options))
     attributes = {
         "agent_id": agent_id,
-        "agent": episode_agents(refs[0])[agent_id],
-        "camera": camera or agent_camera(agent_id),
-        "state_source": state_source,
-        "state_definition": "action" if state_source == "action" else "qpos[:7] + gripper opening (qpos[7]+qpos[8])",
-        "episodes": [str(r) for r in refs],
+        "agent": agents[agent_id],
+        "camera": cameras.get("img", GLOBAL_CAMERA),
+        **_attributes(refs, record, state_source),
     }
     out_path = Path(out_path)
     bar = tqdm(refs, desc=f"agent {agent_id} -> {out_path.name}", unit="ep", disable=not progress)
     with ZarrWriter(out_path, overwrite=overwrite, attributes=attributes) as writer:
         for ref in bar:
             writer.add_episode(read_agent_episode(ref, agent_id, **options))  # type: ignore[arg-type]
+    return out_path
+
+
+def read_shared_episode(
+    ref: EpisodeRef, record: ArchitectureRecord, state_source: StateSource = "measured", shapes_only: bool = False
+) -> dict[str, np.ndarray | tuple[int, ...]]:
+    """A shared model's arrays of an episode: each camera of ``record`` (L,3,H,W), and ``state`` and ``action``
+    (L, 8 * agents), every agent's :func:`read_agent_episode` arrays concatenated in agent order."""
+    agents = episode_agents(ref)
+    if tuple(agents) != tuple(record.agents):
+        raise DatasetError(f"episode {ref}: agents {agents} differ from the dataset's {list(record.agents)}")
+    parts = [
+        read_agent_episode(ref, i, state_source, cameras=record.cameras if i == 0 else {}, shapes_only=shapes_only)
+        for i in range(len(agents))
+    ]
+    lengths = {agents[i]: (part["action"][0] if shapes_only else len(part["action"])) for i, part in enumerate(parts)}
+    if len(set(lengths.values())) != 1:
+        raise DatasetError(f"episode {ref}: the agents' action lengths differ: {lengths}")
+    out = {name: value for name, value in parts[0].items() if name.startswith("img")}
+    for name in ("state", "action"):
+        if shapes_only:
+            out[name] = (parts[0][name][0], sum(p[name][1] for p in parts))  # type: ignore[index]
+        else:
+            out[name] = np.concatenate([p[name] for p in parts], axis=1)  # type: ignore[misc]
+    return out
+
+
+def convert_shared(
+    refs: Sequence[EpisodeRef],
+    out_path: str | Path,
+    architecture: str = "local-shared",
+    include_global_camera: bool = False,
+    state_source: StateSource = "measured",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write the one dataset of a shared policy (``local-shared`` or ``global-shared``) at ``out_path``.
+
+    ``data/state`` and ``data/action`` are (N, 8 * agents): every agent's arrays concatenated in agent order (equal
+    to the per-agent datasets side by side); the cameras are ``img_head_camera_agent<i>`` for every agent (local) or
+    ``img_head_camera_global`` (global, or added by ``include_global_camera``). Checked and written like
+    :func:`convert_agent`.
+    """
+    if not refs:
+        raise DatasetError(f"{out_path}: no episodes to convert")
+    arch = Architecture(architecture, include_global_camera)
+    if not arch.shared:
+        raise ValueError(f"{arch.name} is one dataset per agent: use convert_agent")
+    record = make_record(arch, episode_agents(refs[0]))
+    _check_image_shapes(refs, lambda ref: read_shared_episode(ref, record, state_source, shapes_only=True))
+    attributes = {"agents": list(record.agents), **_attributes(refs, record, state_source)}
+    out_path = Path(out_path)
+    bar = tqdm(refs, desc=f"{arch.label} -> {out_path.name}", unit="ep", disable=not progress)
+    with ZarrWriter(out_path, overwrite=overwrite, attributes=attributes) as writer:
+        for ref in bar:
+            writer.add_episode(read_shared_episode(ref, record, state_source))  # type: ignore[arg-type]
     return out_path
 
 
@@ -315,4 +405,6 @@ __all__ = [
     "read_agent_episode",
     "iter_agent_episodes",
     "convert_agent",
+    "convert_shared",
+    "read_shared_episode",
 ]
