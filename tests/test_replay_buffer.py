@@ -184,6 +184,33 @@ def test_truncated_chunk_names_file_array_and_chunk(tmp_path, fmt, in_memory):
         np.testing.assert_array_equal(buf["state"][:10], arrays["state"][:10])
 
 
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_deleted_chunk_is_an_error_not_zeros(tmp_path, fmt):
+    eps = make_episodes([150, 100], hw=(48, 64))  # 2 MiB image chunks: 227 steps each, two chunks
+    for ep in eps:
+        ep["action"][:] = 0.0  # all-zero chunks are still written, so a missing one cannot be a legal empty one
+    path = tmp_path / "z.zarr"
+    with ZarrWriter(path, zarr_format=fmt) as writer:
+        for ep in eps:
+            writer.add_episode(ep)
+    np.testing.assert_array_equal(ReplayBuffer.open(path)["action"], 0.0)
+    files = _chunk_files(path / "data" / "img")
+    assert len(files) > 1
+    files[1].unlink()
+    with pytest.raises(DatasetError, match=rf"{path}: array data/img: chunk \(1, 0, 0, 0\) \({files[1]}, steps .*is missing"):
+        ReplayBuffer.open(path, in_memory=False)
+
+
+def test_store_without_the_every_chunk_attribute_reads_missing_chunks_as_fill(tmp_path):
+    """Stores written elsewhere (RoboFactory's converter) may omit all-zero chunks: they read as zeros."""
+    arrays = {k: np.concatenate([e[k] for e in make_episodes([150, 100])]) for k in ("img", "state", "action")}
+    arrays["action"][100:200] = 0.0
+    path = tmp_path / "r.zarr"
+    write_raw_format2(path, arrays, [150, 250], image_name="img")
+    assert not (path / "data" / "action" / "1.0").exists()  # zarr's default skips the all-zero chunk
+    np.testing.assert_array_equal(ReplayBuffer.open(path)["action"], arrays["action"])
+
+
 def test_truncated_chunk_inside_a_zip_store(tmp_path):
     eps = make_episodes([150, 100])
     arrays = {k: np.concatenate([e[k] for e in eps]) for k in eps[0]}

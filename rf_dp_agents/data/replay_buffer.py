@@ -18,6 +18,7 @@ import zarr.errors
 from zarr.storage import ZipStore
 
 from rf_dp_agents.data.errors import DatasetError
+from rf_dp_agents.data.writer import EVERY_CHUNK_STORED
 
 IMAGE_KEYS = ("img", "head_camera")
 """Accepted names of the camera image array, in order of preference (RoboFactory's files use ``head_camera``)."""
@@ -237,9 +238,12 @@ class ReplayBuffer:
             names = [f"data/{k}" if k != "img" else "data/img (or data/head_camera)" for k in sorted(missing)]
             raise DatasetError(f"{where}: missing array {', '.join(names)} (has {sorted(stored)})")
         arrays: dict[str, np.ndarray | LazyArray] = {}
+        every_chunk_stored = bool(root.attrs.get(EVERY_CHUNK_STORED, False))
         for key in wanted:
             arr = stored[mapping[key]]
             _check_array(key, mapping[key], arr, where)
+            if every_chunk_stored:
+                _check_chunks_present(arr, where)
             if key.startswith("img") and arr.shape[-1] == 3 and arr.shape[1] != 3:
                 # (N, H, W, 3) on disk: loaded and exposed channel-first.
                 arrays[key] = np.ascontiguousarray(np.moveaxis(read_array(arr, ..., where), -1, 1))
@@ -288,6 +292,23 @@ class ReplayBuffer:
         """All steps of one episode as numpy arrays (reads only that episode from disk when not in memory)."""
         sl = self.episode_slice(index)
         return {key: np.asarray(self[key][sl]) for key in (keys or self.keys)}
+
+
+def _check_chunks_present(arr: zarr.Array, where: str) -> None:
+    """A store written with every chunk on disk must still hold them all: zarr would read a deleted chunk as
+    zeros, silently."""
+    if arr.nchunks_initialized >= arr.nchunks:
+        return
+    present = set(_store_keys(where, arr.path))
+    for coords in itertools.product(*(range(int(n)) for n in arr.cdata_shape)):
+        if arr.metadata.encode_chunk_key(coords) not in present:
+            lo = coords[0] * int(arr.chunks[0]) if arr.ndim else 0
+            hi = min(lo + int(arr.chunks[0]), int(arr.shape[0])) if arr.ndim else 0
+            raise DatasetError(
+                f"{where}: array {arr.path}: chunk {coords} ({_chunk_file(arr, coords, where)}, steps {lo}..{hi - 1}) "
+                f"is missing: the store was written with every chunk on disk ({arr.nchunks_initialized} of "
+                f"{arr.nchunks} remain), so the file was deleted or the copy is incomplete"
+            )
 
 
 def _check_array(key: str, stored_name: str, arr: zarr.Array, where: str) -> None:

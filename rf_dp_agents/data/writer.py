@@ -23,6 +23,8 @@ from rf_dp_agents.data.errors import DatasetError
 
 IMAGE_CHUNK_BYTES = 2 * 1024 * 1024
 LOWDIM_CHUNK_STEPS = 10_000
+EVERY_CHUNK_STORED = "every_chunk_stored"
+"""Root attribute of a finished store: every chunk of every array is on disk, all-zero ones included."""
 
 
 def time_chunk_length(step_shape: tuple[int, ...], itemsize: int, target_bytes: int = IMAGE_CHUNK_BYTES) -> int:
@@ -57,6 +59,7 @@ class ZarrWriter:
         self._data = self._root.create_group("data")
         self._meta = self._root.create_group("meta")
         self._spec: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+        self._arrays: dict[str, zarr.Array] = {}  # as created: their config writes all-zero chunks too
         self._ends: list[int] = []
         self._closed = False
 
@@ -81,8 +84,9 @@ class ZarrWriter:
             length = time_chunk_length(step_shape, value.dtype.itemsize)
         else:
             length = LOWDIM_CHUNK_STEPS
-        self._data.create_array(
-            key, shape=(0, *step_shape), chunks=(length, *step_shape), dtype=value.dtype, **self._compression()
+        self._arrays[key] = self._data.create_array(
+            key, shape=(0, *step_shape), chunks=(length, *step_shape), dtype=value.dtype,
+            config={"write_empty_chunks": True}, **self._compression()
         )
         self._spec[key] = (step_shape, value.dtype)
 
@@ -110,7 +114,7 @@ class ZarrWriter:
         start = self.n_steps
         end = start + next(iter(lengths.values()))
         for key, arr in arrays.items():
-            target = self._data[key]
+            target = self._arrays[key]
             target.resize((end, *target.shape[1:]))
             target[start:end] = arr
         self._ends.append(end)
@@ -125,6 +129,8 @@ class ZarrWriter:
         self._meta.create_array(
             "episode_ends", data=np.asarray(self._ends, dtype=np.int64), chunks=(max(len(self._ends), 1),)
         )
+        # Every chunk is on disk (empty ones too), so a reader can tell a deleted chunk from a zero-filled one.
+        self._root.attrs[EVERY_CHUNK_STORED] = True
         self._closed = True
         if self.path.exists():
             old = self.path.with_name(f"{self.path.name}.old-{os.getpid()}")
@@ -150,4 +156,4 @@ class ZarrWriter:
             self.abort()
 
 
-__all__ = ["ZarrWriter", "time_chunk_length", "IMAGE_CHUNK_BYTES"]
+__all__ = ["EVERY_CHUNK_STORED", "IMAGE_CHUNK_BYTES", "ZarrWriter", "time_chunk_length"]
