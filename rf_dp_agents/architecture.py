@@ -77,6 +77,20 @@ class Architecture:
         """File-name tag: '' (local), '_Global' (global view), '_LocalGlobal' (own camera + global)."""
         return "_LocalGlobal" if self.global_camera else "_Global" if self.view == "global" else ""
 
+    @classmethod
+    def parse(cls, label: str) -> "Architecture":
+        """The architecture of a :attr:`label` (``local-shared``, ``local-separate+global``...)."""
+        name, plus, rest = str(label).partition("+")
+        if plus and rest != "global":
+            raise ValueError(f"unknown architecture {label!r}; choose one of {', '.join(ARCHITECTURES)}, "
+                             "optionally with '+global' (the global camera added)")
+        return cls(name, bool(plus))
+
+    @classmethod
+    def all(cls) -> list["Architecture"]:
+        """Every distinct cell: the four, and the two local ones with the global camera added."""
+        return [cls(name) for name in ARCHITECTURES] + [cls("local-separate", True), cls("local-shared", True)]
+
     def cameras(self, agent_ids: Sequence[int]) -> dict[str, str]:
         """Camera key -> env camera of the policy driving ``agent_ids`` (one agent for a separate policy)."""
         if not self.shared and len(agent_ids) != 1:

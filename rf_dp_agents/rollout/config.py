@@ -20,7 +20,13 @@ class RolloutConfig:
     checkpoint_dir: str = "checkpoints"
     """Directory of training runs, one per agent: <checkpoint-dir>/<task>_Agent<i>/ (best/ is used, else last/)."""
     checkpoints: tuple[str, ...] = ()
-    """Explicit checkpoint (or run) directories, one per agent in agent order; overrides --checkpoint-dir."""
+    """Explicit checkpoint (or run) directories, one per agent in agent order (or one shared policy's);
+    overrides --checkpoint-dir."""
+    architecture: str | None = None
+    """Which architecture's runs of --checkpoint-dir to evaluate when it holds several: local-separate
+    (<task>_Agent<i>/), global-separate (<task>_Agent<i>_Global/), local-shared (<task>_Shared/), global-shared
+    (<task>_Shared_Global/), or local-separate+global / local-shared+global (..._LocalGlobal/). Default: the one
+    there. The policies' cameras and arms come from their checkpoints either way."""
     checkpoint_epoch: int | None = None
     """Use each agent's weights kept at this epoch (train.py --keep-every), <run>/epochs/epoch-<NNNNN>/, instead
     of best/."""
@@ -112,6 +118,10 @@ class RolloutConfig:
             raise ValueError(f"RolloutConfig.sampler must be 'ddpm', 'ddim' or 'dpmsolver', got {self.sampler!r}")
         if self.inference not in ("auto", "shared", "per-worker"):
             raise ValueError(f"RolloutConfig.inference must be 'auto', 'shared' or 'per-worker', got {self.inference!r}")
+        if self.architecture is not None:
+            from rf_dp_agents.architecture import Architecture
+
+            Architecture.parse(self.architecture)
         if not self.output.endswith(".json"):
             raise ValueError(f"RolloutConfig.output must be a .json path, got {self.output!r}")
 

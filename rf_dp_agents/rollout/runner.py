@@ -44,7 +44,14 @@ from envs.tasks.base import GLOBAL_CAMERA
 from rf_dp_agents.checkpoint import resolve_device
 from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.policy import DiffusionPolicyAgent
-from rf_dp_agents.rollout.agents import agent_keys, camera_size, checkpoint_paths, load_agent_policies, task_num_arms
+from rf_dp_agents.rollout.agents import (
+    agent_keys,
+    camera_size,
+    checkpoint_paths,
+    load_agent_policies,
+    policy_labels,
+    task_num_arms,
+)
 from rf_dp_agents.rollout.config import RolloutConfig
 from rf_dp_agents.rollout.execution import Execution, as_agent_actions, make_execution, to_env_action
 from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer, RemoteModel, batch_sizes
@@ -99,7 +106,8 @@ def success_rules(info: Mapping[str, Any]) -> list[str]:
 
 
 def build_router(env: Any, policies: Sequence[DiffusionPolicyAgent]) -> MultiAgentRouter:
-    """RoboFactory's routing: policy i sees ``head_camera_agent<i>`` and arm i's joint state."""
+    """RoboFactory's routing: policy i sees ``head_camera_agent<i>`` and arm i's joint state (or what its checkpoint's
+    architecture record says); one shared policy drives every arm."""
     return MultiAgentRouter(env, default_routes(env, policies))
 
 
@@ -146,7 +154,7 @@ class EvalSession:
         self.multi_agent = self.router.multi_agent
         self.keys = list(self.router.agent_keys)
         self.rules = success_rules(self.env.unwrapped.evaluate())
-        self.cameras = [GLOBAL_CAMERA] + [agent_camera(i) for i in range(len(self.policies))]
+        self.cameras = [GLOBAL_CAMERA] + [agent_camera(i) for i in range(len(self.keys))]
         read = {cam for plan in self.router.plans.values() for _, cam in plan.camera_map}
         self.video_only_cameras = [cam for cam in self.cameras if cam not in read]
         """Cameras only videos show: paused in batches that record none (CPU backend)."""
@@ -268,8 +276,9 @@ def _init_shared_worker(
     cfg = RolloutConfig(**cfg_dict)
     client = InferenceClient(slot, line)
     policies = [
-        DiffusionPolicyAgent(RemoteModel(ModelConfig.from_dict(c), i, client), seed=cfg.seed + i,
-                             execute_steps=cfg.execute_steps, temporal_ensemble=cfg.temporal_ensemble)
+        DiffusionPolicyAgent(RemoteModel(ModelConfig.from_dict(c["model"]), i, client), seed=cfg.seed + i,
+                             metadata=c["metadata"], execute_steps=cfg.execute_steps,
+                             temporal_ensemble=cfg.temporal_ensemble)
         for i, c in enumerate(configs)
     ]
     set_session(EvalSession(cfg, [Path(p) for p in paths], num_envs=1, policies=policies))
@@ -351,7 +360,7 @@ def run_episodes(
                 for policy in policies:  # the server pads its batches to these sizes
                     policy.warmup(batch_sizes(workers))
                 server = InferenceServer([p.model for p in policies], workers, ctx)
-                configs = [p.config.to_dict() for p in policies]
+                configs = [{"model": p.config.to_dict(), "metadata": p.metadata} for p in policies]
 
                 def shared_args(slot: int) -> tuple:  # a fresh line to the server for each (re)started worker
                     return (cfg.to_dict(), names, configs, slot, server.reset_slot(slot))
@@ -386,7 +395,7 @@ def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
     policy_info = {
         key: {"checkpoint": str(path), "config": p.config.to_dict(), "chunk_execution": p.chunk_execution,
               "metadata": p.metadata}
-        for key, path, p in zip(agent_keys(num_arms), paths, policies)
+        for key, path, p in zip(policy_labels(policies, num_arms), paths, policies)
     }
     noise = noise_source(cfg, inference_mode(cfg, policies[0].device))
     previous, previous_doc = load_resume(cfg, policy_info, noise) if cfg.resume else ([], {})

@@ -195,6 +195,7 @@ class RunKeeping:
             "dataset": str(self.job.zarr_path),
             "agent_id": self.job.agent_id,
             "task": self.cfg.task,
+            "architecture": self.job.architecture.to_dict() if self.job.architecture is not None else None,
         }
 
     def _save_last(self, val_loss: float | None, train_loss: float | None) -> None:
@@ -269,6 +270,7 @@ class RunKeeping:
                     "val_windows": ds.n_val,
                 },
                 "agent_id": self.job.agent_id,
+                "architecture": self.job.architecture.to_dict() if self.job.architecture is not None else None,
                 "world_size": self.info.world_size,
                 "global_batch": self.global_batch,
                 "steps_per_epoch": self.steps_per_epoch,

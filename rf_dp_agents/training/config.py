@@ -8,11 +8,11 @@ AdamW 0.95/0.999 with weight decay 1e-6, cosine schedule with 500 warmup steps, 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from rf_dp_agents.architecture import Architecture, ArchitectureName
 from rf_dp_agents.config import ModelConfig, tiny_model_config
 
 PresetName = Literal["default", "tiny"]
@@ -37,6 +37,12 @@ class TrainConfig:
     """Use the dataset made of this many demos (the <n> in the file name); default: the newest file."""
     zarr_path: Path | None = None
     """Explicit dataset path (directory or .zarr.zip); overrides --task/--agent-id discovery."""
+    architecture: ArchitectureName | None = None
+    """Which datasets --task discovers: <task>_Agent<i>[_Global]_<n>.zarr (separate) or <task>_Shared[_Global]_<n>.zarr
+    (shared); default local-separate. The architecture itself (cameras, state and action sizes) is read from the
+    dataset's attributes, written by convert_to_zarr.py --architecture; a dataset recorded otherwise is an error."""
+    include_global_camera: bool = False
+    """With --task: discover the datasets converted with --include-global-camera (..._LocalGlobal_<n>.zarr)."""
     data_root: Path = Path("data/zarr")
     """Directory searched for <task>_Agent<id>_<n>.zarr datasets."""
     image_key: str | None = None
@@ -239,58 +245,69 @@ def preset_config(name: PresetName, **overrides: Any) -> TrainConfig:
     return TrainConfig(preset=name, **base)
 
 
-def _dataset_pattern(task: str, agent: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(task)}_Agent({agent})_(\d+)\.zarr(\.zip)?$")
-
-
-def find_datasets(data_root: Path, task: str) -> dict[int, list[Path]]:
-    """Every ``<task>_Agent<i>_<n>.zarr`` (or ``.zarr.zip``) under ``data_root``, grouped by agent id."""
-    found: dict[int, list[Path]] = {}
+def find_datasets(data_root: Path, task: str, architecture: Architecture = Architecture()) -> dict[int | None, list[Path]]:
+    """Every ``<task>_Agent<i>_<n>.zarr`` (or ``.zarr.zip``) under ``data_root``, grouped by agent id; for another
+    ``architecture``, its names (a shared one's under the key None)."""
+    found: dict[int | None, list[Path]] = {}
     if not data_root.is_dir():
         return found
-    pattern = _dataset_pattern(task, r"\d+")
+    pattern = architecture.dataset_pattern(task)
     for path in sorted(data_root.iterdir()):
         match = pattern.match(path.name)
         if match and not path.name.count(".tmp-"):
-            found.setdefault(int(match.group(1)), []).append(path)
+            agent = match.group("agent") if not architecture.shared else None
+            found.setdefault(None if agent is None else int(agent), []).append(path)
     return found
 
 
-def missing_dataset_message(data_root: Path, task: str, agent_id: int | None, num_demos: int | None) -> str:
+def missing_dataset_message(
+    data_root: Path, task: str, agent_id: int | None, num_demos: int | None, architecture: Architecture = Architecture()
+) -> str:
     """What was looked for, where, and the commands that create the dataset."""
     agent = "<i>" if agent_id is None else str(agent_id)
     n = "<n>" if num_demos is None else str(num_demos)
     num = num_demos or 150
+    stem = architecture.stem(task, 0).replace("_Agent0", f"_Agent{agent}")
+    flags = "" if architecture == Architecture() else f" --architecture {architecture.name}" + (
+        " --include-global-camera" if architecture.global_camera else "")
     return (
-        f"no dataset found: looked for {data_root}/{task}_Agent{agent}_{n}.zarr (or .zarr.zip).\n"
+        f"no dataset found: looked for {data_root}/{stem}_{n}.zarr (or .zarr.zip).\n"
         f"Create one with:\n"
         f"  python scripts/generate_data.py --task {task} --num {num}\n"
-        f"  python scripts/convert_to_zarr.py --task {task} --all-agents\n"
+        f"  python scripts/convert_to_zarr.py --task {task} --all-agents{flags}\n"
         f"or pass --zarr-path to an existing dataset (and --data-root if it lives elsewhere)."
     )
 
 
-def resolve_dataset(data_root: Path, task: str, agent_id: int, num_demos: int | None = None) -> Path:
-    """The dataset of ``task``/``agent_id``: the one with ``num_demos`` demos, else the newest file."""
-    pattern = _dataset_pattern(task, r"\d+")
+def resolve_dataset(
+    data_root: Path, task: str, agent_id: int | None, num_demos: int | None = None,
+    architecture: Architecture = Architecture(),
+) -> Path:
+    """The dataset of ``task``/``agent_id`` (None for a shared ``architecture``): the one with ``num_demos`` demos,
+    else the newest file."""
+    pattern = architecture.dataset_pattern(task)
+    agent_id = None if architecture.shared else agent_id
 
     def demos(path: Path) -> int:
         match = pattern.match(path.name)
         assert match is not None
-        return int(match.group(2))
+        return int(match.group("n"))
 
-    candidates = find_datasets(data_root, task).get(agent_id, [])
+    candidates = find_datasets(data_root, task, architecture).get(agent_id, [])
     if num_demos is not None:
         candidates = [p for p in candidates if demos(p) == num_demos]
     if not candidates:
-        raise FileNotFoundError(missing_dataset_message(data_root, task, agent_id, num_demos))
+        raise FileNotFoundError(missing_dataset_message(data_root, task, agent_id, num_demos, architecture))
     return max(candidates, key=lambda p: (p.stat().st_mtime, demos(p)))
 
 
-def default_output_dir(task: str | None, agent_id: int, zarr_path: Path | None) -> Path:
-    """``checkpoints/<task>_Agent<id>``, or ``checkpoints/<zarr file stem>`` when only a path was given."""
+def default_output_dir(
+    task: str | None, agent_id: int | None, zarr_path: Path | None, architecture: Architecture = Architecture()
+) -> Path:
+    """``checkpoints/<task>_Agent<id>`` (``<task>_Shared``, ``..._Global``: ``Architecture.stem``), or
+    ``checkpoints/<zarr file stem>`` when only a path was given."""
     if task is not None:
-        return Path("checkpoints") / f"{task}_Agent{agent_id}"
+        return Path("checkpoints") / architecture.stem(task, agent_id)
     assert zarr_path is not None
     name = zarr_path.name
     for suffix in (".zip", ".zarr"):

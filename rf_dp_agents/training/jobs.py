@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from rf_dp_agents.architecture import DEFAULT_ARCHITECTURE, Architecture, ArchitectureRecord, dataset_record
 from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.data import SequenceDataset
 from rf_dp_agents.training.config import (
@@ -27,38 +28,65 @@ log = logging.getLogger("rf_dp_agents.train")
 
 @dataclass(frozen=True)
 class Job:
-    """One agent to train: its dataset and its run directory."""
+    """One model to train: its dataset, its run directory, and the dataset's architecture record (None for a
+    dataset written without one: trained as one agent's, with the model's camera keys)."""
 
     zarr_path: Path
     run_dir: Path
     agent_id: int | None
+    architecture: ArchitectureRecord | None = None
+
+
+def _checked_record(path: Path, chosen: Architecture | None) -> ArchitectureRecord | None:
+    """``path``'s architecture record; one that is not ``chosen`` (when a choice was made) is a clear error."""
+    record = dataset_record(path)
+    found = record.architecture if record is not None else Architecture(DEFAULT_ARCHITECTURE)
+    if chosen is not None and found != chosen:
+        where = "its zarr attribute 'architecture' says" if record is not None else "it has no architecture record, so"
+        raise ValueError(
+            f"{path}: {where} {found.label}, but {chosen.label} was asked for (--architecture, "
+            f"--include-global-camera); convert the demos with convert_to_zarr.py --architecture {chosen.name}"
+            + (" --include-global-camera" if chosen.global_camera else "") + " or leave the flags out"
+        )
+    return record
 
 
 def plan_jobs(cfg: TrainConfig) -> list[Job]:
-    """The (dataset, run directory) pairs that ``cfg`` asks for; a missing dataset is a clear error."""
+    """The (dataset, run directory) jobs that ``cfg`` asks for; a missing dataset, or one converted for another
+    architecture than ``--architecture`` asks, is a clear error."""
     cfg.check_data_source()
+    asked = cfg.architecture is not None or cfg.include_global_camera
+    chosen = Architecture(cfg.architecture or DEFAULT_ARCHITECTURE, cfg.include_global_camera)
     if cfg.zarr_path is not None:
         if not cfg.zarr_path.exists():
             raise FileNotFoundError(
                 f"--zarr-path {cfg.zarr_path} does not exist.\n"
-                + (missing_dataset_message(cfg.data_root, cfg.task, cfg.agent_id, cfg.num_demos) if cfg.task else "")
+                + (missing_dataset_message(cfg.data_root, cfg.task, cfg.agent_id, cfg.num_demos, chosen)
+                   if cfg.task else "")
             )
-        run_dir = cfg.output_dir or default_output_dir(cfg.task, cfg.agent_id, cfg.zarr_path)
-        return [Job(cfg.zarr_path, run_dir, cfg.agent_id if cfg.task else None)]
+        record = _checked_record(cfg.zarr_path, chosen if asked else None)
+        arch = record.architecture if record is not None else chosen
+        agent_id = None if arch.shared else cfg.agent_id
+        run_dir = cfg.output_dir or default_output_dir(cfg.task, agent_id, cfg.zarr_path, arch)
+        return [Job(cfg.zarr_path, run_dir, agent_id if cfg.task else None, record)]
     assert cfg.task is not None
-    if not cfg.all_agents:
-        path = resolve_dataset(cfg.data_root, cfg.task, cfg.agent_id, cfg.num_demos)
-        return [Job(path, cfg.output_dir or default_output_dir(cfg.task, cfg.agent_id, None), cfg.agent_id)]
-    agents = sorted(find_datasets(cfg.data_root, cfg.task))
+    if not cfg.all_agents or chosen.shared:
+        agent_id = None if chosen.shared else cfg.agent_id
+        path = resolve_dataset(cfg.data_root, cfg.task, agent_id, cfg.num_demos, chosen)
+        run_dir = default_output_dir(cfg.task, agent_id, None, chosen)
+        if cfg.output_dir is not None:
+            run_dir = cfg.output_dir / run_dir.name if cfg.all_agents else cfg.output_dir
+        return [Job(path, run_dir, agent_id, _checked_record(path, chosen))]
+    agents = sorted(find_datasets(cfg.data_root, cfg.task, chosen))
     if not agents:
-        raise FileNotFoundError(missing_dataset_message(cfg.data_root, cfg.task, None, cfg.num_demos))
+        raise FileNotFoundError(missing_dataset_message(cfg.data_root, cfg.task, None, cfg.num_demos, chosen))
     jobs = []
     for agent in agents:
-        path = resolve_dataset(cfg.data_root, cfg.task, agent, cfg.num_demos)
-        run_dir = default_output_dir(cfg.task, agent, None)
+        path = resolve_dataset(cfg.data_root, cfg.task, agent, cfg.num_demos, chosen)
+        run_dir = default_output_dir(cfg.task, agent, None, chosen)
         if cfg.output_dir is not None:
             run_dir = cfg.output_dir / run_dir.name
-        jobs.append(Job(path, run_dir, agent))
+        jobs.append(Job(path, run_dir, agent, _checked_record(path, chosen)))
     return jobs
 
 

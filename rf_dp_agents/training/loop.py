@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from rf_dp_agents.architecture import adopt_architecture
 from rf_dp_agents.data import SequenceDataset
 from rf_dp_agents.training.checkpoints import BestTracker, RunKeeping, match_param_layout, package_versions
 from rf_dp_agents.training.config import TrainConfig
@@ -87,7 +88,7 @@ class Trainer(RunKeeping):
     def _setup(self) -> None:
         cfg, info = self.cfg, self.info
         seed_everything(cfg.seed)
-        mcfg = cfg.model
+        mcfg = adopt_architecture(cfg.model, self.job.architecture, str(self.job.zarr_path))
         self.dataset = SequenceDataset.for_model(
             self.job.zarr_path, mcfg, cfg.val_ratio, cfg.seed, cfg.max_train_episodes, cfg.image_key
         )
