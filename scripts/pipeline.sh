@@ -5,10 +5,11 @@
 #   bash scripts/pipeline.sh                                   # full recipe (a GPU for training is advised)
 #   NUM=4 CAMERA_WIDTH=64 CAMERA_HEIGHT=48 PRESET=tiny EPOCHS=10 EPISODES=2 MAX_STEPS=150 bash scripts/pipeline.sh
 # More knobs: DEMOS_FROM (render these state-only demos, e.g. from generate_data.py --no-render, instead of
-# planning), TRAIN_MINUTES (wall-clock budget per agent), TRAIN_PARALLEL=1 (train the agents side by side),
+# planning), TRAIN_MINUTES (wall-clock budget per agent), TRAIN_PARALLEL=1 (train the agents side by side;
+# TRAIN_THREADS: torch threads of each of them), TRAIN_ARGS (more train.py options, e.g. "--val-every 5"),
 # SAMPLERS ("ddpm:100 ddpm:10": one rollout per sampler:steps, "ddpm:100:50" with its own episode count instead
 # of EPISODES; default: the policies' own), OFFLINE_SAMPLERS (samplers of the offline stage, default
-# "ddpm:100 ddpm:10 ddim:10"; empty skips it), VIDEOS (record the
+# "ddpm:100 ddpm:10 ddim:10"; empty skips it), OFFLINE_WINDOWS (held-out windows it samples, default 256), VIDEOS (record the
 # first N episodes; default all), NUM_ENVS (env worker processes of each rollout), ROLLOUT_PARALLEL=1 (the samplers'
 # rollouts side by side, each with NUM_ENVS workers, logs in OUT_DIR/rollout_<name>.log), CAMERAS (cameras recorded
 # in the demos, e.g. "head_camera_agent0 head_camera_agent1"; default all of the task's), ROLLOUT_ARGS (more
@@ -40,8 +41,8 @@ stage() {  # stage "<name>": closes the running stage (printing its wall time) a
 }
 STEP_CAP=()
 [ -n "${MAX_STEPS:-}" ] && STEP_CAP=(--max-episode-steps "$MAX_STEPS")
-TRAIN_EXTRA=()
-[ -n "${TRAIN_MINUTES:-}" ] && TRAIN_EXTRA=(--max-minutes "$TRAIN_MINUTES")
+TRAIN_EXTRA=(${TRAIN_ARGS:-})
+[ -n "${TRAIN_MINUTES:-}" ] && TRAIN_EXTRA+=(--max-minutes "$TRAIN_MINUTES")
 VIDEO_CAP=()
 [ -n "${VIDEOS:-}" ] && VIDEO_CAP=(--video-episodes "$VIDEOS")
 DEMO_SOURCE=()
@@ -66,7 +67,7 @@ if [ "${TRAIN_PARALLEL:-0}" = 1 ]; then
   pids=()
   for zarr in "$OUT/zarr/${TASK}"_Agent*.zarr; do
     id=${zarr##*_Agent}; id=${id%%_*}
-    $PY scripts/train.py --task "$TASK" --agent-id "$id" --preset "$PRESET" --epochs "$EPOCHS" --zarr-path "$zarr" \
+    ${TRAIN_THREADS:+env OMP_NUM_THREADS=$TRAIN_THREADS} $PY scripts/train.py --task "$TASK" --agent-id "$id" --preset "$PRESET" --epochs "$EPOCHS" --zarr-path "$zarr" \
       --output-dir "$OUT/checkpoints/${TASK}_Agent$id" --no-progress "${TRAIN_EXTRA[@]}" > "$OUT/train_agent$id.log" 2>&1 &
     pids+=($!)
   done
@@ -80,8 +81,8 @@ stage offline
 OFFLINE_SAMPLERS=${OFFLINE_SAMPLERS-ddpm:100 ddpm:10 ddim:10}
 if [ -n "$OFFLINE_SAMPLERS" ]; then
   echo "== 4/5 offline action error per sampler, agent 0's held-out episodes"
-  $PY scripts/offline_eval.py "$OUT/checkpoints/${TASK}_Agent0" --samplers $OFFLINE_SAMPLERS --max-windows 256 \
-    --output "$OUT/offline_eval.json"
+  $PY scripts/offline_eval.py "$OUT/checkpoints/${TASK}_Agent0" --samplers $OFFLINE_SAMPLERS \
+    --max-windows "${OFFLINE_WINDOWS:-256}" --output "$OUT/offline_eval.json"
 else
   echo "== 4/5 offline action error: skipped (OFFLINE_SAMPLERS is empty)"
 fi
