@@ -208,6 +208,15 @@ def policy_record(metadata: Mapping[str, Any] | None, source: str = "checkpoint"
     return None if data is None else ArchitectureRecord.from_dict(data, source)
 
 
+def check_model_fits(record: ArchitectureRecord, model: ModelConfig, source: str) -> None:
+    """The model config has the record's camera keys and state and action sizes; else a ValueError naming ``source``."""
+    want = {"camera_keys": tuple(record.cameras), "state_dim": record.state_dim, "action_dim": record.action_dim}
+    for name, value in want.items():
+        if getattr(model, name) != value:
+            raise ValueError(f"{source}: 'model.{name}' is {getattr(model, name)!r} but its '{RECORD_KEY}' record "
+                             f"({record.architecture.label}, agents {list(record.agents)}) needs {value!r}")
+
+
 def adopt_architecture(model: ModelConfig, record: ArchitectureRecord | None, source: str) -> ModelConfig:
     """``model`` with the camera keys and state and action sizes the dataset's record asks for.
 
@@ -239,6 +248,7 @@ __all__ = [
     "GLOBAL_CAMERA",
     "RECORD_KEY",
     "adopt_architecture",
+    "check_model_fits",
     "dataset_record",
     "make_record",
     "own_camera",

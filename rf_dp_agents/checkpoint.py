@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from rf_dp_agents.architecture import RECORD_KEY, ArchitectureRecord, check_model_fits
 from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.data.normalizer import Normalizer
 
@@ -140,9 +141,11 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
         if not isinstance(doc.get(key), dict):
             raise ValueError(f"{file}: key {key!r} must be a JSON object")
     try:
-        ModelConfig.from_dict(doc["model"])
+        model = ModelConfig.from_dict(doc["model"])
     except (TypeError, ValueError) as err:
         raise ValueError(f"{file}: key 'model': {err}") from None
+    if doc.get(RECORD_KEY) is not None:  # the multi-agent architecture the model was trained for
+        check_model_fits(ArchitectureRecord.from_dict(doc[RECORD_KEY], str(file)), model, str(file))
     for name, dim in doc["normalizer"].items():
         if not name or "." in name:
             raise ValueError(f"{file}: key 'normalizer': entry {name!r} must be a non-empty name without '.'")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -243,3 +244,18 @@ def test_checkpoints_for_another_arm_count_or_several_architectures_are_errors(
         checkpoint_paths(RolloutConfig(task=TASK, checkpoint_dir=str(tmp_path)), 2)
     picked = checkpoint_paths(RolloutConfig(task=TASK, checkpoint_dir=str(tmp_path), architecture="local-shared"), 2)
     assert picked == [tmp_path / shared.name / "best"]
+
+
+def test_a_bad_architecture_record_in_a_checkpoint_is_named(trained: dict[str, Path], tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(_runs(trained["local-shared"])[0] / "best", ckpt)
+    config = ckpt / "config.json"
+    doc = json.loads(config.read_text())
+    doc["architecture"]["cameras"].pop("img_head_camera_agent1")
+    config.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=rf"{config}: 'model.camera_keys' is .* but its 'architecture' record"):
+        load_policy(ckpt, device="cpu")
+    del doc["architecture"]["agents"]
+    config.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=rf"{config}: 'architecture' lacks the field 'agents'"):
+        load_policy(ckpt, device="cpu")
