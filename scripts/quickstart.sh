@@ -18,6 +18,6 @@ export NUM_PROCS=${NUM_PROCS:-2} PRESET=${PRESET:-tiny} EPOCHS=${EPOCHS:-3} EPIS
 # machine ran 3-5x slower per step); validate and save at the last epoch only.
 export TRAIN_PARALLEL=${TRAIN_PARALLEL:-1} TRAIN_THREADS=${TRAIN_THREADS:-1}
 export TRAIN_ARGS=${TRAIN_ARGS---val-every $EPOCHS --save-every $EPOCHS --val-action-windows 64}
-export OFFLINE_WINDOWS=${OFFLINE_WINDOWS:-32} NUM_ENVS=${NUM_ENVS:-2}
+export OFFLINE_WINDOWS=${OFFLINE_WINDOWS:-16} NUM_ENVS=${NUM_ENVS:-2}
 export MAX_STEPS=${MAX_STEPS:-80} OUT_DIR=${OUT_DIR:-runs/quickstart}
 exec bash scripts/pipeline.sh
