@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -43,3 +43,19 @@ def make_tiny_checkpoint(path: Path, image_hw: tuple[int, int], seed: int = 0, s
 def tiny_checkpoint() -> Callable[..., Path]:
     """``tiny_checkpoint(path, image_hw, seed=0, steps=3)`` writes a briefly trained tiny policy at ``path``."""
     return make_tiny_checkpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Every test, and every process a test starts, runs torch on one intra-op thread.
+
+    The tests' models are tiny and the CI machine has 2 cores that the simulator, worker processes and other
+    jobs share: a tiny-preset training step on two threads of a busy 2-core machine took 1.6-4.7 s, on one
+    thread 0.4-0.7 s.
+    """
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(threads)
