@@ -13,7 +13,9 @@
 # first N episodes; default all), NUM_ENVS (env worker processes of each rollout), ROLLOUT_PARALLEL=1 (the samplers'
 # rollouts side by side, each with NUM_ENVS workers, logs in OUT_DIR/rollout_<name>.log), CAMERAS (cameras recorded
 # in the demos, e.g. "head_camera_agent0 head_camera_agent1"; default all of the task's), ROLLOUT_ARGS (more
-# rollout.py options, e.g. "--no-compile-graphs").
+# rollout.py options, e.g. "--no-compile-graphs"), ARCHITECTURE (local-separate, the default; global-separate,
+# local-shared, global-shared: README, Multi-agent architectures) and INCLUDE_GLOBAL_CAMERA=1 (the global camera
+# beside each policy's own cameras), both given to conversion, from which training and rollout take them.
 # Each stage prints its wall time when it ends, and a summary of all of them closes the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,31 +59,37 @@ fi
 rm -rf "$OUT/demos"
 $PY scripts/generate_data.py --task "$TASK" --num "$NUM" --num-procs "$PROCS" --camera-width "$W" \
   --camera-height "$H" --out "$OUT/demos" "${DEMO_SOURCE[@]}"
+ARCH_FLAGS=(--architecture "${ARCHITECTURE:-local-separate}")
+[ "${INCLUDE_GLOBAL_CAMERA:-0}" = 1 ] && ARCH_FLAGS+=(--include-global-camera)
 stage convert
-echo "== 2/5 convert: one zarr per agent"
-$PY scripts/convert_to_zarr.py --task "$TASK" --all-agents --demos "$OUT/demos" --out "$OUT/zarr" --overwrite
+echo "== 2/5 convert: one zarr per policy (${ARCH_FLAGS[*]})"
+rm -rf "$OUT/zarr"
+$PY scripts/convert_to_zarr.py --task "$TASK" --all-agents --demos "$OUT/demos" --out "$OUT/zarr" --overwrite \
+  "${ARCH_FLAGS[@]}"
 stage train
 echo "== 3/5 train: every agent, preset $PRESET, $EPOCHS epochs${TRAIN_MINUTES:+, at most $TRAIN_MINUTES minutes each}"
 rm -rf "$OUT/checkpoints"
 if [ "${TRAIN_PARALLEL:-0}" = 1 ]; then
   pids=()
-  for zarr in "$OUT/zarr/${TASK}"_Agent*.zarr; do
-    id=${zarr##*_Agent}; id=${id%%_*}
-    ${TRAIN_THREADS:+env OMP_NUM_THREADS=$TRAIN_THREADS} $PY scripts/train.py --task "$TASK" --agent-id "$id" --preset "$PRESET" --epochs "$EPOCHS" --zarr-path "$zarr" \
-      --output-dir "$OUT/checkpoints/${TASK}_Agent$id" --no-progress "${TRAIN_EXTRA[@]}" > "$OUT/train_agent$id.log" 2>&1 &
+  for zarr in "$OUT/zarr/${TASK}"_*.zarr; do  # this run's datasets only: <task>_Agent<i>[tag]_<n> or <task>_Shared[tag]_<n>
+    run=$(basename "$zarr"); run=${run%_*}; policy=${run#"${TASK}"_}; who=()
+    case $policy in Agent*) id=${policy#Agent}; who=(--agent-id "${id%%_*}");; esac
+    ${TRAIN_THREADS:+env OMP_NUM_THREADS=$TRAIN_THREADS} $PY scripts/train.py --task "$TASK" "${who[@]}" --preset "$PRESET" --epochs "$EPOCHS" --zarr-path "$zarr" \
+      --output-dir "$OUT/checkpoints/$run" --no-progress "${TRAIN_EXTRA[@]}" > "$OUT/train_${policy,,}.log" 2>&1 &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid"; done
-  tail -n 3 "$OUT"/train_agent*.log
+  tail -n 3 "$OUT"/train_*.log
 else
   $PY scripts/train.py --task "$TASK" --all-agents --preset "$PRESET" --epochs "$EPOCHS" --data-root "$OUT/zarr" \
-    --output-dir "$OUT/checkpoints" "${TRAIN_EXTRA[@]}"
+    --output-dir "$OUT/checkpoints" "${ARCH_FLAGS[@]}" "${TRAIN_EXTRA[@]}"
 fi
+FIRST_RUN=$(ls -d "$OUT/checkpoints/${TASK}"_* | head -n 1)
 stage offline
 OFFLINE_SAMPLERS=${OFFLINE_SAMPLERS-ddpm:100 ddpm:10 ddim:10}
 if [ -n "$OFFLINE_SAMPLERS" ]; then
-  echo "== 4/5 offline action error per sampler, agent 0's held-out episodes"
-  $PY scripts/offline_eval.py "$OUT/checkpoints/${TASK}_Agent0" --samplers $OFFLINE_SAMPLERS \
+  echo "== 4/5 offline action error per sampler, held-out episodes of $(basename "$FIRST_RUN")"
+  $PY scripts/offline_eval.py "$FIRST_RUN" --samplers $OFFLINE_SAMPLERS \
     --max-windows "${OFFLINE_WINDOWS:-256}" --output "$OUT/offline_eval.json"
 else
   echo "== 4/5 offline action error: skipped (OFFLINE_SAMPLERS is empty)"
