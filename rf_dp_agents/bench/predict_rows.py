@@ -42,6 +42,7 @@ def predict_latency(args: BenchmarkArgs, dataset: SequenceDataset, device: torch
                 policy = build_policy(device, dataset, sampler=sampler, num_inference_steps=steps).eval()
                 set_matmul_convolutions(policy, setting.pop("matmul", True))
                 tf32 = setting.pop("tf32", True)
+                policy.graph_tf32 = tf32  # the sampling graphs otherwise allow TF32 inside whatever the global flags say
                 for attr, value in setting.items():
                     setattr(policy, attr, value)
                 with torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=tf32):
