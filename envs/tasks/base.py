@@ -44,6 +44,8 @@ from mani_skill.utils.structs.actor import Actor
 from mani_skill.utils.structs.pose import Pose
 from mani_skill.utils.structs.types import GPUMemoryConfig, SimConfig
 
+from rf_dp_agents.architecture import GLOBAL_CAMERA  # the scene-wide sensor camera every task has besides one per arm
+
 PANDA_INIT_QPOS = np.array(
     [0.0, np.pi / 8, 0.0, -np.pi * 5 / 8, 0.0, np.pi * 3 / 4, np.pi / 4, 0.04, 0.04], dtype=np.float32
 )
@@ -52,8 +54,6 @@ PANDA_INIT_QPOS = np.array(
 CAMERA_FOV = math.pi / 2
 """Field of view of every task camera (RoboFactory's value)."""
 
-GLOBAL_CAMERA = "head_camera_global"
-"""The scene-wide sensor camera every task has besides one per arm."""
 DEFAULT_CAMERA_WIDTH = 320
 DEFAULT_CAMERA_HEIGHT = 240
 
