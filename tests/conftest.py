@@ -39,6 +39,19 @@ def make_tiny_checkpoint(path: Path, image_hw: tuple[int, int], seed: int = 0, s
     return save_checkpoint(path, model, {"epoch": 0, "train_steps": steps})
 
 
+def make_agent_checkpoints(root: Path, task: str, image_hw: tuple[int, int], num_agents: int = 2) -> Path:
+    """``root/<task>_Agent<i>/best`` for every agent (seed ``i``), the layout ``rollout.py --checkpoint-dir`` reads."""
+    for i in range(num_agents):
+        make_tiny_checkpoint(root / f"{task}_Agent{i}" / "best", image_hw=image_hw, seed=i)
+    return root
+
+
+@pytest.fixture(scope="session")
+def agent_checkpoints() -> Callable[..., Path]:
+    """``agent_checkpoints(root, task, image_hw, num_agents=2)``: tiny per-agent runs under ``root``."""
+    return make_agent_checkpoints
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint() -> Callable[..., Path]:
     """``tiny_checkpoint(path, image_hw, seed=0, steps=3)`` writes a briefly trained tiny policy at ``path``."""

@@ -25,11 +25,8 @@ TASK = "LiftBarrier-rf"
 IMAGE_HW = (48, 64)
 MAX_STEPS = 8
 @pytest.fixture(scope="module")
-def checkpoint_root(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> Path:
-    root = tmp_path_factory.mktemp("checkpoints")
-    for i in range(2):
-        tiny_checkpoint(root / f"{TASK}_Agent{i}" / "best", image_hw=IMAGE_HW, seed=i)
-    return root
+def checkpoint_root(tmp_path_factory: pytest.TempPathFactory, agent_checkpoints) -> Path:
+    return agent_checkpoints(tmp_path_factory.mktemp("checkpoints"), TASK, IMAGE_HW)
 
 
 @pytest.fixture(scope="module")

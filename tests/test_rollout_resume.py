@@ -61,11 +61,8 @@ def _wait(proc: subprocess.Popen, path: Path, done: int, timeout: float = 600.0)
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint) -> Path:
-    root = tmp_path_factory.mktemp("checkpoints")
-    for i in range(2):
-        tiny_checkpoint(root / f"{TASK}_Agent{i}" / "best", image_hw=IMAGE_HW, seed=i)
-    return root
+def checkpoints(tmp_path_factory: pytest.TempPathFactory, agent_checkpoints) -> Path:
+    return agent_checkpoints(tmp_path_factory.mktemp("checkpoints"), TASK, IMAGE_HW)
 
 
 def test_killed_worker_and_parent_then_resume_equal_an_uninterrupted_run(checkpoints: Path, tmp_path: Path) -> None:

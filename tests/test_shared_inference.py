@@ -130,13 +130,12 @@ def record_served_chunks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, obj
     return served
 
 
-def test_rollout_workers_share_the_parents_models(tmp_path: Path, tiny_checkpoint, monkeypatch) -> None:
+def test_rollout_workers_share_the_parents_models(tmp_path: Path, agent_checkpoints, monkeypatch) -> None:
     from rf_dp_agents.rollout.runner import run_rollout
 
     served = record_served_chunks(monkeypatch)
 
-    for i in range(2):
-        tiny_checkpoint(tmp_path / "ckpt" / f"{TASK}_Agent{i}" / "best", image_hw=IMAGE_HW, seed=i)
+    agent_checkpoints(tmp_path / "ckpt", TASK, IMAGE_HW)
     common = dict(task=TASK, checkpoint_dir=str(tmp_path / "ckpt"), num_episodes=3, num_envs=2, seed=40,
                   max_episode_steps=3, num_inference_steps=2, deterministic=True, progress=False)
     shared = run_rollout(RolloutConfig(**common, inference="shared", output=str(tmp_path / "shared.json"),
