@@ -73,6 +73,11 @@ class Architecture:
         return self.name + ("+global" if self.global_camera else "")
 
     @property
+    def cli_flags(self) -> str:
+        """The conversion and training flags that choose it: ``--architecture <name>[ --include-global-camera]``."""
+        return f"--architecture {self.name}" + (" --include-global-camera" if self.global_camera else "")
+
+    @property
     def tag(self) -> str:
         """File-name tag: '' (local), '_Global' (global view), '_LocalGlobal' (own camera + global)."""
         return "_LocalGlobal" if self.global_camera else "_Global" if self.view == "global" else ""

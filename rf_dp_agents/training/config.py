@@ -268,8 +268,7 @@ def missing_dataset_message(
     n = "<n>" if num_demos is None else str(num_demos)
     num = num_demos or 150
     stem = architecture.stem(task, 0).replace("_Agent0", f"_Agent{agent}")
-    flags = "" if architecture == Architecture() else f" --architecture {architecture.name}" + (
-        " --include-global-camera" if architecture.global_camera else "")
+    flags = "" if architecture == Architecture() else f" {architecture.cli_flags}"
     return (
         f"no dataset found: looked for {data_root}/{stem}_{n}.zarr (or .zarr.zip).\n"
         f"Create one with:\n"

@@ -45,8 +45,8 @@ def _checked_record(path: Path, chosen: Architecture | None) -> ArchitectureReco
         where = "its zarr attribute 'architecture' says" if record is not None else "it has no architecture record, so"
         raise ValueError(
             f"{path}: {where} {found.label}, but {chosen.label} was asked for (--architecture, "
-            f"--include-global-camera); convert the demos with convert_to_zarr.py --architecture {chosen.name}"
-            + (" --include-global-camera" if chosen.global_camera else "") + " or leave the flags out"
+            f"--include-global-camera); convert the demos with convert_to_zarr.py {chosen.cli_flags} or leave the "
+            "flags out"
         )
     return record
 
