@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import numpy as np
 import torch
 
-from rf_dp_agents.architecture import ArchitectureRecord, policy_record
+from rf_dp_agents.architecture import ArchitectureRecord, own_camera, policy_record
 
 STATE_DIM = 8
 """Size of :func:`agent_state`: 7 arm joints + gripper opening."""
@@ -146,7 +146,7 @@ def default_routes(env: Any, policies: Sequence[Any] | Mapping[str, Any]) -> dic
                 f"agent {key!r}: its policy was trained for agent {record.agents[0]!r} of a task with "
                 f"{record.num_agents} arms; the env has {len(keys)} arms {keys}"
             )
-        routes[key] = AgentRoute(policy, cameras=policy_cameras(policy, f"head_camera_agent{keys.index(key)}"))
+        routes[key] = AgentRoute(policy, cameras=policy_cameras(policy, own_camera(keys.index(key))))
     return routes
 
 
@@ -186,7 +186,7 @@ def policy_input(policy: Any, obs: Mapping[str, Any], agents: Sequence[str] | No
     ``(B, H, W, 3)`` and the state of the arms it drives (``agents``, default: its architecture record's),
     concatenated in order. Works for a shared policy and for one arm's policy alike."""
     agents = list(agents) if agents is not None else policy_agents(policy)
-    own = f"head_camera_agent{agents[0].rsplit('-', 1)[-1]}" if len(agents) == 1 else None
+    own = own_camera(int(agents[0].rsplit("-", 1)[-1])) if len(agents) == 1 else None
     sensors = obs["sensor_data"]
     out: dict[str, Any] = {}
     for key, cam in policy_cameras(policy, own).items():

@@ -44,7 +44,7 @@ from mani_skill.utils.structs.actor import Actor
 from mani_skill.utils.structs.pose import Pose
 from mani_skill.utils.structs.types import GPUMemoryConfig, SimConfig
 
-from rf_dp_agents.architecture import GLOBAL_CAMERA  # the scene-wide sensor camera every task has besides one per arm
+from rf_dp_agents.architecture import GLOBAL_CAMERA, own_camera  # the scene-wide camera, and each arm's own
 
 PANDA_INIT_QPOS = np.array(
     [0.0, np.pi / 8, 0.0, -np.pi * 5 / 8, 0.0, np.pi * 3 / 4, np.pi / 4, 0.04, 0.04], dtype=np.float32
@@ -220,7 +220,7 @@ class RFTableTaskEnv(BaseEnv):
     def _default_sensor_configs(self) -> list[CameraConfig]:
         w, h = self.camera_width, self.camera_height
         cams = [
-            CameraConfig(f"head_camera_agent{i}", self.agent_camera_pose(i), w, h, CAMERA_FOV, 0.01, 10)
+            CameraConfig(own_camera(i), self.agent_camera_pose(i), w, h, CAMERA_FOV, 0.01, 10)
             for i in range(self.num_arms)
         ]
         global_pose = sapien_utils.look_at(eye=list(self.global_camera_eye), target=list(self.global_camera_target))

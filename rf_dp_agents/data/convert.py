@@ -41,6 +41,7 @@ from rf_dp_agents.architecture import (
     Architecture,
     ArchitectureRecord,
     make_record,
+    own_camera as agent_camera,
 )
 from rf_dp_agents.data.errors import DatasetError
 from rf_dp_agents.data.writer import ZarrWriter
@@ -71,15 +72,9 @@ def rgb_key(camera: str) -> str:
     return f"obs/sensor_data/{camera}/rgb"
 
 
-def agent_camera(agent_id: int) -> str:
-    """Name of agent ``agent_id``'s head camera in the -rf tasks."""
-    return f"head_camera_agent{agent_id}"
-
-
-
 def zarr_name(task: str, agent_id: int, n_episodes: int) -> str:
-    """File name of an agent's dataset: ``<task>_Agent<i>_<n>.zarr`` (RoboFactory's naming)."""
-    return f"{task}_Agent{agent_id}_{n_episodes}.zarr"
+    """File name of an agent's local-view dataset: ``<task>_Agent<i>_<n>.zarr`` (RoboFactory's naming)."""
+    return Architecture().zarr_name(task, n_episodes, agent_id)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 import envs.tasks  # noqa: F401  (registers the -rf tasks)
 from envs.router import MultiAgentRouter, default_routes
 from envs.tasks.base import GLOBAL_CAMERA
+from rf_dp_agents.architecture import own_camera as agent_camera
 from rf_dp_agents.checkpoint import resolve_device
 from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.policy import DiffusionPolicyAgent
@@ -62,11 +63,6 @@ from rf_dp_agents.rollout.video import EpisodeVideoWriter, compose_frame, episod
 
 PRIMARY_RULE = "success"
 """RoboFactory's success flag; other ``info`` flags named ``success_*`` (e.g. ``success_strict``) are reported too."""
-
-
-def agent_camera(i: int) -> str:
-    """Name of agent i's own camera (RoboFactory's ``head_camera_agent<i>``)."""
-    return f"head_camera_agent{i}"
 
 
 def make_env(
