@@ -7,8 +7,6 @@ the file, the key and what was expected.
 
 from __future__ import annotations
 
-import itertools
-import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -17,6 +15,15 @@ import zarr
 import zarr.errors
 from zarr.storage import ZipStore
 
+from rf_dp_agents.data.chunks import (
+    bad_chunk,
+    blosc_stored,
+    check_blosc_lengths,
+    check_chunks_present,
+    chunk_coords,
+    rows_touched,
+    store_keys,
+)
 from rf_dp_agents.data.errors import DatasetError
 from rf_dp_agents.data.writer import EVERY_CHUNK_STORED
 
@@ -50,7 +57,7 @@ def _node(parent: zarr.Group, name: str, where: str) -> zarr.Group | zarr.Array 
     try:
         return parent[name] if name in _child_names(where, parent) else None
     except Exception as exc:  # noqa: BLE001  (zarr raises JSONDecodeError, ValueError, TypeError, ... here)
-        own = set(_store_keys(where, full))
+        own = set(store_keys(where, full))
         files = [f"{full}/{m}" for m in (".zarray", ".zgroup", "zarr.json") if m in own] or [f"{full}/"]
         raise DatasetError(
             f"{where}: the zarr metadata of {full} ({', '.join(files)}) cannot be read: the file is truncated or "
@@ -58,73 +65,32 @@ def _node(parent: zarr.Group, name: str, where: str) -> zarr.Group | zarr.Array 
         ) from exc
 
 
-def _store_keys(where: str, prefix: str) -> list[str]:
-    """Keys of the store at ``where`` (a directory or a zip file) under ``prefix``, relative to it."""
-    base = Path(where)
-    prefix = prefix.strip("/")
-    if base.is_file():
-        with zipfile.ZipFile(base) as zf:
-            head = f"{prefix}/" if prefix else ""
-            return [n[len(head):] for n in zf.namelist() if n.startswith(head) and not n.endswith("/")]
-    root = base / prefix
-    return [f.relative_to(root).as_posix() for f in root.rglob("*") if f.is_file()] if root.is_dir() else []
-
-
 def _child_names(where: str, group: zarr.Group) -> list[str]:
     """Names of the members of ``group``, read from the store listing (no member metadata is parsed)."""
     base = Path(where)
     if base.is_file():
-        return sorted({key.split("/")[0] for key in _store_keys(where, group.path) if "/" in key})
+        return sorted({key.split("/")[0] for key in store_keys(where, group.path) if "/" in key})
     folder = base / group.path
     return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
-def _chunk_file(arr: zarr.Array, coords: tuple[int, ...], where: str) -> str:
-    """Where chunk ``coords`` of ``arr`` lives: a file of a directory store, or a member of a zip store."""
-    key = f"{arr.path}/{arr.metadata.encode_chunk_key(coords)}"
-    return f"{key} inside {where}" if Path(where).is_file() else str(Path(where) / key)
-
-
-def _rows(selection: Any, n: int) -> range:
-    """The rows of axis 0 that ``selection`` touches (all rows unless it starts with a slice or an int)."""
-    first = selection[0] if isinstance(selection, tuple) and selection else selection
-    if isinstance(first, slice):
-        return range(*first.indices(n))
-    if isinstance(first, (int, np.integer)):
-        row = int(first) % n if n else 0
-        return range(row, row + 1)
-    return range(n)
-
-
-def _bad_chunk(arr: zarr.Array, selection: Any, where: str, exc: Exception) -> DatasetError:
-    """A :class:`DatasetError` naming the first chunk of ``arr`` under ``selection`` that fails to decode."""
-    rows = _rows(selection, int(arr.shape[0]) if arr.ndim else 0)
-    if arr.ndim and len(rows):
-        step = int(arr.chunks[0])
-        grid = [range(min(rows) // step, max(rows) // step + 1)] + [range(int(n)) for n in arr.cdata_shape[1:]]
-        for coords in itertools.product(*grid):
-            region = tuple(slice(c * s, (c + 1) * s) for c, s in zip(coords, arr.chunks))
-            try:
-                arr[region]
-            except Exception as chunk_exc:  # noqa: BLE001  (any codec failure means this chunk is bad)
-                lo, hi = region[0].start, min(region[0].stop, int(arr.shape[0]))
-                return DatasetError(
-                    f"{where}: array {arr.path}: chunk {coords} ({_chunk_file(arr, coords, where)}, steps "
-                    f"{lo}..{hi - 1}) cannot be decoded: the file is truncated or corrupt "
-                    f"({type(chunk_exc).__name__}: {chunk_exc})"
-                )
-    return DatasetError(f"{where}: array {arr.path} cannot be read ({type(exc).__name__}: {exc})")
-
-
-def read_array(arr: zarr.Array | np.ndarray, selection: Any = Ellipsis, where: str = "<memory>") -> np.ndarray:
-    """``arr[selection]`` as numpy; a chunk that does not decode is a :class:`DatasetError` naming the file
-    ``where``, the array and the chunk."""
+def read_array(
+    arr: zarr.Array | np.ndarray, selection: Any = Ellipsis, where: str = "<memory>", checked: set | None = None
+) -> np.ndarray:
+    """``arr[selection]`` as numpy; a chunk that is cut short or does not decode is a :class:`DatasetError` naming
+    the file ``where``, the array and the chunk. ``checked`` keeps the coordinates of chunks already checked."""
     if isinstance(arr, np.ndarray):
         return arr[selection]
+    if blosc_stored(arr):
+        coords = chunk_coords(arr, rows_touched(selection, int(arr.shape[0]) if arr.ndim else 0))
+        todo = [c for c in coords if checked is None or c not in checked]
+        check_blosc_lengths(arr, todo, where)
+        if checked is not None:
+            checked.update(todo)
     try:
         return np.asarray(arr[selection])
     except Exception as exc:  # noqa: BLE001  (codec errors come as RuntimeError, ValueError, ...)
-        raise _bad_chunk(arr, selection, where, exc) from exc
+        raise bad_chunk(arr, selection, where, exc) from exc
 
 
 class LazyArray:
@@ -132,6 +98,7 @@ class LazyArray:
 
     def __init__(self, arr: zarr.Array, where: str) -> None:
         self.array, self.where = arr, where
+        self._checked: set[tuple[int, ...]] = set()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -152,7 +119,7 @@ class LazyArray:
         return int(self.array.shape[0])
 
     def __getitem__(self, selection: Any) -> np.ndarray:
-        return read_array(self.array, selection, self.where)
+        return read_array(self.array, selection, self.where, self._checked)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[...]
@@ -243,7 +210,7 @@ class ReplayBuffer:
             arr = stored[mapping[key]]
             _check_array(key, mapping[key], arr, where)
             if every_chunk_stored:
-                _check_chunks_present(arr, where)
+                check_chunks_present(arr, where)
             if key.startswith("img") and arr.shape[-1] == 3 and arr.shape[1] != 3:
                 # (N, H, W, 3) on disk: loaded and exposed channel-first.
                 arrays[key] = np.ascontiguousarray(np.moveaxis(read_array(arr, ..., where), -1, 1))
@@ -292,23 +259,6 @@ class ReplayBuffer:
         """All steps of one episode as numpy arrays (reads only that episode from disk when not in memory)."""
         sl = self.episode_slice(index)
         return {key: np.asarray(self[key][sl]) for key in (keys or self.keys)}
-
-
-def _check_chunks_present(arr: zarr.Array, where: str) -> None:
-    """A store written with every chunk on disk must still hold them all: zarr would read a deleted chunk as
-    zeros, silently."""
-    if arr.nchunks_initialized >= arr.nchunks:
-        return
-    present = set(_store_keys(where, arr.path))
-    for coords in itertools.product(*(range(int(n)) for n in arr.cdata_shape)):
-        if arr.metadata.encode_chunk_key(coords) not in present:
-            lo = coords[0] * int(arr.chunks[0]) if arr.ndim else 0
-            hi = min(lo + int(arr.chunks[0]), int(arr.shape[0])) if arr.ndim else 0
-            raise DatasetError(
-                f"{where}: array {arr.path}: chunk {coords} ({_chunk_file(arr, coords, where)}, steps {lo}..{hi - 1}) "
-                f"is missing: the store was written with every chunk on disk ({arr.nchunks_initialized} of "
-                f"{arr.nchunks} remain), so the file was deleted or the copy is incomplete"
-            )
 
 
 def _check_array(key: str, stored_name: str, arr: zarr.Array, where: str) -> None:
