@@ -72,3 +72,11 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(1)
         yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files that hold a test marked ``slow`` are collected first (otherwise in their order): ``scripts/test.sh``
+    hands whole files to its pytest-xdist workers in collection order, so the long files start early and no worker
+    is left finishing one alone at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

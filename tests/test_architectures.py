@@ -95,6 +95,7 @@ def _runs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir())
 
 
+@pytest.mark.slow
 def test_shared_dataset_equals_the_agent_datasets_side_by_side(data_root: Path) -> None:
     n = 1
     per_agent = [_open(data_root / Architecture("local-separate", True).zarr_name(TASK, n, i),

@@ -65,6 +65,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory, agent_checkpoints) -> 
     return agent_checkpoints(tmp_path_factory.mktemp("checkpoints"), TASK, IMAGE_HW)
 
 
+@pytest.mark.slow
 def test_killed_worker_and_parent_then_resume_equal_an_uninterrupted_run(checkpoints: Path, tmp_path: Path) -> None:
     rng = random.Random(7)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -130,6 +130,7 @@ def record_served_chunks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, obj
     return served
 
 
+@pytest.mark.slow
 def test_rollout_workers_share_the_parents_models(tmp_path: Path, agent_checkpoints, monkeypatch) -> None:
     from rf_dp_agents.rollout.runner import run_rollout
 

@@ -86,6 +86,7 @@ def test_a_shoe_dropped_onto_the_target_is_a_strict_success_only_once_at_rest(en
 demo = tc.demo_fixture(TASK, list(AGENT_CAMERAS))
 
 
+@pytest.mark.slow
 def test_solver_relay_meets_both_rules_and_replays(demo):
     tc.check_solver_final_state(demo, STEP_CAP)
     actions = tc.recorded_actions(demo)

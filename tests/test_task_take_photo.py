@@ -54,6 +54,7 @@ def test_success_false_at_reset(env):
     tc.check_success_false_at_reset(env)
 
 
+@pytest.mark.slow
 def test_rules_on_the_solver_final_state_and_without_the_press(demo):
     info = tc.check_solver_final_state(demo, 1500)
     u = demo.final_env
