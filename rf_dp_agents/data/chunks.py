@@ -40,7 +40,14 @@ def chunk_file(arr: zarr.Array, coords: tuple[int, ...], where: str) -> str:
     return f"{key} inside {where}" if Path(where).is_file() else str(Path(where) / key)
 
 
-def rows_touched(selection: Any, n: int) -> range:
+def chunk_label(arr: zarr.Array, coords: tuple[int, ...], where: str) -> str:
+    """``<where>: array <path>: chunk <coords> (<file>, steps <lo>..<hi>)``, the start of every chunk error."""
+    lo = coords[0] * int(arr.chunks[0]) if arr.ndim else 0
+    hi = min(lo + int(arr.chunks[0]), int(arr.shape[0])) if arr.ndim else 0
+    return f"{where}: array {arr.path}: chunk {coords} ({chunk_file(arr, coords, where)}, steps {lo}..{hi - 1})"
+
+
+def _rows_touched(selection: Any, n: int) -> range:
     """The rows of axis 0 that ``selection`` touches (all rows unless it starts with a slice or an int)."""
     first = selection[0] if isinstance(selection, tuple) and selection else selection
     if isinstance(first, slice):
@@ -53,15 +60,13 @@ def rows_touched(selection: Any, n: int) -> range:
 
 def bad_chunk(arr: zarr.Array, selection: Any, where: str, exc: Exception) -> DatasetError:
     """A :class:`DatasetError` naming the first chunk of ``arr`` under ``selection`` that fails to decode."""
-    for coords in chunk_coords(arr, rows_touched(selection, int(arr.shape[0]) if arr.ndim else 0)):
+    for coords in chunks_under(arr, selection):
         region = tuple(slice(c * s, (c + 1) * s) for c, s in zip(coords, arr.chunks))
         try:
             arr[region]
         except Exception as chunk_exc:  # noqa: BLE001  (any codec failure means this chunk is bad)
-            lo, hi = region[0].start, min(region[0].stop, int(arr.shape[0]))
             return DatasetError(
-                f"{where}: array {arr.path}: chunk {coords} ({chunk_file(arr, coords, where)}, steps "
-                f"{lo}..{hi - 1}) cannot be decoded: the file is truncated or corrupt "
+                f"{chunk_label(arr, coords, where)} cannot be decoded: the file is truncated or corrupt "
                 f"({type(chunk_exc).__name__}: {chunk_exc})"
             )
     return DatasetError(f"{where}: array {arr.path} cannot be read ({type(exc).__name__}: {exc})")
@@ -75,11 +80,8 @@ def check_chunks_present(arr: zarr.Array, where: str) -> None:
     present = set(store_keys(where, arr.path))
     for coords in itertools.product(*(range(int(n)) for n in arr.cdata_shape)):
         if arr.metadata.encode_chunk_key(coords) not in present:
-            lo = coords[0] * int(arr.chunks[0]) if arr.ndim else 0
-            hi = min(lo + int(arr.chunks[0]), int(arr.shape[0])) if arr.ndim else 0
             raise DatasetError(
-                f"{where}: array {arr.path}: chunk {coords} ({chunk_file(arr, coords, where)}, steps {lo}..{hi - 1}) "
-                f"is missing: the store was written with every chunk on disk ({arr.nchunks_initialized} of "
+                f"{chunk_label(arr, coords, where)} is missing: the store was written with every chunk on disk ({arr.nchunks_initialized} of "
                 f"{arr.nchunks} remain), so the file was deleted or the copy is incomplete"
             )
 
@@ -112,8 +114,9 @@ def _chunk_head(base: Path, zf: zipfile.ZipFile | None, key: str) -> tuple[int, 
         return None
 
 
-def chunk_coords(arr: zarr.Array, rows: range) -> Iterable[tuple[int, ...]]:
-    """The grid coordinates of the chunks of ``arr`` that hold ``rows`` of axis 0."""
+def chunks_under(arr: zarr.Array, selection: Any) -> Iterable[tuple[int, ...]]:
+    """The grid coordinates of the chunks of ``arr`` that ``selection`` reads (every chunk of the rows it touches)."""
+    rows = _rows_touched(selection, int(arr.shape[0]) if arr.ndim else 0)
     if not arr.ndim or not len(rows):
         return iter(())
     step = int(arr.chunks[0])
@@ -135,12 +138,10 @@ def check_blosc_lengths(arr: zarr.Array, coords: Iterable[tuple[int, ...]], wher
             size, header = head
             expected = int.from_bytes(header[12:16], "little") if len(header) == BLOSC_HEADER_BYTES else None
             if expected is None or size < expected:
-                lo = c[0] * int(arr.chunks[0])
-                hi = min(lo + int(arr.chunks[0]), int(arr.shape[0]))
                 said = f"its Blosc header says {expected}" if expected is not None else "shorter than a Blosc header"
                 raise DatasetError(
-                    f"{where}: array {arr.path}: chunk {c} ({chunk_file(arr, c, where)}, steps {lo}..{hi - 1}) "
-                    f"cannot be decoded: the file is truncated or corrupt (it holds {size} bytes, {said})"
+                    f"{chunk_label(arr, c, where)} cannot be decoded: the file is truncated or corrupt "
+                    f"(it holds {size} bytes, {said})"
                 )
 
 
@@ -149,8 +150,8 @@ __all__ = [
     "blosc_stored",
     "check_blosc_lengths",
     "check_chunks_present",
-    "chunk_coords",
     "chunk_file",
-    "rows_touched",
+    "chunk_label",
+    "chunks_under",
     "store_keys",
 ]

@@ -20,8 +20,7 @@ from rf_dp_agents.data.chunks import (
     blosc_stored,
     check_blosc_lengths,
     check_chunks_present,
-    chunk_coords,
-    rows_touched,
+    chunks_under,
     store_keys,
 )
 from rf_dp_agents.data.errors import DatasetError
@@ -82,8 +81,7 @@ def read_array(
     if isinstance(arr, np.ndarray):
         return arr[selection]
     if blosc_stored(arr):
-        coords = chunk_coords(arr, rows_touched(selection, int(arr.shape[0]) if arr.ndim else 0))
-        todo = [c for c in coords if checked is None or c not in checked]
+        todo = [c for c in chunks_under(arr, selection) if checked is None or c not in checked]
         check_blosc_lengths(arr, todo, where)
         if checked is not None:
             checked.update(todo)
