@@ -29,6 +29,12 @@ from rf_dp_agents.rollout.inference import (
 
 TASK = "LiftBarrier-rf"
 IMAGE_HW = (48, 64)
+# A row computed inside a padded batch and the same row computed alone differ by float rounding only: the CPU's
+# kernels choose their blocking and summation order by batch size and by instruction set, and the sampler carries
+# the difference through every denoising step (1.9e-4 seen on a CI machine). A chunk from another seed's noise or
+# another worker's row differs by orders of magnitude more (each test checks that it would fail such a mix-up).
+BATCH_ATOL = 2e-3
+MIXUP_GAP = 50 * BATCH_ATOL
 
 
 def test_padded_batch_sizes() -> None:
@@ -64,7 +70,7 @@ def test_batched_rows_equal_each_clients_own_model(tiny_policy_dir: Path) -> Non
     def client(k: int) -> None:
         try:
             client = InferenceClient(claim_slot(server.slots), server.requests, server.replies)
-            agent = DiffusionPolicyAgent(RemoteModel(local.config, 0, client), seed=7)
+            agent = DiffusionPolicyAgent(RemoteModel(local.config, 0, client), seed=7 + k)
             got[k] = [agent.predict(_observations(10 * k + t), deterministic=True)[0] for t in range(3)]
         except BaseException as err:  # surfaced in the main thread
             errors.append(err)
@@ -78,8 +84,11 @@ def test_batched_rows_equal_each_clients_own_model(tiny_policy_dir: Path) -> Non
     assert not errors, errors
     for k in range(clients):
         local.reset()
+        local.seed = 7 + k
         want = [local.predict(_observations(10 * k + t), deterministic=True)[0] for t in range(3)]
-        np.testing.assert_allclose(np.stack(got[k]), np.stack(want), atol=1e-4)
+        np.testing.assert_allclose(np.stack(got[k]), np.stack(want), atol=BATCH_ATOL)
+        # the clients' seeds differ, so a row sent back to the wrong client would not pass
+        assert k == 0 or np.abs(np.stack(got[k]) - np.stack(got[0])).max() > MIXUP_GAP
     stats = server.stats.to_dict()
     # one chunk per client (the first observation; the queue covers the next two), in one or more batches
     assert stats["rows"] == clients and 1 <= stats["batches"] <= clients
@@ -158,9 +167,12 @@ def test_rollout_workers_share_the_parents_models(tmp_path: Path, agent_checkpoi
     for agent, request, chunk in served:
         obs = {k: torch.from_numpy(v) for k, v in request.obs.items()}
         gens = [torch.Generator().manual_seed(int(seed)) for seed in request.seeds]
+        other = [torch.Generator().manual_seed(int(seed) + 1) for seed in request.seeds]
         with torch.no_grad():
             want = own[agent].predict_action(obs, generator=gens).numpy()
-        np.testing.assert_allclose(chunk, want, atol=1e-4)
+            mixed_up = own[agent].predict_action(obs, generator=other).numpy()
+        np.testing.assert_allclose(chunk, want, atol=BATCH_ATOL)
+        assert np.abs(chunk - mixed_up).max() > MIXUP_GAP  # another seed's chunk would not pass
     first = {agent: chunk for agent, _, chunk in served}
     assert not np.allclose(first[0], first[1], atol=1e-3)  # the two agents' models differ
     assert json.loads((tmp_path / "shared.json").read_text())["inference"]["server"]["rows"] == 6
