@@ -14,7 +14,8 @@ from rf_dp_agents.data.synthetic import write_synthetic_dataset
 from rf_dp_agents.training import preset_config
 from rf_dp_agents.training.cli import main
 from rf_dp_agents.training.distributed import DistInfo
-from rf_dp_agents.training.graphed import make_graph_safe, portable_state_dict
+from rf_dp_agents.training.ema import EMA
+from rf_dp_agents.training.graphed import ema_step_, make_graph_safe, portable_state_dict
 from rf_dp_agents.training.loop import Trainer, match_param_layout, plan_jobs
 from rf_dp_agents.training.metrics import read_metrics
 
@@ -95,3 +96,20 @@ def test_optimizer_state_is_saved_portable() -> None:
     param.grad = torch.ones_like(param)
     eager.step()
     assert isinstance(eager.param_groups[0]["lr"], float) and torch.isfinite(param).all()
+
+
+def test_graphed_ema_step_averages_outside_autograd() -> None:
+    """The graphed step's EMA update gives decay * avg + (1 - decay) * current and leaves no autograd graph on
+    the averaged copy (one would keep the parameters' AccumulateGrad nodes alive from step to step)."""
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    averaged = [p for p in ema.averaged.parameters()]
+    before = [p.detach().clone() for p in averaged]
+    current = list(model.parameters())
+    ema_step_(averaged, current, torch.tensor(0.75), torch.tensor(0.25))
+    for avg, old, cur in zip(averaged, before, current):
+        assert torch.allclose(avg, 0.75 * old + 0.25 * cur.detach())
+        assert avg.grad_fn is None and not avg.requires_grad

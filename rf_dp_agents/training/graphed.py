@@ -91,6 +91,18 @@ class StepChoice:
         return self.cuda_graphs if choice == "auto" else choice == "on"
 
 
+@torch.no_grad()
+def ema_step_(
+    averaged: list[torch.Tensor], current: list[torch.Tensor], decay: torch.Tensor, one_minus_decay: torch.Tensor
+) -> None:
+    """``averaged <- decay * averaged + (1 - decay) * current`` in place, with the factors as device tensors (so a
+    captured graph reads new values at each replay). Outside autograd: with gradients on, the averaged copy took
+    a grad_fn that kept the step's graph, and the parameters' AccumulateGrad nodes, alive from one step to the
+    next (PyTorch's "AccumulateGrad node's stream does not match" warning under CUDA-graph capture)."""
+    torch._foreach_mul_(averaged, decay)
+    torch._foreach_add_(averaged, torch._foreach_mul(current, one_minus_decay))
+
+
 def make_graph_safe(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     """Turn an AdamW's learning rates into tensors on ``device`` and make it capturable (in place).
 
@@ -181,9 +193,7 @@ class GraphedTrainStep:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm, foreach=True)
         self.optimizer.step()
         if self._ema_pairs is not None:
-            averaged, current = self._ema_pairs
-            torch._foreach_mul_(averaged, self.decay)
-            torch._foreach_add_(averaged, torch._foreach_mul(current, self.one_minus_decay))
+            ema_step_(*self._ema_pairs, self.decay, self.one_minus_decay)
         return loss.detach(), grad_norm.detach()
 
     def _snapshot(self) -> dict[str, Any]:
@@ -228,7 +238,7 @@ class GraphedTrainStep:
         torch.cuda.current_stream().wait_stream(stream)
         self.optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=stream):  # the warm-up's stream: one stream for every autograd node
             self.static_loss, self.static_grad_norm = self._body()
         torch.cuda.synchronize()
         self._restore(snap)
@@ -248,4 +258,4 @@ class GraphedTrainStep:
         return self.static_loss.clone(), self.static_grad_norm.clone()
 
 
-__all__ = ["GraphedTrainStep", "StepChoice", "make_graph_safe", "make_optimizer", "portable_state_dict"]
+__all__ = ["GraphedTrainStep", "StepChoice", "ema_step_", "make_graph_safe", "make_optimizer", "portable_state_dict"]
