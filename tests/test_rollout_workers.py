@@ -63,6 +63,16 @@ class _Doubler:
         return obs["x"] * 2.0
 
 
+def test_stop_starts_no_further_seed_and_the_seeds_run_are_the_first(tmp_path: Path) -> None:
+    """Once stop() is true (here: after the first result) no seed is started; the two under way finish."""
+    ctx = multiprocessing.get_context("spawn")
+    pool = WorkerPool(ctx, 2, _init, lambda slot: (str(tmp_path), (), ()))
+    got: list[EpisodeResult] = []
+    failed = pool.run(range(8), got.append, stop=lambda: len(got) >= 1)
+    assert sorted(r.seed for r in got) == [0, 1] and failed == {}
+    assert all(w is None for w in pool.workers)
+
+
 def test_killed_worker_is_restarted_and_its_episode_retried(tmp_path: Path, capfd) -> None:
     ctx = multiprocessing.get_context("spawn")
     pool = WorkerPool(ctx, 2, _init, lambda slot: (str(tmp_path), (2,), (3,)))

@@ -324,6 +324,13 @@ def run_episodes(
     results: list[EpisodeResult] = []
     rules: list[str] = []
 
+    stop = None
+    if cfg.max_minutes is not None:
+        deadline = time.monotonic() + 60.0 * float(cfg.max_minutes)
+
+        def stop() -> bool:
+            return time.monotonic() >= deadline
+
     def finished(result: EpisodeResult) -> None:
         results.append(result)
         bar.update(1)
@@ -342,6 +349,8 @@ def run_episodes(
                 policy.warmup([session.num_envs])
             try:
                 for k in range(0, len(seeds), session.num_envs):
+                    if stop is not None and stop():
+                        break
                     for result in session.run_batch(seeds[k : k + session.num_envs]):
                         finished(result)
                 rules = session.rules
@@ -363,12 +372,13 @@ def run_episodes(
 
                 with server:
                     pool = WorkerPool(ctx, workers, _init_shared_worker, shared_args, server.release_worker_end)
-                    failed = pool.run(seeds, finished, on_death)
+                    failed = pool.run(seeds, finished, on_death, stop)
                 if stats is not None:
                     stats["server"] = server.stats.to_dict()
             else:
                 initargs = (cfg.to_dict(), names, _threads(cfg, workers))
-                failed = WorkerPool(ctx, workers, _init_worker, lambda slot: initargs).run(seeds, finished, on_death)
+                pool = WorkerPool(ctx, workers, _init_worker, lambda slot: initargs)
+                failed = pool.run(seeds, finished, on_death, stop)
             rules = list(results[0].first_success_step) if results else []
     finally:
         bar.close()
@@ -412,6 +422,10 @@ def run_rollout(cfg: RolloutConfig) -> dict[str, Any]:
     _, rules = run_episodes(cfg, paths, policies, stats=results.inference, seeds=results.pending,
                             on_result=results.add, on_death=lambda death: results.add_death(death.to_dict()))
     results.failed = results.inference.pop("failed_seeds")
+    if cfg.max_minutes is not None and results.pending:
+        print(f"--max-minutes {cfg.max_minutes:g} reached: {len(results.pending)} of {len(cfg.seeds)} seeds not run "
+              f"(from seed {min(results.pending)}); {cfg.output} says complete: false, --resume runs them",
+              file=sys.stderr)
     results.rules = rules or results.rules
     doc = results.write(complete=True)
     if results.failed:

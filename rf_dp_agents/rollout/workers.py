@@ -143,9 +143,11 @@ class WorkerPool:
         seeds: Sequence[int],
         on_result: Callable[[EpisodeResult], None],
         on_death: Callable[[WorkerDeath], None] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> dict[int, str]:
         """Run every seed; ``on_result`` gets each finished episode as it arrives. Returns the seeds that failed
-        (a worker died on them twice), each with the reason."""
+        (a worker died on them twice), each with the reason. Once ``stop()`` is true no further seed is started
+        (the episodes under way finish), so the seeds run are the first ones of ``seeds``."""
         todo = deque(int(s) for s in seeds)
         tries: dict[int, int] = {}
         failed: dict[int, str] = {}
@@ -154,6 +156,8 @@ class WorkerPool:
                 self._start(slot)
             while True:
                 lost: list[int] = []
+                if todo and stop is not None and stop():
+                    todo.clear()
                 for slot, worker in enumerate(self.workers):
                     if worker is not None and worker.seed is None and todo:
                         worker.seed = todo.popleft()
