@@ -5,7 +5,7 @@
 #   bash scripts/pipeline.sh                                   # full recipe (a GPU for training is advised)
 #   NUM=4 CAMERA_WIDTH=64 CAMERA_HEIGHT=48 PRESET=tiny EPOCHS=10 EPISODES=2 MAX_STEPS=150 bash scripts/pipeline.sh
 # More knobs: DEMOS_FROM (render these state-only demos, e.g. from generate_data.py --no-render, instead of
-# planning), TRAIN_MINUTES (wall-clock budget per agent), TRAIN_PARALLEL=1 (train the agents side by side;
+# planning), DEMOS_DIR (use these rendered demos as they are and skip the demo stage), TRAIN_MINUTES (wall-clock budget per agent), TRAIN_PARALLEL=1 (train the agents side by side;
 # TRAIN_THREADS: torch threads of each of them), TRAIN_ARGS (more train.py options, e.g. "--val-every 5"),
 # SAMPLERS ("ddpm:100 ddpm:10": one rollout per sampler:steps, "ddpm:100:50" with its own episode count instead
 # of EPISODES; default: the policies' own), OFFLINE_SAMPLERS (samplers of the offline stage, default
@@ -13,7 +13,8 @@
 # first N episodes; default all), NUM_ENVS (env worker processes of each rollout), ROLLOUT_PARALLEL=1 (the samplers'
 # rollouts side by side, each with NUM_ENVS workers, logs in OUT_DIR/rollout_<name>.log), CAMERAS (cameras recorded
 # in the demos, e.g. "head_camera_agent0 head_camera_agent1"; default all of the task's), ROLLOUT_ARGS (more
-# rollout.py options, e.g. "--no-compile-graphs"), ARCHITECTURE (local-separate, the default; global-separate,
+# rollout.py options, e.g. "--no-compile-graphs"), ROLLOUT_UNTIL (a time in seconds since the epoch after which no
+# rollout episode starts: each rollout gets --max-minutes up to it, e.g. the end of a machine booking), ARCHITECTURE (local-separate, the default; global-separate,
 # local-shared, global-shared: README, Multi-agent architectures) and INCLUDE_GLOBAL_CAMERA=1 (the global camera
 # beside each policy's own cameras), both given to conversion, from which training and rollout take them.
 # Each stage prints its wall time when it ends, and a summary of all of them closes the run.
@@ -50,21 +51,27 @@ VIDEO_CAP=()
 DEMO_SOURCE=()
 [ -n "${CAMERAS:-}" ] && DEMO_SOURCE=(--cameras $CAMERAS)
 stage demos
-if [ -n "${DEMOS_FROM:-}" ]; then
+DEMOS=$OUT/demos
+if [ -n "${DEMOS_DIR:-}" ]; then
+  DEMOS=$DEMOS_DIR
+  echo "== 1/5 demos: the rendered episodes of $DEMOS (DEMOS_DIR)"
+elif [ -n "${DEMOS_FROM:-}" ]; then
   DEMO_SOURCE+=(--replay-from "$DEMOS_FROM")
   echo "== 1/5 demos: rendering the episodes of $DEMOS_FROM at ${W}x${H}, $PROCS processes"
 else
   echo "== 1/5 demos: $NUM motion-planned $TASK episodes at ${W}x${H}, $PROCS processes"
 fi
-rm -rf "$OUT/demos"
-$PY scripts/generate_data.py --task "$TASK" --num "$NUM" --num-procs "$PROCS" --camera-width "$W" \
-  --camera-height "$H" --out "$OUT/demos" "${DEMO_SOURCE[@]}"
+if [ -z "${DEMOS_DIR:-}" ]; then
+  rm -rf "$OUT/demos"
+  $PY scripts/generate_data.py --task "$TASK" --num "$NUM" --num-procs "$PROCS" --camera-width "$W" \
+    --camera-height "$H" --out "$OUT/demos" "${DEMO_SOURCE[@]}"
+fi
 ARCH_FLAGS=(--architecture "${ARCHITECTURE:-local-separate}")
 [ "${INCLUDE_GLOBAL_CAMERA:-0}" = 1 ] && ARCH_FLAGS+=(--include-global-camera)
 stage convert
 echo "== 2/5 convert: one zarr per policy (${ARCH_FLAGS[*]})"
 rm -rf "$OUT/zarr"
-$PY scripts/convert_to_zarr.py --task "$TASK" --all-agents --demos "$OUT/demos" --out "$OUT/zarr" --overwrite \
+$PY scripts/convert_to_zarr.py --task "$TASK" --all-agents --demos "$DEMOS" --out "$OUT/zarr" --overwrite \
   "${ARCH_FLAGS[@]}"
 stage train
 echo "== 3/5 train: every agent, preset $PRESET, $EPOCHS epochs${TRAIN_MINUTES:+, at most $TRAIN_MINUTES minutes each}"
@@ -97,6 +104,13 @@ fi
 stage rollout
 side=""; [ "${ROLLOUT_PARALLEL:-0}" = 1 ] && side=", the samplers side by side"
 echo "== 5/5 rollout: $EPISODES episodes (or the count a sampler names) from seed $SEED, with video$side"
+UNTIL=()
+if [ -n "${ROLLOUT_UNTIL:-}" ]; then
+  left=$((ROLLOUT_UNTIL - $(date +%s)))
+  [ "$left" -gt 6 ] || { echo "ROLLOUT_UNTIL has passed ($left s left): no rollout" >&2; exit 1; }
+  UNTIL=(--max-minutes "$(awk "BEGIN { print $left / 60 }")")
+  echo "   no episode starts after $(date -d "@$ROLLOUT_UNTIL" +%T) (ROLLOUT_UNTIL: ${UNTIL[*]})"
+fi
 pids=()
 for spec in ${SAMPLERS:-own}; do
   IFS=: read -r sampler steps episodes <<< "$spec"
@@ -108,7 +122,7 @@ for spec in ${SAMPLERS:-own}; do
   fi
   cmd=($PY scripts/rollout.py --task "$TASK" --checkpoint-dir "$OUT/checkpoints" --num-episodes "${episodes:-$EPISODES}" \
     --seed "$SEED" --num-envs "$ENVS" "${STEP_CAP[@]}" "${args[@]}" --record-video "${VIDEO_CAP[@]}" \
-    --video-dir "$videos" --output "$OUT/$name.json" ${ROLLOUT_ARGS:-})
+    --video-dir "$videos" --output "$OUT/$name.json" "${UNTIL[@]}" ${ROLLOUT_ARGS:-})
   if [ "${ROLLOUT_PARALLEL:-0}" = 1 ]; then
     "${cmd[@]}" > "$OUT/rollout_$name.log" 2>&1 &
     pids+=($!)

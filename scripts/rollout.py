@@ -29,8 +29,9 @@ def main() -> int:
         return 1
     print(format_summary(doc["summary"]))
     t = doc["timing"]
-    print(f"{doc['summary']['env_steps']} env steps in {t['wall_seconds']:.1f} s "
-          f"({t['env_steps_per_second_per_env']:.1f} steps/s per env while running episodes)")
+    per_env = t["env_steps_per_second_per_env"]
+    print(f"{doc['summary']['env_steps']} env steps in {t['wall_seconds']:.1f} s"
+          + ("" if per_env is None else f" ({per_env:.1f} steps/s per env while running episodes)"))
     server = doc["inference"].get("server")
     if server and server["batches"]:
         busy = server["model_seconds"] / t["wall_seconds"] if t["wall_seconds"] else 0.0

@@ -1,5 +1,6 @@
-"""A CLI rollout killed with SIGKILL (one env worker, then the parent) and resumed with --resume ends with the
-per-seed results of an uninterrupted run: same steps, success steps and actions (a digest of every env action).
+"""A CLI rollout killed with SIGKILL (one env worker, then the parent) and resumed with --resume (once stopped
+early by --max-minutes) ends with the per-seed results of an uninterrupted run: same steps, success steps and
+actions (a digest of every env action).
 
 Real simulator (LiftBarrier-rf, 24x32 cameras, 6-step episodes), tiny checkpoints trained by the test.
 """
@@ -97,6 +98,16 @@ def test_killed_worker_and_parent_then_resume_equal_an_uninterrupted_run(checkpo
     assert death["cause"] == "killed by SIGKILL" and death["pid"] == victim and death["retried"] is True
     assert doc["complete"] is False and doc["pending_seeds"]
     assert per_seed(doc).items() <= want.items()  # whatever was finished before the kill is already right
+
+    # --max-minutes: past the limit (6 ms) at once, so the resumed run starts only the first seed it lacks
+    pending = doc["pending_seeds"]
+    short = subprocess.run(command(checkpoints, killed, "--resume", "--max-minutes", "0.0001"), cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert short.returncode == 0, short.stderr[-3000:]
+    assert f"--max-minutes 0.0001 reached: {len(pending) - 1} of {SEEDS} seeds not run" in short.stderr
+    doc = _read(killed)
+    assert doc["complete"] is False and doc["pending_seeds"] == pending[1:]
+    assert per_seed(doc).items() <= want.items() and pending[0] in per_seed(doc)
 
     resumed = subprocess.run(command(checkpoints, killed, "--resume"), cwd=REPO, env=env, capture_output=True,
                              text=True, timeout=900)

@@ -50,8 +50,8 @@ class RolloutConfig:
     output: str = "results.json"
     """Where the results JSON is written (through a temporary file and a rename), after every episode."""
     max_minutes: float | None = None
-    """Stop starting episodes once this many minutes have passed since the rollout began to run them (after loading
-    the policies); the episodes under way finish, so the seeds done are the first ones. The results file then says ``"complete": false`` and lists the
+    """Stop starting episodes once this many minutes have passed since the first one was handed to an env; the
+    episodes under way finish, so the seeds done are the first ones. The results file then says ``"complete": false`` and lists the
     seeds not run, which --resume runs later. Default: no limit."""
     resume: bool = False
     """Continue the run whose results file is --output: keep its episodes and run only the seeds it lacks (the

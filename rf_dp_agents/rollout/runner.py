@@ -326,10 +326,12 @@ def run_episodes(
 
     stop = None
     if cfg.max_minutes is not None:
-        deadline = time.monotonic() + 60.0 * float(cfg.max_minutes)
+        deadline: list[float] = []  # set at the first call: when the first episode is handed to an env
 
         def stop() -> bool:
-            return time.monotonic() >= deadline
+            if not deadline:
+                deadline.append(time.monotonic() + 60.0 * float(cfg.max_minutes))
+            return time.monotonic() >= deadline[0]
 
     def finished(result: EpisodeResult) -> None:
         results.append(result)
