@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The AccumulateGrad stream warning before and after the graphed step's fix: the default preset on a seed-size
 # synthetic zarr, CUDA graphs on (the default on CUDA), one process each, the same data.
+# .devkit/site-train.tar.xz: the device kit's site.tar.xz (tools/device-kit.sh) without mani_skill, sapien, lxml, trimesh and
+# the kinematics packages, which training does not import; .gpurun/graphed_before.py: graphed.py before the fix.
 set -u
 ROOT=$PWD O=${OUT:-/tmp/out}
 mkdir -p /tmp/site && tar -xJf .devkit/site-train.tar.xz -C /tmp/site
