@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer
 from rf_dp_agents.rollout.metrics import EpisodeResult
-from rf_dp_agents.rollout.workers import WorkerPool, set_session
+from rf_dp_agents.rollout.workers import WorkerPool, set_session, time_limit
 
 
 class _DyingSession:
@@ -71,6 +72,15 @@ def test_stop_starts_no_further_seed_and_the_seeds_run_are_the_first(tmp_path: P
     failed = pool.run(range(8), got.append, stop=lambda: len(got) >= 1)
     assert sorted(r.seed for r in got) == [0, 1] and failed == {}
     assert all(w is None for w in pool.workers)
+
+
+def test_time_limit_starts_its_clock_at_the_first_call() -> None:
+    assert time_limit(None) is None
+    stop = time_limit(0.5 / 60)  # half a second, counted from the first call, not from its making
+    time.sleep(0.6)
+    assert stop() is False
+    time.sleep(0.6)
+    assert stop() is True
 
 
 def test_killed_worker_is_restarted_and_its_episode_retried(tmp_path: Path, capfd) -> None:

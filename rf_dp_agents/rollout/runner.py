@@ -58,7 +58,7 @@ from rf_dp_agents.rollout.execution import Execution, as_agent_actions, make_exe
 from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer, RemoteModel, batch_sizes
 from rf_dp_agents.rollout.metrics import EpisodeResult, format_summary
 from rf_dp_agents.rollout.results import EpisodesFailed, ResultsFile, load_resume, noise_source, timing
-from rf_dp_agents.rollout.workers import WorkerDeath, WorkerPool, set_session
+from rf_dp_agents.rollout.workers import WorkerDeath, WorkerPool, set_session, time_limit
 from rf_dp_agents.rollout.video import EpisodeVideoWriter, compose_frame, episode_video_path
 
 PRIMARY_RULE = "success"
@@ -324,15 +324,7 @@ def run_episodes(
     results: list[EpisodeResult] = []
     rules: list[str] = []
 
-    stop = None
-    if cfg.max_minutes is not None:
-        deadline: list[float] = []  # set at the first call: when the first episode is handed to an env
-
-        def stop() -> bool:
-            if not deadline:
-                deadline.append(time.monotonic() + 60.0 * float(cfg.max_minutes))
-            return time.monotonic() >= deadline[0]
-
+    stop = time_limit(cfg.max_minutes)
     def finished(result: EpisodeResult) -> None:
         results.append(result)
         bar.update(1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 import traceback
 from collections import deque
 from dataclasses import dataclass
@@ -67,6 +68,21 @@ def _worker_main(line: Connection, init: Callable[..., None], initargs: tuple) -
             line.send(message)
         except OSError:
             return
+
+
+def time_limit(minutes: float | None) -> Callable[[], bool] | None:
+    """A ``stop`` for :meth:`WorkerPool.run`: true once ``minutes`` have passed since its first call (the first
+    seed handed out); None without a limit."""
+    if minutes is None:
+        return None
+    deadline: list[float] = []
+
+    def stop() -> bool:
+        if not deadline:
+            deadline.append(time.monotonic() + 60.0 * float(minutes))
+        return time.monotonic() >= deadline[0]
+
+    return stop
 
 
 def death_cause(exitcode: int | None) -> str:
@@ -263,4 +279,4 @@ class WorkerPool:
             self.workers[slot] = None
 
 
-__all__ = ["EPISODE_TRIES", "WorkerDeath", "WorkerPool", "death_cause", "run_episode", "set_session"]
+__all__ = ["EPISODE_TRIES", "WorkerDeath", "WorkerPool", "death_cause", "run_episode", "set_session", "time_limit"]
