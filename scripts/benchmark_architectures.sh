@@ -19,9 +19,9 @@ ARCHS=${ARCHITECTURES:-local-separate global-separate local-shared global-shared
 OUT=${OUT_DIR:-runs/architectures/$TASK}
 W=${CAMERA_WIDTH:-320} H=${CAMERA_HEIGHT:-240}
 START=$SECONDS
-for arch in $ARCHS; do  # a misspelt name fails here, before any work
-  $PY -c "import sys; from rf_dp_agents.architecture import Architecture; Architecture.parse(sys.argv[1])" "${arch%+global}"
-done
+# a misspelt name fails here, before any work
+$PY -c "import sys; from rf_dp_agents.architecture import Architecture; [Architecture.parse(a) for a in sys.argv[1:]]" \
+  ${ARCHS//+global/}
 SOURCE=()
 [ -n "${DEMOS_FROM:-}" ] && SOURCE=(--replay-from "$DEMOS_FROM")
 echo "== demos for every architecture: ${DEMOS_FROM:-${NUM:-150} planned} -> $OUT/demos at ${W}x${H}, every camera"

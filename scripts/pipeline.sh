@@ -5,7 +5,8 @@
 #   bash scripts/pipeline.sh                                   # full recipe (a GPU for training is advised)
 #   NUM=4 CAMERA_WIDTH=64 CAMERA_HEIGHT=48 PRESET=tiny EPOCHS=10 EPISODES=2 MAX_STEPS=150 bash scripts/pipeline.sh
 # More knobs: DEMOS_FROM (render these state-only demos, e.g. from generate_data.py --no-render, instead of
-# planning), DEMOS_DIR (use these rendered demos as they are and skip the demo stage), TRAIN_MINUTES (wall-clock budget per agent), TRAIN_PARALLEL=1 (train the agents side by side;
+# planning), DEMOS_DIR (use these rendered demos as they are and skip the demo stage), TRAIN_MINUTES (wall-clock
+# budget per agent), TRAIN_PARALLEL=1 (train the agents side by side;
 # TRAIN_THREADS: torch threads of each of them), TRAIN_ARGS (more train.py options, e.g. "--val-every 5"),
 # SAMPLERS ("ddpm:100 ddpm:10": one rollout per sampler:steps, "ddpm:100:50" with its own episode count instead
 # of EPISODES; default: the policies' own), OFFLINE_SAMPLERS (samplers of the offline stage, default
@@ -14,8 +15,8 @@
 # rollouts side by side, each with NUM_ENVS workers, logs in OUT_DIR/rollout_<name>.log), CAMERAS (cameras recorded
 # in the demos, e.g. "head_camera_agent0 head_camera_agent1"; default all of the task's), ROLLOUT_ARGS (more
 # rollout.py options, e.g. "--no-compile-graphs"), ROLLOUT_UNTIL (a time in seconds since the epoch after which no
-# rollout episode starts: each rollout gets --max-minutes up to it, e.g. the end of a machine booking), ARCHITECTURE (local-separate, the default; global-separate,
-# local-shared, global-shared: README, Multi-agent architectures) and INCLUDE_GLOBAL_CAMERA=1 (the global camera
+# rollout episode starts: each rollout gets --max-minutes up to it, e.g. the end of a machine booking), ARCHITECTURE
+# (local-separate, the default; global-separate, local-shared, global-shared: README, Multi-agent architectures) and INCLUDE_GLOBAL_CAMERA=1 (the global camera
 # beside each policy's own cameras), both given to conversion, from which training and rollout take them.
 # Each stage prints its wall time when it ends, and a summary of all of them closes the run.
 set -euo pipefail

@@ -51,8 +51,8 @@ class RolloutConfig:
     """Where the results JSON is written (through a temporary file and a rename), after every episode."""
     max_minutes: float | None = None
     """Stop starting episodes once this many minutes have passed since the first one was handed to an env; the
-    episodes under way finish, so the seeds done are the first ones. The results file then says ``"complete": false`` and lists the
-    seeds not run, which --resume runs later. Default: no limit."""
+    episodes under way finish, so the seeds done are the first ones. The results file then says
+    ``"complete": false`` and lists the seeds not run, which --resume runs later. Default: no limit."""
     resume: bool = False
     """Continue the run whose results file is --output: keep its episodes and run only the seeds it lacks (the
     settings that change results must be the same; without the file, start from the first seed)."""
@@ -108,8 +108,9 @@ class RolloutConfig:
             value = getattr(self, name)
             if value is not None and int(value) <= 0:
                 raise ValueError(f"RolloutConfig.{name} must be positive, got {value}")
-        if self.max_minutes is not None and not (math.isfinite(float(self.max_minutes)) and float(self.max_minutes) > 0):
-            raise ValueError(f"RolloutConfig.max_minutes must be a positive number of minutes, got {self.max_minutes!r}")
+        minutes = self.max_minutes
+        if minutes is not None and not (math.isfinite(float(minutes)) and float(minutes) > 0):
+            raise ValueError(f"RolloutConfig.max_minutes must be a positive number of minutes, got {minutes!r}")
         if self.execute_steps is not None and (isinstance(self.execute_steps, bool) or int(self.execute_steps) <= 0):
             raise ValueError(f"RolloutConfig.execute_steps must be a positive int, got {self.execute_steps!r}")
         if self.temporal_ensemble is not None and not math.isfinite(float(self.temporal_ensemble)):

@@ -325,6 +325,7 @@ def run_episodes(
     rules: list[str] = []
 
     stop = time_limit(cfg.max_minutes)
+
     def finished(result: EpisodeResult) -> None:
         results.append(result)
         bar.update(1)
