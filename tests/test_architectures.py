@@ -209,6 +209,41 @@ def test_shared_policy_actions_reach_their_arms_in_lock_step(trained: dict[str, 
     assert routed.num_model_calls == 2
 
 
+def test_rollout_observations_equal_the_training_data_of_every_architecture(
+    trained: dict[str, Path], data_root: Path, env
+) -> None:
+    """The demo replayed in the rollout's env: each policy's input, as the router builds it, equals the arrays of
+    its dataset at the same steps, for every architecture (so a swapped camera or state order would show)."""
+    import zarr
+    from rf_dp_agents.data.convert import EpisodeRef, read_actions, read_seed
+    from rf_dp_agents.rollout.runner import build_router
+
+    source = zarr.open_group(str(data_root / f"{TASK}_Shared_1.zarr"), mode="r").attrs["episodes"][0]
+    path, name = source.rsplit(":", 1)
+    ref = EpisodeRef(Path(path), name)
+    obs, _ = env.reset(seed=read_seed(ref))
+    frames = {0: obs}
+    for t, action in enumerate(read_actions(ref)[:10], start=1):
+        obs, *_ = env.step({agent: np.asarray(a, np.float32)[None] for agent, a in action.items()})
+        frames[t] = obs
+    checked = 0
+    for name in TRAINED:
+        arch = Architecture(name)
+        policies = [load_policy(run, device="cpu") for run in _runs(trained[name])]
+        router = build_router(env, policies)
+        for k, key in enumerate(router.plans):
+            cams = list(policies[k].config.camera_keys)
+            data = _open(data_root / arch.zarr_name(TASK, 1, None if arch.shared else k), *cams, "state")
+            for t in (0, 10):
+                seen = router.policy_observation(frames[t], key)
+                assert sorted(seen) == sorted(cams + ["state"])
+                for cam in cams:  # (B, H, W, 3) against the dataset's (3, H, W)
+                    np.testing.assert_array_equal(np.asarray(seen[cam])[0].transpose(2, 0, 1), data[cam][t])
+                np.testing.assert_array_equal(np.asarray(seen["state"])[0], data["state"][t])
+                checked += 1
+    assert checked == 2 * 6  # two steps of 2 + 2 + 1 + 1 policies
+
+
 def test_dataset_of_another_architecture_is_an_error(data_root: Path) -> None:
     local = data_root / f"{TASK}_Agent0_1.zarr"
     with pytest.raises(ValueError, match=rf"{local}: its zarr attribute 'architecture' says local-separate, but "
