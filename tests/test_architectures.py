@@ -221,7 +221,7 @@ def test_rollout_observations_equal_the_training_data_of_every_architecture(
     source = zarr.open_group(str(data_root / f"{TASK}_Shared_1.zarr"), mode="r").attrs["episodes"][0]
     path, name = source.rsplit(":", 1)
     ref = EpisodeRef(Path(path), name)
-    obs, _ = env.reset(seed=read_seed(ref))
+    obs, _ = env.reset(seed=read_seed(ref), options={"reconfigure": True})  # a fresh scene, as rollout episodes start
     frames = {0: obs}
     for t, action in enumerate(read_actions(ref)[:10], start=1):
         obs, *_ = env.step({agent: np.asarray(a, np.float32)[None] for agent, a in action.items()})
