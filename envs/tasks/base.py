@@ -44,6 +44,7 @@ from mani_skill.utils.structs.actor import Actor
 from mani_skill.utils.structs.pose import Pose
 from mani_skill.utils.structs.types import GPUMemoryConfig, SimConfig
 
+from envs.tasks.brdf_lut import install_brdf_lut
 from rf_dp_agents.architecture import GLOBAL_CAMERA, own_camera  # the scene-wide camera, and each arm's own
 
 PANDA_INIT_QPOS = np.array(
@@ -163,6 +164,8 @@ class RFTableTaskEnv(BaseEnv):
     render_camera_fov: float = 1.0
     init_qpos: np.ndarray = PANDA_INIT_QPOS
     """Start configuration (7 arm joints + 2 fingers) of every arm; see :meth:`arm_init_qpos`."""
+    brdf_lut: bool = True
+    """Give the cameras :mod:`envs.tasks.brdf_lut`'s table (False: SAPIEN generates its own, 4 s on lavapipe)."""
 
     def __init__(
         self,
@@ -347,6 +350,11 @@ class RFTableTaskEnv(BaseEnv):
         zeros = torch.zeros_like(half)
         q = torch.stack([torch.cos(half), zeros, zeros, torch.sin(half)], dim=1)
         actor.set_pose(Pose.create_from_pq(p=p, q=q))
+
+    def _setup_sensors(self, options: dict) -> None:
+        super()._setup_sensors(options)
+        if self.brdf_lut and not self.gpu_sim_enabled:  # CPU backend: cameras render one by one (envs.tasks.brdf_lut)
+            install_brdf_lut([*self._sensors.values(), *self._human_render_cameras.values()])
 
     # ------------------------------------------------------------------ observations
     def task_actors(self) -> dict[str, Actor]:
