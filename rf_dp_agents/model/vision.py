@@ -1,4 +1,5 @@
-"""Image encoder: torchvision ResNet18 (no pretrained weights) with GroupNorm, plus uint8 preprocessing.
+"""Image encoder: a ResNet18 trunk (``rf_dp_agents.model.resnet``, no pretrained weights) with GroupNorm, plus
+uint8 preprocessing.
 
 Pixels arrive as uint8 ``(N, C, H, W)``; they are cropped (random offsets per image in training, the
 centre in eval mode, when a crop is configured), converted to float on the model's device and mapped
@@ -12,10 +13,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from rf_dp_agents.model.groupnorm import FastGroupNorm
+from rf_dp_agents.model.resnet import ResNet18
 
 FEATURE_DIM = 512
 """Size of one camera's feature vector (ResNet18's pooled output)."""
@@ -66,11 +67,8 @@ class ResNet18Encoder(nn.Module):
 
     def __init__(self, in_channels: int = 3, crop_shape: tuple[int, int] | None = None) -> None:
         super().__init__()
-        net = torchvision.models.resnet18(weights=None)
-        if in_channels != 3:
-            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        net.fc = nn.Identity()
-        self.backbone = replace_batchnorm_with_groupnorm(net)
+        self.backbone = ResNet18(norm=lambda channels: FastGroupNorm(max(1, channels // 16), channels),
+                                 in_channels=in_channels)
         self.crop_shape = tuple(crop_shape) if crop_shape is not None else None
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
