@@ -7,7 +7,7 @@ Typical use::
     action, _ = policy.predict({"img": images, "state": qpos})   # one action per env, numpy in -> numpy out
 
 Importing this package does not import mani_skill, sapien or the task definitions; the model code
-(torchvision, diffusers) is imported on first use of ``load_policy`` or ``DiffusionPolicyAgent``.
+is imported on first use of ``load_policy`` or ``DiffusionPolicyAgent``.
 """
 
 from __future__ import annotations

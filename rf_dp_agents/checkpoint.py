@@ -219,7 +219,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 SAMPLERS = ("ddpm", "ddim", "dpmsolver")
-"""Sampler names :func:`load_policy` accepts (diffusers' DDPM, DDIM and DPM-Solver++ multistep)."""
+"""Sampler names :func:`load_policy` accepts (DDPM, DDIM and DPM-Solver++ multistep)."""
 GRAPH_OPTIONS = ("cuda_graphs", "compile_graphs", "bf16_graphs", "graph_tf32")
 """Sampling-graph switches of :class:`~rf_dp_agents.model.DiffusionPolicy` that :func:`load_policy` can set."""
 

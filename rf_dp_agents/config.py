@@ -82,7 +82,7 @@ class ModelConfig:
     num_train_timesteps: int = 100
     """Number of DDPM noise levels used in training."""
     beta_schedule: str = "squaredcos_cap_v2"
-    """diffusers beta schedule name."""
+    """Beta schedule: 'linear', 'scaled_linear' or 'squaredcos_cap_v2'."""
     prediction_type: Literal["epsilon", "sample"] = "epsilon"
     """What the network predicts: the noise ('epsilon') or the clean action ('sample')."""
     clip_sample: bool = True

@@ -1,4 +1,6 @@
-"""The core library imports with the simulator hidden: only envs/ and rollout may need mani_skill."""
+"""Imports: the core library imports with the simulator hidden (only envs/ and rollout may need mani_skill), and
+the modules every training, rollout and load_policy process loads leave out the packages that cost seconds of
+start-up (diffusers, torchvision and the torch._dynamo they pull in, scipy.stats)."""
 
 from __future__ import annotations
 
@@ -34,3 +36,14 @@ def test_library_imports_without_simulator():
     result = subprocess.run([sys.executable, "-c", BLOCKER], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "rf_dp_agents.data.dataset" in result.stdout
+
+
+def test_process_start_imports_no_heavy_package():
+    code = (
+        "import sys\n"
+        "import rf_dp_agents.model, rf_dp_agents.training.cli, rf_dp_agents.checkpoint, rf_dp_agents.policy\n"
+        "print(sorted(m for m in ('diffusers', 'torchvision', 'torch._dynamo', 'scipy.stats') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision  # the reference (a dependency of the benchmarks), never imported by the model
 from torch import nn
 
 from rf_dp_agents.model.resnet import ResNet18
 from rf_dp_agents.model.vision import ResNet18Encoder, replace_batchnorm_with_groupnorm
-
-torchvision = pytest.importorskip("torchvision")  # a test dependency: the reference, never imported by the library
 
 
 def _torchvision_trunk(in_channels: int) -> nn.Module:

@@ -1,4 +1,4 @@
-"""The Diffusion Policy network: GroupNorm ResNet18 encoder, FiLM-conditioned 1-D U-Net, diffusers sampling."""
+"""The Diffusion Policy network: GroupNorm ResNet18 encoder, FiLM-conditioned 1-D U-Net, DDPM/DDIM/DPM-Solver++ sampling."""
 
 from rf_dp_agents.model.diffusion import DiffusionPolicy, make_scheduler
 from rf_dp_agents.model.unet import ConditionalUnet1D

@@ -1,4 +1,4 @@
-"""DiffusionPolicy: vision encoder + conditional U-Net + diffusers noise schedulers + normalizer.
+"""DiffusionPolicy: vision encoder + conditional U-Net + noise schedulers (:mod:`.schedulers`) + normalizer.
 
 Training (:meth:`DiffusionPolicy.compute_loss`) noises normalised action chunks with a DDPM schedule and
 regresses the noise (or the clean sample). Inference (:meth:`DiffusionPolicy.predict_action`) denoises
@@ -14,14 +14,19 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.data.normalizer import Normalizer
 from rf_dp_agents.model.graph_setup import graph_build_message
 from rf_dp_agents.model.graphed import Bf16Unet, GraphedSampler
+from rf_dp_agents.model.schedulers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    Scheduler,
+    randn_tensor,
+)
 from rf_dp_agents.model.unet import ConditionalUnet1D
 from rf_dp_agents.model.vision import FEATURE_DIM, ResNet18Encoder
 
@@ -43,32 +48,20 @@ STATE_NORM_KEY = "state"
 """Normalizer key used for the state when the normalizer has no key named ``config.state_key``."""
 
 
-Scheduler = DDPMScheduler | DDIMScheduler | DPMSolverMultistepScheduler
-
-
 def make_scheduler(config: ModelConfig, sampler: str = "ddpm") -> Scheduler:
-    """Build the diffusers scheduler ``sampler`` ('ddpm', 'ddim', 'dpmsolver') with the config's noise schedule.
+    """Build the scheduler ``sampler`` ('ddpm', 'ddim', 'dpmsolver') with the config's noise schedule.
 
     When ``config.clip_sample`` is set the predicted clean sample is clipped to [-1, 1]: DDPM and DDIM by
-    ``clip_sample``, DPM-Solver++ (second order, multistep) by dynamic thresholding with
-    ``sample_max_value=1``, which is exactly that clip.
+    clipping, DPM-Solver++ (second order, multistep) by dynamic thresholding with a largest threshold of 1,
+    which is exactly that clip.
     """
-    common = dict(
-        num_train_timesteps=config.num_train_timesteps,
-        beta_schedule=config.beta_schedule,
-        prediction_type=config.prediction_type,
-    )
-    if sampler == "ddpm":
-        return DDPMScheduler(clip_sample=config.clip_sample, **common)
-    if sampler == "ddim":
-        return DDIMScheduler(clip_sample=config.clip_sample, set_alpha_to_one=True, steps_offset=0, **common)
-    if sampler == "dpmsolver":
-        return DPMSolverMultistepScheduler(
-            algorithm_type="dpmsolver++",
-            solver_order=2,
-            thresholding=config.clip_sample,
-            sample_max_value=1.0,
-            **common,
+    classes = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpmsolver": DPMSolverMultistepScheduler}
+    if sampler in classes:
+        return classes[sampler](
+            num_train_timesteps=config.num_train_timesteps,
+            beta_schedule=config.beta_schedule,
+            prediction_type=config.prediction_type,
+            clip_sample=config.clip_sample,
         )
     raise ValueError(f"unknown sampler {sampler!r}; use 'ddpm', 'ddim' or 'dpmsolver'")
 

@@ -20,11 +20,11 @@ import copy
 from typing import Any, Mapping, Protocol, Sequence
 
 import torch
-from diffusers import SchedulerMixin
 from torch import nn
 
 from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.model.graph_setup import tf32_scope
+from rf_dp_agents.model.schedulers import Scheduler
 from rf_dp_agents.model.unet import ConditionalUnet1D
 
 
@@ -93,7 +93,7 @@ class SamplingModel(Protocol):
 
     def encode_obs(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor: ...
 
-    def denoise(self, cond: torch.Tensor, noise: torch.Tensor, scheduler: SchedulerMixin,
+    def denoise(self, cond: torch.Tensor, noise: torch.Tensor, scheduler: Scheduler,
                 timesteps_dev: torch.Tensor, generator: Any = None, net: nn.Module | None = None) -> torch.Tensor: ...
 
 
@@ -104,7 +104,7 @@ class GraphedSampler:
         self,
         policy: SamplingModel,
         batch_size: int,
-        scheduler: SchedulerMixin,
+        scheduler: Scheduler,
         num_inference_steps: int,
         warmup: int = 2,
         compile_unet: bool = False,

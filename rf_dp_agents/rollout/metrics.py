@@ -28,8 +28,6 @@ Z_95 = 1.959963984540054
 VERSION_PACKAGES = (
     "rf_dp_agents",
     "torch",
-    "torchvision",
-    "diffusers",
     "numpy",
     "mani_skill",
     "sapien",

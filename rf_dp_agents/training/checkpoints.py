@@ -81,7 +81,7 @@ class BestTracker:
 def package_versions() -> dict[str, str]:
     """Versions of Python and the packages a run depends on."""
     out = {"python": platform.python_version()}
-    for name in ("rf_dp_agents", "torch", "torchvision", "diffusers", "numpy", "zarr", "safetensors", "tyro", "wandb"):
+    for name in ("rf_dp_agents", "torch", "numpy", "zarr", "safetensors", "tyro", "wandb"):
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

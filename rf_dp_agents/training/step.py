@@ -112,13 +112,11 @@ def make_lr_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
     """The learning-rate schedule ``cfg`` names (cosine or constant, after ``lr_warmup_steps`` of warm-up)."""
+    from rf_dp_agents.model.schedulers import constant_schedule_with_warmup, cosine_schedule_with_warmup
+
     if cfg.lr_scheduler == "cosine":
-        from diffusers.optimization import get_cosine_schedule_with_warmup
-
-        return get_cosine_schedule_with_warmup(optimizer, cfg.lr_warmup_steps, total_steps)
-    from diffusers.optimization import get_constant_schedule_with_warmup
-
-    return get_constant_schedule_with_warmup(optimizer, cfg.lr_warmup_steps)
+        return cosine_schedule_with_warmup(optimizer, cfg.lr_warmup_steps, total_steps)
+    return constant_schedule_with_warmup(optimizer, cfg.lr_warmup_steps)
 
 
 __all__ = [
