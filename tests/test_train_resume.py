@@ -1,4 +1,8 @@
-"""A run killed with SIGKILL mid-training and resumed with --resume ends with the weights of an uninterrupted run."""
+"""A run killed with SIGKILL mid-training and resumed with --resume ends with the weights of an uninterrupted run.
+
+The first test starts ``scripts/train.py`` as fresh processes; the others fork it from a process that has the
+trainer imported (``forked_cli``): the same script and code path, with its own pid, killed with a real SIGKILL.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from forked_cli import ForkServer
 from safetensors.torch import load_file
 
 from rf_dp_agents.training.metrics import read_metrics
@@ -28,6 +33,15 @@ def command(data: Path, out: Path, *extra: str) -> list[str]:
         "--epochs", "3", "--batch-size", "8", "--save-every", "1", "--log-flush-every", "1", "--deterministic",
         "--no-progress", *extra,
     ]
+
+
+@pytest.fixture(scope="module")
+def forks() -> ForkServer:
+    """A fork server with the trainer imported, torch on one thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    server = ForkServer(["torch", "torch._dynamo", "rf_dp_agents.training.cli", "rf_dp_agents.model"], env, REPO)
+    yield server
+    server.close()
 
 
 def final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -83,18 +97,20 @@ for i in itertools.count(start):
 """
 
 
-def test_sigkill_while_writing_snapshots_always_leaves_a_loadable_last(tmp_path: Path) -> None:
+def test_sigkill_while_writing_snapshots_always_leaves_a_loadable_last(tmp_path: Path, forks: ForkServer) -> None:
     """Kill a process that rewrites ``last`` in a tight loop at random moments; ``last`` always loads whole."""
     rng = random.Random(0)
     run, newest = tmp_path / "run", -1
+    writer = tmp_path / "writer.py"
+    writer.write_text(SNAPSHOT_WRITER)
     for _ in range(5):
-        proc = subprocess.Popen([sys.executable, "-c", SNAPSHOT_WRITER, str(run), str(newest + 1)],
-                                cwd=REPO, stdout=subprocess.PIPE, text=True)
-        assert proc.stdout is not None
-        proc.stdout.readline()  # at least one snapshot written by this process
+        proc = forks.start([writer, run, newest + 1], tmp_path)
+        while not proc.stdout_path.is_file() or not proc.stdout_path.read_text().strip():  # at least one snapshot written by this process
+            assert proc.poll() is None, proc.stderr
+            time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.3))
         os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
         tensors, meta = load_training_state(run / "last")
         assert torch.equal(tensors["w"], torch.full((512, 1024), float(meta["epoch"])))
         assert meta["epoch"] > newest
@@ -111,25 +127,23 @@ def _trained_steps(run_dir: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_ten_sigkills_at_random_points_then_resume_equal_uninterrupted(tmp_path: Path) -> None:
+def test_ten_sigkills_at_random_points_then_resume_equal_uninterrupted(tmp_path: Path, forks: ForkServer) -> None:
     """Ten SIGKILLs, each at a random moment of a training step of the process then running (seeded), each followed
     by --resume; the final weights, EMA, optimiser and RNG state equal an uninterrupted run's bitwise (CPU,
     --deterministic)."""
     rng = random.Random(10)
     data = write_synthetic_dataset(tmp_path / "resume.zarr")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     epochs = ("--epochs", "8")
-    done = subprocess.run(command(data, straight, *epochs), cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = forks.start(command(data, straight, *epochs)[1:], tmp_path)
+    assert done.wait(timeout=900) == 0, done.stderr[-4000:]
     total = _trained_steps(straight)
 
     kills, resumed_at = 0, []
     for k in range(10):
         extra = (*epochs, "--resume") if k else epochs
         before = _trained_steps(killed)
-        proc = subprocess.Popen(command(data, killed, *extra), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = forks.start(command(data, killed, *extra)[1:], tmp_path)
         try:
             while proc.poll() is None and _trained_steps(killed) <= before and _trained_steps(killed) < total:
                 time.sleep(0.02)  # wait for this process to train (its first new step is logged)
@@ -142,9 +156,8 @@ def test_ten_sigkills_at_random_points_then_resume_equal_uninterrupted(tmp_path:
         resumed_at.append(before)
     assert kills == 10, f"only {kills} of the runs were still going when their kill came"
 
-    final = subprocess.run(command(data, killed, *epochs, "--resume"), cwd=REPO, env=env, capture_output=True,
-                           text=True, timeout=600)
-    assert final.returncode == 0, final.stderr[-4000:]
+    final = forks.start(command(data, killed, *epochs, "--resume")[1:], tmp_path)
+    assert final.wait(timeout=600) == 0, final.stderr[-4000:]
     assert len(set(resumed_at)) >= 3  # the kills fell at different points of the run
     a, b = final_tensors(straight), final_tensors(killed)
     assert a.keys() == b.keys()
