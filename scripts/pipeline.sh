@@ -9,7 +9,8 @@
 # budget per agent), TRAIN_PARALLEL=1 (train the agents side by side;
 # TRAIN_THREADS: torch threads of each of them), TRAIN_ARGS (more train.py options, e.g. "--val-every 5"),
 # SAMPLERS ("ddpm:100 ddpm:10": one rollout per sampler:steps, "ddpm:100:50" with its own episode count instead
-# of EPISODES; default: the policies' own), OFFLINE_SAMPLERS (samplers of the offline stage, default
+# of EPISODES, "ddpm:10,execute=6" executing the first 6 actions of each chunk, "ddpm:10,ensemble=0.01" with ACT's
+# temporal ensembling, "own,execute=6" with the policies' own sampler; default: the policies' own), OFFLINE_SAMPLERS (samplers of the offline stage, default
 # "ddpm:100 ddpm:10 ddim:10"; empty skips it), OFFLINE_WINDOWS (held-out windows it samples, default 256), VIDEOS (record the
 # first N episodes; default all), NUM_ENVS (env worker processes of each rollout), ROLLOUT_PARALLEL=1 (the samplers'
 # rollouts side by side, each with NUM_ENVS workers, logs in OUT_DIR/rollout_<name>.log), CAMERAS (cameras recorded
@@ -114,13 +115,21 @@ if [ -n "${ROLLOUT_UNTIL:-}" ]; then
 fi
 pids=()
 for spec in ${SAMPLERS:-own}; do
-  IFS=: read -r sampler steps episodes <<< "$spec"
+  base=${spec%%,*} opts=(); [ "$base" = "$spec" ] || IFS=, read -ra opts <<< "${spec#*,}"
+  IFS=: read -r sampler steps episodes <<< "$base"
   name=results; args=(); videos=$OUT/videos
   if [ "$sampler" != own ]; then
-    [ -n "${steps:-}" ] || { echo "SAMPLERS: '$spec' is not sampler:steps[:episodes]" >&2; exit 2; }
+    [ -n "${steps:-}" ] || { echo "SAMPLERS: '$spec' is not sampler:steps[:episodes][,option...]" >&2; exit 2; }
     name=results_$sampler$steps; args=(--sampler "$sampler" --num-inference-steps "$steps")
-    videos=$OUT/videos_$name
   fi
+  for opt in "${opts[@]}"; do  # chunk execution: execute=K (first K actions of each chunk), ensemble=M (ACT's)
+    case $opt in
+      execute=?*) args+=(--execute-steps "${opt#*=}"); name+=_execute${opt#*=} ;;
+      ensemble=?*) args+=(--temporal-ensemble "${opt#*=}"); name+=_ensemble${opt#*=} ;;
+      *) echo "SAMPLERS: '$opt' in '$spec' is not execute=K or ensemble=M" >&2; exit 2 ;;
+    esac
+  done
+  [ "$name" = results ] || videos=$OUT/videos_$name
   cmd=($PY scripts/rollout.py --task "$TASK" --checkpoint-dir "$OUT/checkpoints" --num-episodes "${episodes:-$EPISODES}" \
     --seed "$SEED" --num-envs "$ENVS" "${STEP_CAP[@]}" "${args[@]}" --record-video "${VIDEO_CAP[@]}" \
     --video-dir "$videos" --output "$OUT/$name.json" "${UNTIL[@]}" ${ROLLOUT_ARGS:-})
