@@ -11,7 +11,9 @@ Each check trains the tiny preset on a small synthetic zarr through ``scripts/tr
      backward pass are not bitwise repeatable on a GPU). The EMA gap is taken over all weights as one vector;
      the tensor that differs most is named;
   4. bf16 sampling: on the graphed run's held-out windows, the action error of DDPM-10 and DDIM-10 with the
-     U-Net run from bfloat16 weights (``bf16_graphs``) is within ``--bf16-rtol`` of float32 sampling's.
+     U-Net run from bfloat16 weights (``bf16_graphs``) is within ``--bf16-rtol`` of float32 sampling's;
+  5. page-locked host data: ``--dataset-device pinned`` (batches gathered on the CPU, copied ahead of each step)
+     runs the same CUDA graph, its per-step losses as close to the GPU-resident run's as two such runs are.
 Prints one line per check and exits 1 when one fails. The checks: :mod:`rf_dp_agents.bench.gpu_trainer_checks`.
 
   python scripts/check_gpu_trainer.py

@@ -1,6 +1,7 @@
 """Checks of the trainer's CUDA-graph path on a GPU (``scripts/check_gpu_trainer.py``; the CPU test suite cannot
 run it): graphed against eager learning, validation under CUDA graphs, bf16-weight sampling, and SIGKILL +
-``--resume`` against an uninterrupted run. Every run is the training script in its own process.
+``--resume`` against an uninterrupted run, the page-locked host dataset (``--dataset-device pinned``) against the
+GPU-resident one. Every run is the training script in its own process.
 """
 
 from __future__ import annotations
@@ -151,6 +152,16 @@ def main(args: TrainerCheckArgs, root: Path) -> int:
                         f"{len(steps)} steps; resumed vs uninterrupted: largest loss gap {100 * loss_gap:.2f}%, "
                         f"EMA weight gap {100 * gap:.2f}% (largest in {worst}); two uninterrupted runs: "
                         f"{100 * loss_floor:.2f}%, {100 * floor:.2f}% (largest in {floor_worst})"))
+
+        pinned = work / "pinned"  # the dataset page-locked on the host: batches gathered on the CPU, same graph
+        train(root, data, pinned, args.epochs, "--dataset-device", "pinned")
+        host = step_losses(pinned)
+        plog = (pinned / "train.log").read_text()
+        fed = "CUDA graphs True" in plog and "page-locked host memory" in plog
+        host_gap = max(rel_gap(host[s], straight[s]) for s in steps) if sorted(host) == sorted(straight) else math.inf
+        results.append(("page-locked host dataset feeds the same CUDA graph", fed and host_gap <= max(
+            args.resume_rtol, 2 * loss_floor), f"train.log: {'graph and page-locked data' if fed else 'not both'}; "
+            f"largest per-step loss gap to the GPU-resident run {100 * host_gap:.2f}% over {len(host)} steps"))
 
     for name, ok, detail in results:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")

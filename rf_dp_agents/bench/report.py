@@ -57,6 +57,8 @@ def render_table(res: dict[str, Any], source: str) -> str:
     names = {
         "fast": "rf_dp_agents trainer, default on CUDA (GPU-resident data, whole step in one CUDA graph, bf16 "
                 "autocast, channels_last encoder with Triton GroupNorm, fused AdamW)",
+        "fast_pinned_host": "the same, --dataset-device pinned (data in page-locked host memory, each batch "
+                            "gathered on the CPU during the previous step)",
         "fast_no_cuda_graphs": "the same, --cuda-graphs off --compile off --precision bf16 --channels-last on",
         "compiled_fp32": "rf_dp_agents trainer, --cuda-graphs off (torch.compile, TF32, NCHW: the previous default)",
         "trainer_no_compile": "rf_dp_agents trainer, --cuda-graphs off --compile off (eager, TF32, NCHW)",

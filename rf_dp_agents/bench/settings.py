@@ -31,7 +31,8 @@ class BenchmarkArgs:
     """Steps of the fast-vs-eager loss-curve comparison."""
     trainer_epochs: int = 3
     """Epochs of each end-to-end trainer run (the last one is timed)."""
-    trainer_rows: tuple[str, ...] = ("fast", "fast_no_cuda_graphs", "trainer_no_compile", "compiled_fp32")
+    trainer_rows: tuple[str, ...] = ("fast", "fast_pinned_host", "fast_no_cuda_graphs", "trainer_no_compile",
+                                     "compiled_fp32")
     """End-to-end trainer rows to run (names of TRAINER_ROWS)."""
     predict_repeats: int = 20
     """Timed predict() calls per setting."""

@@ -18,12 +18,14 @@ from rf_dp_agents.data import SequenceDataset
 
 TRAINER_ROWS: dict[str, dict[str, str]] = {
     "fast": {},
+    "fast_pinned_host": {"dataset_device": "pinned"},
     "fast_no_cuda_graphs": {"cuda_graphs": "off", "compile": "off", "precision": "bf16", "channels_last": "on"},
     "trainer_no_compile": {"cuda_graphs": "off", "compile": "off"},
     "compiled_fp32": {"cuda_graphs": "off"},
 }
 """Trainer settings of each end-to-end row: the default on CUDA (one captured CUDA graph per step, bf16
-autocast, channels_last encoder with the Triton GroupNorm), the same without the graph, the plain eager fp32
+autocast, channels_last encoder with the Triton GroupNorm), the same with the dataset in page-locked host memory
+(each batch gathered on the CPU during the previous step), the same without the graph, the plain eager fp32
 trainer, and ``compiled_fp32``, the default before CUDA graphs (torch.compile, TF32, NCHW)."""
 
 

@@ -110,6 +110,21 @@ class SequenceDataset(Dataset):
         self.state, self.action = self.state.to(device), self.action.to(device)
         return self
 
+    def pin_memory(self) -> "SequenceDataset":
+        """Move the data tensors into page-locked host memory (fast, asynchronous copies to a GPU; needs CUDA),
+        one array at a time, so the extra memory at any moment is one array's; returns self."""
+        if self.device.type != "cpu":
+            raise ValueError(f"pin_memory: the dataset is on {self.device}, not in host memory")
+        for key in list(self.images):
+            self.images[key] = self.images[key].pin_memory()
+        self.state, self.action = self.state.pin_memory(), self.action.pin_memory()
+        return self
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the data tensors are in page-locked host memory."""
+        return self.device.type == "cpu" and all(t.is_pinned() for t in self.tensors)
+
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-step shapes: each camera (C, H, W), ``state`` (D,), ``action`` (A,)."""

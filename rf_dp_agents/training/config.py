@@ -51,9 +51,12 @@ class TrainConfig:
     """Share of episodes held out for validation (split by episode, seeded)."""
     max_train_episodes: int | None = None
     """Train on at most this many episodes (a seeded subset); default: all non-validation episodes."""
-    dataset_device: Literal["auto", "train", "cpu"] = "auto"
+    dataset_device: Literal["auto", "train", "pinned", "cpu"] = "auto"
     """Where the dataset tensors live: 'train' = on the training device (GPU-resident uint8 images, batches
-    gathered there), 'cpu', or 'auto' (the GPU when the data takes under half of its free memory)."""
+    gathered there); 'pinned' = page-locked host memory, each batch gathered on the CPU while the previous step
+    runs and copied to the GPU ahead of its step (the CUDA-graph step still runs: for datasets that do not fit the
+    GPU); 'cpu' = ordinary host memory (the eager step); 'auto' = the GPU when the data takes under half of its
+    free memory, else pinned."""
 
     # ---- model ------------------------------------------------------------------------------------------
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -3,12 +3,14 @@
 The captured step gathers the batch from the GPU-resident dataset, runs the policy's loss forward and
 backward, computes the gradient norm (and clips), applies AdamW and moves the EMA weights, with no host
 synchronisation. Per step the host only writes the window ids, reseeds the CUDA generator, steps the
-learning-rate schedule (a ``fill_`` of the tensor learning rate) and writes the EMA decay.
+learning-rate schedule (a ``fill_`` of the tensor learning rate) and writes the EMA decay. With the dataset in
+page-locked host memory instead, the step reads its batch from a device buffer that a
+:class:`~rf_dp_agents.training.host_feed.HostBatchFeed` fills before each replay (gathered on the CPU meanwhile).
 
 The trainer uses it with ``--cuda-graphs`` (measurements: README, Training and inference speed). Requirements,
 checked at construction: a CUDA device, one process, one micro-batch per step, an AdamW with ``capturable=True``
 and a tensor learning rate (:func:`make_optimizer`, or :func:`make_graph_safe` on an existing one), and the
-dataset on the same device. Anything else uses the eager :func:`rf_dp_agents.training.step.train_step`.
+dataset on the same device or in page-locked host memory. Anything else uses the eager :func:`rf_dp_agents.training.step.train_step`.
 :class:`StepChoice` decides, from the config and the device, which of these fast paths a run takes.
 """
 
@@ -26,17 +28,19 @@ from rf_dp_agents.data.dataset import SequenceDataset
 from rf_dp_agents.training.config import TrainConfig
 from rf_dp_agents.training.distributed import DistInfo
 from rf_dp_agents.training.ema import EMA
+from rf_dp_agents.training.host_feed import HostBatchFeed
 
 
 @dataclass(frozen=True)
 class StepChoice:
     """Which fast paths the training step of ``cfg`` takes on ``info.device``: CUDA graph, torch.compile,
     bf16 autocast, channels_last encoder. ``dataset_device`` is where the dataset was placed (None before it
-    is loaded)."""
+    is loaded), ``dataset_pinned`` whether it is in page-locked host memory."""
 
     cfg: TrainConfig
     info: DistInfo
     dataset_device: torch.device | None = None
+    dataset_pinned: bool = False
 
     def blockers(self) -> list[str]:
         """What keeps the whole step from being captured in a CUDA graph (empty: nothing)."""
@@ -51,8 +55,10 @@ class StepChoice:
         if cfg.compile == "on":
             blockers.append("the loss not compiled (--compile auto or off)")
         placed = self.dataset_device
-        if cfg.dataset_device == "cpu" or (placed is not None and placed != info.device):
-            blockers.append("the dataset on the GPU (--dataset-device auto or train, and room for it there)")
+        elsewhere = placed is not None and placed != info.device and not self.dataset_pinned
+        if cfg.dataset_device == "cpu" or elsewhere:
+            blockers.append("the dataset on the GPU or in page-locked host memory (--dataset-device auto, train or "
+                            "pinned)")
         if cfg.deterministic:
             blockers.append("no --deterministic (deterministic runs take the eager step)")
         return blockers
@@ -142,9 +148,11 @@ def portable_state_dict(optimizer: torch.optim.Optimizer) -> dict:
 
 
 class GraphedTrainStep:
-    """Callable ``step(window_ids, seed) -> (loss, grad_norm)`` replaying one captured optimiser step.
+    """Callable ``step(window_ids, seed, next_ids=None) -> (loss, grad_norm)`` replaying one captured optimiser step.
 
-    ``window_ids`` is an int64 CUDA tensor of ``batch_size`` training-window ids. The learning-rate
+    ``window_ids`` is an int64 tensor of ``batch_size`` training-window ids, on the dataset's device. With the
+    dataset in host memory the batch comes through a :class:`HostBatchFeed` (:attr:`feed`), and ``next_ids``, the
+    next step's windows, lets it gather them while this step runs. The learning-rate
     scheduler is stepped by the caller as usual (it fills the optimiser's tensor learning rate in place).
     Building the object runs ``warmup`` real steps to let cuDNN choose kernels, then captures; the
     weights, optimiser state and EMA are restored afterwards, so the run is the same as without warm-up.
@@ -164,8 +172,9 @@ class GraphedTrainStep:
         device = next(policy.parameters()).device
         if device.type != "cuda":
             raise ValueError("GraphedTrainStep needs the policy on a CUDA device")
-        if dataset.device != device:
-            raise ValueError(f"GraphedTrainStep needs the dataset on {device}, it is on {dataset.device}")
+        if dataset.device != device and not dataset.pinned:
+            raise ValueError(f"GraphedTrainStep needs the dataset on {device} or in page-locked host memory, it is "
+                             f"on {dataset.device}")
         for group in optimizer.param_groups:
             if not (isinstance(group["lr"], torch.Tensor) and group.get("capturable", False)):
                 raise ValueError("GraphedTrainStep needs an optimiser with capturable=True and a tensor lr")
@@ -174,6 +183,7 @@ class GraphedTrainStep:
         self.max_norm = math.inf if grad_clip_norm is None else float(grad_clip_norm)
         self.autocast_dtype = autocast_dtype
         self.static_ids = torch.zeros(batch_size, dtype=torch.int64, device=device)
+        self.feed = HostBatchFeed(dataset, batch_size, device) if dataset.device != device else None
         self.decay = torch.zeros((), device=device)
         self.one_minus_decay = torch.ones((), device=device)
         self._ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
@@ -185,7 +195,7 @@ class GraphedTrainStep:
         self._capture(warmup)
 
     def _body(self) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = self.dataset.get_batch(self.static_ids)
+        batch = self.feed.device_batch if self.feed is not None else self.dataset.get_batch(self.static_ids)
         amp = torch.autocast("cuda", dtype=self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext()
         with amp:
             loss = self.policy.compute_loss(batch)
@@ -228,7 +238,11 @@ class GraphedTrainStep:
     def _capture(self, warmup: int) -> None:
         snap = self._snapshot()
         rng = torch.cuda.get_rng_state()
-        self.static_ids.copy_(torch.arange(self.static_ids.numel(), device=self.static_ids.device) % self.dataset.n_train)
+        first = torch.arange(self.static_ids.numel()) % self.dataset.n_train
+        if self.feed is not None:
+            self.feed.load(first)
+        else:
+            self.static_ids.copy_(first.to(self.static_ids.device))
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -244,9 +258,14 @@ class GraphedTrainStep:
         self._restore(snap)
         torch.cuda.set_rng_state(rng)
 
-    def __call__(self, window_ids: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, window_ids: torch.Tensor, seed: int, next_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run one optimiser step on ``window_ids``; returns device tensors (loss, grad_norm)."""
-        self.static_ids.copy_(window_ids, non_blocking=True)
+        if self.feed is not None:
+            self.feed.load(window_ids, next_ids)
+        else:
+            self.static_ids.copy_(window_ids, non_blocking=True)
         torch.cuda.manual_seed(seed)
         if self.ema is not None:
             decay = self.ema.decay(self.ema.optimization_step)
@@ -256,6 +275,11 @@ class GraphedTrainStep:
         if self.ema is not None:
             self.ema.optimization_step += 1
         return self.static_loss.clone(), self.static_grad_norm.clone()
+
+    def close(self) -> None:
+        """Stop the host feed's worker thread (nothing to do with the dataset on the GPU)."""
+        if self.feed is not None:
+            self.feed.close()
 
 
 __all__ = ["GraphedTrainStep", "StepChoice", "ema_step_", "make_graph_safe", "make_optimizer", "portable_state_dict"]

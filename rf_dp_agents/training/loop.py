@@ -135,7 +135,9 @@ class Trainer(RunKeeping):
 
     def _choice(self) -> StepChoice:
         placed = getattr(self, "dataset", None)  # once set up: where place_dataset left it
-        return StepChoice(self.cfg, self.info, placed.device if placed is not None else None)
+        if placed is None:
+            return StepChoice(self.cfg, self.info)
+        return StepChoice(self.cfg, self.info, placed.device, placed.pinned)
 
     @property
     def compiled(self) -> bool:
@@ -159,6 +161,8 @@ class Trainer(RunKeeping):
 
     def _build_graph(self) -> None:
         """Capture the optimiser step when CUDA graphs are on (after resuming: the graph holds the live tensors)."""
+        if self.graphed is not None:
+            self.graphed.close()
         self.graphed = None
         if not self.cuda_graphs:
             return
@@ -243,7 +247,9 @@ class Trainer(RunKeeping):
         return self.run_dir
 
     def _close(self) -> None:
-        """Close the metrics file, wandb and the log file; restore the global determinism setting."""
+        """Close the metrics file, wandb, the log file and the host batch feed; restore the global settings."""
+        if self.graphed is not None:
+            self.graphed.close()
         if self.logger is not None:
             self.logger.close()
             self.logger = None
@@ -291,7 +297,8 @@ class Trainer(RunKeeping):
             seeds = [step_seed(cfg.seed, self.global_step, s) for s in shards]
             lr = float(self.scheduler.get_last_lr()[0])
             if self.graphed is not None:
-                loss, grad_norm = self.graphed(perm[base : base + b], seeds[0])
+                ahead = perm[base + b : base + 2 * b] if k + 1 < self.steps_per_epoch else None
+                loss, grad_norm = self.graphed(perm[base : base + b], seeds[0], next_ids=ahead)
                 self.scheduler.step()
             else:
                 micro = [to_device(ds.get_batch(perm[base + s * b : base + (s + 1) * b]), info.device) for s in shards]
