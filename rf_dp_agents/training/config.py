@@ -56,7 +56,7 @@ class TrainConfig:
     gathered there); 'pinned' = page-locked host memory, each batch gathered on the CPU while the previous step
     runs and copied to the GPU ahead of its step (the CUDA-graph step still runs: for datasets that do not fit the
     GPU); 'cpu' = ordinary host memory (the eager step); 'auto' = the GPU when the data takes under half of its
-    free memory, else pinned."""
+    free memory, else ordinary host memory."""
 
     # ---- model ------------------------------------------------------------------------------------------
     model: ModelConfig = field(default_factory=ModelConfig)

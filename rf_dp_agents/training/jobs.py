@@ -131,29 +131,23 @@ def adopt_dataset_shapes(model_cfg: ModelConfig, shapes: dict[str, tuple[int, ..
 def place_dataset(dataset: SequenceDataset, device: torch.device, choice: str, is_main: bool = True) -> None:
     """Place ``dataset`` as ``choice`` (``TrainConfig.dataset_device``) says for training on ``device``: 'train' on
     the device; 'pinned' in page-locked host memory; 'cpu' (or a CPU device) where it is; 'auto' on the device when
-    it takes at most half of the GPU's free memory, else page-locked (where the host cannot page-lock that much, it
-    stays in ordinary memory and the step is the eager one). Logged on ``is_main``."""
+    it takes at most half of the GPU's free memory, else where it is. Logged on ``is_main``."""
     if device.type == "cpu" or choice == "cpu":
         return
     nbytes = sum(t.numel() * t.element_size() for t in dataset.tensors)
-    where = choice
     if choice == "auto":
         free, _ = torch.cuda.mem_get_info(device)
         if nbytes > free // 2:
-            if is_main:
-                log.info("dataset (%.1f GiB) stays in host memory: over half of the GPU's free memory", nbytes / 2**30)
-            where = "pinned"
-    if where == "pinned":
+            log.info("dataset (%.1f GiB) stays on the CPU: over half of the GPU's free memory (--dataset-device pinned "
+                     "keeps the CUDA-graph step for it)", nbytes / 2**30)
+            return
+    if choice == "pinned":
         try:
             dataset.pin_memory()
         except RuntimeError as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            if choice == "pinned":
-                raise ValueError(f"--dataset-device pinned: the dataset ({nbytes / 2**30:.1f} GiB) could not be "
-                                 f"page-locked ({reason}); use --dataset-device cpu") from None
-            log.warning("dataset (%.1f GiB) could not be page-locked (%s); batches are copied from ordinary memory",
-                        nbytes / 2**30, reason)
-            return
+            raise ValueError(f"--dataset-device pinned: the dataset ({nbytes / 2**30:.1f} GiB) could not be "
+                             f"page-locked ({reason}); use --dataset-device cpu") from None
         if is_main:
             log.info("dataset (%.2f GiB) held in page-locked host memory; batches gathered on the CPU", nbytes / 2**30)
         return
