@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from rf_dp_agents.rollout.metrics import (
+    ConditionCount,
     EpisodeResult,
+    condition_flags,
     format_summary,
     package_versions,
     summarize,
@@ -118,3 +121,17 @@ def test_metrics_video_and_config_import_without_the_simulator() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_condition_flags_and_counts() -> None:
+    """The boolean info entries besides the rules are counted per step: steps held and the value at the end."""
+    import torch
+
+    info = {"success": torch.tensor([False]), "success_strict": torch.tensor([False]), "is_level": torch.tensor([True]),
+            "is_grasped_0": np.array([False]), "elapsed_steps": torch.tensor([3]), "tilt": torch.tensor([1.5])}
+    assert condition_flags(info, ["success", "success_strict"]) == ["is_grasped_0", "is_level"]
+    count = ConditionCount()
+    for level, grasped in ((True, False), (True, True), (False, True)):
+        count.add({"is_level": level, "is_grasped_0": grasped})
+    assert count.to_dict() == {"is_level": {"steps_held": 2, "at_end": False},
+                               "is_grasped_0": {"steps_held": 2, "at_end": True}}

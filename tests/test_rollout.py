@@ -61,6 +61,11 @@ def test_results_json_has_every_metric(direct_run: tuple[RolloutConfig, dict], c
     (episode,) = doc["episodes"]
     assert episode["seed"] == 3 and 1 <= episode["steps"] <= MAX_STEPS
     assert episode["extra"]["policy_steps"] == episode["steps"]  # direct execution: one env step per action
+    conditions = episode["extra"]["conditions"]  # the parts of LiftBarrier-rf's strict rule, counted per step
+    assert set(conditions) == {"is_grasped_0", "is_grasped_1", "is_level"}
+    for flag in conditions.values():
+        assert 0 <= flag["steps_held"] <= episode["steps"] and isinstance(flag["at_end"], bool)
+    assert conditions["is_level"]["steps_held"] > 0  # the bar starts flat on the table
     summary = doc["summary"]
     for rule in ("success", "success_strict"):
         s = summary["rules"][rule]

@@ -89,6 +89,31 @@ class EpisodeResult:
         return dataclasses.asdict(self)
 
 
+def condition_flags(info: Mapping[str, Any], rules: Sequence[str]) -> list[str]:
+    """The env's boolean ``info`` entries that are not success rules (e.g. LiftBarrier-rf's ``is_grasped_0``,
+    ``is_grasped_1``, ``is_level``: the parts of its strict rule), in name order."""
+    return sorted(k for k, v in info.items() if k not in rules and str(getattr(v, "dtype", "")) in ("torch.bool", "bool"))
+
+
+@dataclass
+class ConditionCount:
+    """Per episode, how many env steps each condition flag held and whether it held at the last step: the evidence
+    of which part of a rule failed (kept in an episode's ``extra["conditions"]``)."""
+
+    held: dict[str, int] = field(default_factory=dict)
+    at_end: dict[str, bool] = field(default_factory=dict)
+
+    def add(self, flags: Mapping[str, bool]) -> None:
+        """Count one env step's flags."""
+        for name, value in flags.items():
+            self.held[name] = self.held.get(name, 0) + int(bool(value))
+            self.at_end[name] = bool(value)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """``{flag: {"steps_held": n, "at_end": bool}}``."""
+        return {name: {"steps_held": self.held[name], "at_end": self.at_end[name]} for name in self.held}
+
+
 def length_stats(lengths: Sequence[int]) -> dict[str, float | int | None]:
     """Mean, median, min and max of episode lengths (all None for an empty list)."""
     if not lengths:
@@ -201,9 +226,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 __all__ = [
+    "ConditionCount",
     "EpisodeResult",
     "VERSION_PACKAGES",
     "Z_95",
+    "condition_flags",
     "format_summary",
     "length_stats",
     "package_versions",

@@ -56,7 +56,7 @@ from rf_dp_agents.rollout.agents import (
 from rf_dp_agents.rollout.config import RolloutConfig
 from rf_dp_agents.rollout.execution import Execution, as_agent_actions, make_execution, to_env_action
 from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer, RemoteModel, batch_sizes
-from rf_dp_agents.rollout.metrics import EpisodeResult, format_summary
+from rf_dp_agents.rollout.metrics import ConditionCount, EpisodeResult, condition_flags, format_summary
 from rf_dp_agents.rollout.results import EpisodesFailed, ResultsFile, load_resume, noise_source, timing
 from rf_dp_agents.rollout.workers import WorkerDeath, WorkerPool, set_session, time_limit
 from rf_dp_agents.rollout.video import EpisodeVideoWriter, compose_frame, episode_video_path
@@ -124,6 +124,7 @@ class _Track:
     planning: tuple[int, int] | None = None
     """(TOPP calls, failures) when the episode ended before the batch did."""
     done: bool = False
+    conditions: ConditionCount = field(default_factory=ConditionCount)
     writer: EpisodeVideoWriter | None = None
     digest: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=8))
     """Hash of every env action sent to this env (float32 bytes): equal digests mean equal trajectories."""
@@ -149,7 +150,9 @@ class EvalSession:
         self.execution: Execution = make_execution(cfg.execution, self.env)
         self.multi_agent = self.router.multi_agent
         self.keys = list(self.router.agent_keys)
-        self.rules = success_rules(self.env.unwrapped.evaluate())
+        evaluated = self.env.unwrapped.evaluate()
+        self.rules = success_rules(evaluated)
+        self.conditions = condition_flags(evaluated, self.rules)
         self.cameras = [GLOBAL_CAMERA] + [agent_camera(i) for i in range(len(self.keys))]
         read = {cam for plan in self.router.plans.values() for _, cam in plan.camera_map}
         self.video_only_cameras = [cam for cam in self.cameras if cam not in read]
@@ -204,13 +207,14 @@ class EvalSession:
                     obs, _, _, _, info = self.env.step(to_env_action(env_action, self.multi_agent))
                     step += 1
                     sent = [np.asarray(_np(env_action[k]), dtype=np.float32) for k in self.keys]
-                    flags = {r: _np(info[r]).reshape(-1) for r in self.rules}
+                    flags = {r: _np(info[r]).reshape(-1) for r in [*self.rules, *self.conditions]}
                     for b, track in enumerate(tracks):
                         if track.done:
                             continue
                         for a in sent:
                             track.digest.update(np.ascontiguousarray(a[b]).tobytes())
                         track.steps = step
+                        track.conditions.add({c: flags[c][b] for c in self.conditions})
                         for r in self.rules:
                             if track.first[r] is None and bool(flags[r][b]):
                                 track.first[r] = step
@@ -246,6 +250,7 @@ class EvalSession:
                         "seconds": seconds,
                         "video_frames": track.writer.frames if track.writer else None,
                         "action_digest": track.digest.hexdigest(),
+                        "conditions": track.conditions.to_dict(),
                     },
                 )
             )
