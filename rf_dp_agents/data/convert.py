@@ -24,11 +24,12 @@ dataset appears under its final name.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -44,6 +45,7 @@ from rf_dp_agents.architecture import (
     own_camera as agent_camera,
 )
 from rf_dp_agents.data.errors import DatasetError
+from rf_dp_agents.data.readahead import read_ahead
 from rf_dp_agents.data.writer import ZarrWriter
 
 TRAJ_PREFIX = "traj_"
@@ -320,11 +322,19 @@ def convert_agent(
         "camera": cameras.get("img", GLOBAL_CAMERA),
         **_attributes(refs, record, state_source),
     }
-    out_path = Path(out_path)
-    bar = tqdm(refs, desc=f"agent {agent_id} -> {out_path.name}", unit="ep", disable=not progress)
+    read = functools.partial(read_agent_episode, agent_id=agent_id, **options)  # type: ignore[arg-type]
+    return _write_episodes(refs, read, Path(out_path), f"agent {agent_id}", attributes, overwrite, progress)
+
+
+def _write_episodes(refs: Sequence[EpisodeRef], read: Callable[[EpisodeRef], dict[str, np.ndarray]], out_path: Path,
+                    label: str, attributes: dict, overwrite: bool, progress: bool) -> Path:
+    """Write ``read(ref)`` of every episode to a zarr dataset at ``out_path`` (episode k+1 is read while episode k
+    is compressed and written); nothing appears at ``out_path`` if one fails."""
+    episodes = tqdm(read_ahead(read, refs), total=len(refs), desc=f"{label} -> {out_path.name}", unit="ep",
+                    disable=not progress)
     with ZarrWriter(out_path, overwrite=overwrite, attributes=attributes) as writer:
-        for ref in bar:
-            writer.add_episode(read_agent_episode(ref, agent_id, **options))  # type: ignore[arg-type]
+        for episode in episodes:
+            writer.add_episode(episode)
     return out_path
 
 
@@ -376,12 +386,8 @@ def convert_shared(
     record = make_record(arch, episode_agents(refs[0]))
     _check_image_shapes(refs, lambda ref: read_shared_episode(ref, record, state_source, shapes_only=True))
     attributes = {"agents": list(record.agents), **_attributes(refs, record, state_source)}
-    out_path = Path(out_path)
-    bar = tqdm(refs, desc=f"{arch.label} -> {out_path.name}", unit="ep", disable=not progress)
-    with ZarrWriter(out_path, overwrite=overwrite, attributes=attributes) as writer:
-        for ref in bar:
-            writer.add_episode(read_shared_episode(ref, record, state_source))  # type: ignore[arg-type]
-    return out_path
+    read = functools.partial(read_shared_episode, record=record, state_source=state_source)
+    return _write_episodes(refs, read, Path(out_path), arch.label, attributes, overwrite, progress)
 
 
 __all__ = [
