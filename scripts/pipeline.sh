@@ -10,7 +10,8 @@
 # TRAIN_THREADS: torch threads of each of them), TRAIN_ARGS (more train.py options, e.g. "--val-every 5"),
 # SAMPLERS ("ddpm:100 ddpm:10": one rollout per sampler:steps, "ddpm:100:50" with its own episode count instead
 # of EPISODES, "ddpm:10,execute=6" executing the first 6 actions of each chunk, "ddpm:10,ensemble=0.01" with ACT's
-# temporal ensembling, "own,execute=6" with the policies' own sampler; default: the policies' own), OFFLINE_SAMPLERS (samplers of the offline stage, default
+# temporal ensembling, "own,execute=6" with the policies' own sampler; default: the policies' own),
+# OFFLINE_SAMPLERS (samplers of the offline stage, default
 # "ddpm:100 ddpm:10 ddim:10"; empty skips it), OFFLINE_WINDOWS (held-out windows it samples, default 256), VIDEOS (record the
 # first N episodes; default all), NUM_ENVS (env worker processes of each rollout), ROLLOUT_PARALLEL=1 (the samplers'
 # rollouts side by side, each with NUM_ENVS workers, logs in OUT_DIR/rollout_<name>.log), CAMERAS (cameras recorded

@@ -93,3 +93,16 @@ def test_extra_camera_arrays(tmp_path):
     assert not torch.equal(batch["img"], batch["img_head_camera_global"])
     with pytest.raises(DatasetError, match="missing array data/img_wrist"):
         SequenceDataset(path, camera_keys=("img", "img_wrist"))
+
+
+def test_get_batch_into_given_buffers(dataset_path):
+    """``out=`` gathers into the caller's tensors (no new ones), equal to a plain get_batch, for both splits."""
+    ds = SequenceDataset(dataset_path, obs_horizon=2, pred_horizon=16, action_horizon=8, val_ratio=0.25)
+    for split, n in (("train", ds.n_train), ("val", ds.n_val)):
+        ids = torch.arange(n).flip(0)[:5]
+        shapes = ds.batch_shapes(5)
+        assert shapes == {"img": (5, 2, 3, 4, 5), "state": (5, 2, 8), "action": (5, 16, 8)}
+        plain = ds.get_batch(ids, split)
+        out = {key: torch.full(shape, 7, dtype=plain[key].dtype) for key, shape in shapes.items()}
+        got = ds.get_batch(ids, split, out=out)
+        assert got is out and all(torch.equal(out[k], plain[k]) for k in plain)

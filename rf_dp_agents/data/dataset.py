@@ -141,16 +141,29 @@ class SequenceDataset(Dataset):
         """Number of validation windows."""
         return len(self.val_sampler)
 
-    def get_batch(self, window_ids: torch.Tensor | np.ndarray, split: str = "train") -> Batch:
-        """Gather a batch of windows: each camera uint8 (B, To, C, H, W), ``state`` (B, To, D), ``action`` (B, T, A)."""
+    def get_batch(self, window_ids: torch.Tensor | np.ndarray, split: str = "train", out: Batch | None = None) -> Batch:
+        """Gather a batch of windows: each camera uint8 (B, To, C, H, W), ``state`` (B, To, D), ``action`` (B, T, A).
+
+        ``out``: tensors of those shapes on the data's device to gather into (no allocation) instead of new ones;
+        returned."""
         sampler = self.train_sampler if split == "train" else self.val_sampler
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         ids = torch.as_tensor(window_ids, dtype=torch.int64, device=self.device)
         idx = sampler.indices(ids)
         obs_idx = idx[:, : self.obs_horizon]
-        batch = {key: t[obs_idx] for key, t in self.images.items()}
-        return {**batch, "state": self.state[obs_idx], "action": self.action[idx]}
+        sources = {**self.images, "state": self.state, "action": self.action}
+        if out is None:
+            return {key: t[idx if key == "action" else obs_idx] for key, t in sources.items()}
+        for key, t in sources.items():
+            rows = (idx if key == "action" else obs_idx).reshape(-1)
+            torch.index_select(t, 0, rows, out=out[key].view(-1, *t.shape[1:]))
+        return out
+
+    def batch_shapes(self, batch_size: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of a batch of ``batch_size`` windows, as :meth:`get_batch` returns it."""
+        return {key: (batch_size, self.pred_horizon if key == "action" else self.obs_horizon, *shape)
+                for key, shape in self.shapes.items()}
 
     def __len__(self) -> int:
         return self.n_train

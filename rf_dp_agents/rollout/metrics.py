@@ -92,7 +92,8 @@ class EpisodeResult:
 def condition_flags(info: Mapping[str, Any], rules: Sequence[str]) -> list[str]:
     """The env's boolean ``info`` entries that are not success rules (e.g. LiftBarrier-rf's ``is_grasped_0``,
     ``is_grasped_1``, ``is_level``: the parts of its strict rule), in name order."""
-    return sorted(k for k, v in info.items() if k not in rules and str(getattr(v, "dtype", "")) in ("torch.bool", "bool"))
+    boolean = ("torch.bool", "bool")
+    return sorted(k for k, v in info.items() if k not in rules and str(getattr(v, "dtype", "")) in boolean)
 
 
 @dataclass

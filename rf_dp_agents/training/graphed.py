@@ -10,7 +10,8 @@ page-locked host memory instead, the step reads its batch from a device buffer t
 The trainer uses it with ``--cuda-graphs`` (measurements: README, Training and inference speed). Requirements,
 checked at construction: a CUDA device, one process, one micro-batch per step, an AdamW with ``capturable=True``
 and a tensor learning rate (:func:`make_optimizer`, or :func:`make_graph_safe` on an existing one), and the
-dataset on the same device or in page-locked host memory. Anything else uses the eager :func:`rf_dp_agents.training.step.train_step`.
+dataset on the same device or in page-locked host memory. Anything else uses the eager
+:func:`rf_dp_agents.training.step.train_step`.
 :class:`StepChoice` decides, from the config and the device, which of these fast paths a run takes.
 """
 
@@ -179,11 +180,12 @@ class GraphedTrainStep:
             if not (isinstance(group["lr"], torch.Tensor) and group.get("capturable", False)):
                 raise ValueError("GraphedTrainStep needs an optimiser with capturable=True and a tensor lr")
         self.policy, self.optimizer, self.ema, self.dataset = policy, optimizer, ema, dataset
+        self.batch_size = int(batch_size)
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
         self.max_norm = math.inf if grad_clip_norm is None else float(grad_clip_norm)
         self.autocast_dtype = autocast_dtype
-        self.static_ids = torch.zeros(batch_size, dtype=torch.int64, device=device)
         self.feed = HostBatchFeed(dataset, batch_size, device) if dataset.device != device else None
+        self.static_ids = torch.zeros(batch_size, dtype=torch.int64, device=device) if self.feed is None else None
         self.decay = torch.zeros((), device=device)
         self.one_minus_decay = torch.ones((), device=device)
         self._ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
@@ -238,7 +240,7 @@ class GraphedTrainStep:
     def _capture(self, warmup: int) -> None:
         snap = self._snapshot()
         rng = torch.cuda.get_rng_state()
-        first = torch.arange(self.static_ids.numel()) % self.dataset.n_train
+        first = torch.arange(self.batch_size) % self.dataset.n_train
         if self.feed is not None:
             self.feed.load(first)
         else:

@@ -6,8 +6,8 @@ input, and two staging batches in page-locked host memory. For step k, :meth:`Ho
 gather (started in a worker thread while step k-1 ran), enqueues its copy to the device batch on the current stream
 (asynchronous from page-locked memory, so it runs right before the step's kernels without stopping the host), and
 starts gathering batch k+1 into the other staging batch; that gather first waits for the copy that last read its
-staging batch. Gathers are ``index_select`` into the preallocated buffers, with the same window-to-step indices as
-:meth:`SequenceDataset.get_batch`, so the step sees bit for bit the batches it sees with the dataset on the GPU.
+staging batch. Gathers are :meth:`SequenceDataset.get_batch` into the preallocated buffers (``index_select``), so
+the step sees bit for bit the batches it sees with the dataset on the GPU.
 """
 
 from __future__ import annotations
@@ -44,11 +44,10 @@ class HostBatchFeed:
         if int(batch_size) <= 0:
             raise ValueError(f"HostBatchFeed batch_size must be positive, got {batch_size}")
         self.dataset, self.batch_size, self.device, self.split = dataset, int(batch_size), device, split
-        self.sampler = dataset.train_sampler if split == "train" else dataset.val_sampler
         pin = device.type == "cuda"
-        shapes = batch_shapes(dataset, self.batch_size)
         dtypes = {**{key: t.dtype for key, t in dataset.images.items()},
                   "state": dataset.state.dtype, "action": dataset.action.dtype}
+        shapes = dataset.batch_shapes(self.batch_size)
         self.staging: list[Batch] = [
             {key: torch.empty(shape, dtype=dtypes[key], pin_memory=pin) for key, shape in shapes.items()}
             for _ in range(2)
@@ -63,13 +62,7 @@ class HostBatchFeed:
 
     def gather_into(self, out: Batch, window_ids: torch.Tensor) -> None:
         """Gather the windows ``window_ids`` (CPU int64, ``batch_size`` of them) into ``out`` (host tensors)."""
-        ds = self.dataset
-        idx = torch.as_tensor(self.sampler.indices(window_ids))
-        obs = idx[:, : ds.obs_horizon].reshape(-1)
-        for key, source in ds.images.items():
-            torch.index_select(source, 0, obs, out=out[key].view(-1, *source.shape[1:]))
-        torch.index_select(ds.state, 0, obs, out=out["state"].view(-1, ds.state.shape[1]))
-        torch.index_select(ds.action, 0, idx.reshape(-1), out=out["action"].view(-1, ds.action.shape[1]))
+        self.dataset.get_batch(window_ids, self.split, out=out)
 
     def _gather_slot(self, slot: int, window_ids: torch.Tensor) -> None:
         copied = self._copied[slot]
@@ -112,11 +105,4 @@ class HostBatchFeed:
         self._gathers.clear()
 
 
-def batch_shapes(dataset: SequenceDataset, batch_size: int) -> dict[str, tuple[int, ...]]:
-    """Shapes of one batch of ``dataset``: each camera (B, To, C, H, W), ``state`` (B, To, D), ``action`` (B, T, A)."""
-    to, t = dataset.obs_horizon, dataset.pred_horizon
-    shapes = {key: (batch_size, to, *img.shape[1:]) for key, img in dataset.images.items()}
-    return {**shapes, "state": (batch_size, to, dataset.state.shape[1]), "action": (batch_size, t, dataset.action.shape[1])}
-
-
-__all__ = ["HostBatchFeed", "batch_shapes"]
+__all__ = ["HostBatchFeed"]
