@@ -63,3 +63,11 @@ def test_cli_labels_files_and_names_a_bad_one(tmp_path: Path) -> None:
     bad.write_text(json.dumps({"summary": {}}))
     out = subprocess.run([sys.executable, script, str(bad)], capture_output=True, text=True)
     assert out.returncode == 2 and f"{bad}: not a rollout results file (no 'seeds' key)" in out.stderr
+
+
+def test_sampler_cell_names_the_chunk_execution() -> None:
+    doc = _doc([(10, 40)], [10])
+    doc["policies"]["panda-0"]["chunk_execution"] = {"execute_steps": 6, "temporal_ensemble": None}
+    assert results_row("k", doc)["sampler"] == "DDPM-10, first 6 of each chunk"
+    doc["policies"]["panda-0"]["chunk_execution"] = {"execute_steps": None, "temporal_ensemble": 0.01}
+    assert results_row("e", doc)["sampler"] == "DDPM-10, temporal ensembling 0.01"

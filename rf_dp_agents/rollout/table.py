@@ -15,7 +15,8 @@ LENGTH = "mean length, successes"
 """The last column: the mean episode length of the successes under the first rule."""
 
 
-def _load(path: Path) -> dict[str, Any]:
+def load_results(path: Path) -> dict[str, Any]:
+    """A rollout results JSON, checked for the keys the tables read; ValueError naming the file otherwise."""
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -26,8 +27,18 @@ def _load(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _execution(policy: Mapping[str, Any]) -> str:
+    run = policy.get("chunk_execution") or {}
+    if run.get("execute_steps") is not None:
+        return f", first {run['execute_steps']} of each chunk"
+    if run.get("temporal_ensemble") is not None:
+        return f", temporal ensembling {run['temporal_ensemble']:g}"
+    return ""
+
+
 def _sampler(doc: Mapping[str, Any]) -> str:
-    names = {f"{p['config']['sampler'].upper()}-{p['config']['num_inference_steps']}" for p in doc["policies"].values()}
+    names = {f"{p['config']['sampler'].upper()}-{p['config']['num_inference_steps']}{_execution(p)}"
+             for p in doc["policies"].values()}
     return "/".join(sorted(names))
 
 
@@ -62,12 +73,13 @@ def results_row(label: str, doc: Mapping[str, Any]) -> dict[str, str]:
     return row
 
 
-def markdown_table(rows: Sequence[Mapping[str, str]]) -> str:
-    """One markdown table over ``rows`` (columns in first-seen order, the length last; a missing cell is empty)."""
+def markdown_table(rows: Sequence[Mapping[str, str]], last: str | None = LENGTH) -> str:
+    """One markdown table over ``rows`` (columns in first-seen order, ``last`` last; a missing cell is empty)."""
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
-    columns = [c for c in columns if c != LENGTH] + [LENGTH]
+    if last is not None:
+        columns = [c for c in columns if c != last] + [last]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(row.get(c, "") for c in columns) + " |" for row in rows]
     return "\n".join(lines)
@@ -80,9 +92,9 @@ def table_of_files(specs: Sequence[str]) -> str:
         label, sep, name = spec.partition("=")
         path = Path(name if sep else spec)
         if not sep:
-            label = f"{path.parent.name}/{path.stem}"
-        rows.append(results_row(label, _load(path)))
+            label = f"{path.resolve().parent.name}/{path.stem}"
+        rows.append(results_row(label, load_results(path)))
     return markdown_table(rows)
 
 
-__all__ = ["markdown_table", "results_row", "table_of_files"]
+__all__ = ["load_results", "markdown_table", "results_row", "table_of_files"]
