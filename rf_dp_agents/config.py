@@ -89,8 +89,9 @@ class ModelConfig:
     """Clip denoised samples to [-1, 1] (actions are normalised to that range)."""
     sampler: Sampler = "ddpm"
     """Inference scheduler: 'ddpm', 'ddim' or 'dpmsolver' (DPM-Solver++ multistep)."""
-    num_inference_steps: int = 100
-    """Denoising steps at inference (DDPM uses at most num_train_timesteps)."""
+    num_inference_steps: int = 10
+    """Denoising steps at inference (at most num_train_timesteps). 10 with 'ddpm' matched or beat 100 in closed loop
+    on LiftBarrier-rf and StackCube-rf at a tenth of the time (README, Success rates), where DDIM-10 lost much."""
 
     def __post_init__(self) -> None:
         owner = "ModelConfig"

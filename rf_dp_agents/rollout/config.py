@@ -63,7 +63,8 @@ class RolloutConfig:
     max_episode_steps: int | None = None
     """Step cap per episode; default: the task's own cap."""
     sampler: Literal["ddpm", "ddim", "dpmsolver"] | None = None
-    """Override the policies' inference sampler ('ddpm' with 10 steps is the fast one that kept accuracy: README)."""
+    """Override the policies' inference sampler (default: each checkpoint's own, DDPM-10 for models trained since
+    2026-12-07; 'ddpm' with 10 steps is the fast one that kept closed-loop accuracy: README, Success rates)."""
     num_inference_steps: int | None = None
     """Override the policies' number of denoising steps."""
     execute_steps: int | None = None
