@@ -6,7 +6,7 @@
 #   NUM=4 CAMERA_WIDTH=64 CAMERA_HEIGHT=48 PRESET=tiny EPOCHS=10 EPISODES=2 MAX_STEPS=150 bash scripts/pipeline.sh
 # More knobs: DEMOS_FROM (render these state-only demos, e.g. from generate_data.py --no-render, instead of
 # planning), DEMOS_DIR (use these rendered demos as they are and skip the demo stage), TRAIN_MINUTES (wall-clock
-# budget per agent), TRAIN_PARALLEL=1 (train the agents side by side;
+# budget per agent; the LR schedule is fitted to it, at most EPOCHS), TRAIN_PARALLEL=1 (train the agents side by side;
 # TRAIN_THREADS: torch threads of each of them), TRAIN_ARGS (more train.py options, e.g. "--val-every 5"),
 # SAMPLERS ("ddpm:100 ddpm:10": one rollout per sampler:steps, "ddpm:100:50" with its own episode count instead
 # of EPISODES, "ddpm:10,execute=6" executing the first 6 actions of each chunk, "ddpm:10,ensemble=0.01" with ACT's

@@ -339,17 +339,26 @@ def constant_schedule_with_warmup(optimizer: Optimizer, num_warmup_steps: int) -
     return LambdaLR(optimizer, lr_lambda)
 
 
-def cosine_schedule_with_warmup(optimizer: Optimizer, num_warmup_steps: int, num_training_steps: int) -> LambdaLR:
-    """Learning rate rising linearly from 0 over ``num_warmup_steps``, then following half a cosine down to 0 at
-    ``num_training_steps``."""
+class WarmupCosine:
+    """The factor of :func:`cosine_schedule_with_warmup` at a step. A callable object rather than a closure, so
+    ``num_training_steps`` can be changed during a run (a schedule fitted to a time budget) and LambdaLR's
+    ``state_dict`` carries it (LambdaLR saves the attributes of callable objects, not of functions)."""
 
-    def lr_lambda(step: int) -> float:
-        if step < num_warmup_steps:
-            return float(step) / float(max(1, num_warmup_steps))
-        progress = float(step - num_warmup_steps) / float(max(1, num_training_steps - num_warmup_steps))
+    def __init__(self, num_warmup_steps: int, num_training_steps: int) -> None:
+        self.num_warmup_steps = int(num_warmup_steps)
+        self.num_training_steps = int(num_training_steps)
+
+    def __call__(self, step: int) -> float:
+        if step < self.num_warmup_steps:
+            return float(step) / float(max(1, self.num_warmup_steps))
+        progress = float(step - self.num_warmup_steps) / float(max(1, self.num_training_steps - self.num_warmup_steps))
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * NUM_CYCLES * 2.0 * progress)))
 
-    return LambdaLR(optimizer, lr_lambda)
+
+def cosine_schedule_with_warmup(optimizer: Optimizer, num_warmup_steps: int, num_training_steps: int) -> LambdaLR:
+    """Learning rate rising linearly from 0 over ``num_warmup_steps``, then following half a cosine down to 0 at
+    ``num_training_steps`` (changeable later through the schedule's ``lr_lambdas``, see :class:`WarmupCosine`)."""
+    return LambdaLR(optimizer, WarmupCosine(num_warmup_steps, num_training_steps))
 
 
 __all__ = [
@@ -360,6 +369,7 @@ __all__ = [
     "PREDICTION_TYPES",
     "Scheduler",
     "SchedulerOutput",
+    "WarmupCosine",
     "constant_schedule_with_warmup",
     "cosine_schedule_with_warmup",
     "make_betas",

@@ -1,5 +1,6 @@
 """What a run keeps on disk and how it comes back: the ``last/`` and ``best/`` snapshots with their metadata,
-best-score tracking (for ``best/`` and early stopping), ``run.json``, and resuming from ``last/``.
+best-score tracking (for ``best/`` and early stopping), the run directory with ``run.json``, ``train.log`` and
+the metrics logger, and resuming from ``last/`` (with the LR schedule's length).
 
 :class:`RunKeeping` holds these as methods of the trainer (it is one of :class:`~rf_dp_agents.training.loop.Trainer`'s
 bases); the file formats themselves live in :mod:`rf_dp_agents.training.state` and :mod:`rf_dp_agents.checkpoint`.
@@ -21,11 +22,13 @@ from torch import nn
 
 from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.data import SequenceDataset
+from rf_dp_agents.training.budget import schedule_steps, set_schedule_steps
 from rf_dp_agents.training.config import TrainConfig
 from rf_dp_agents.training.distributed import DistInfo
 from rf_dp_agents.training.ema import EMA
 from rf_dp_agents.training.graphed import portable_state_dict
 from rf_dp_agents.training.jobs import Job
+from rf_dp_agents.training.metrics import MetricsLogger
 from rf_dp_agents.training.state import (
     STATE_JSON,
     CheckpointError,
@@ -90,8 +93,8 @@ def package_versions() -> dict[str, str]:
 
 
 class RunKeeping:
-    """Resume, snapshot writing and ``run.json`` of one training run (a base of the trainer, which sets the
-    attributes below)."""
+    """Resume, snapshot writing, the run directory and ``run.json`` of one training run (a base of the trainer,
+    which sets the attributes below)."""
 
     cfg: TrainConfig
     job: Job
@@ -111,6 +114,14 @@ class RunKeeping:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     global_batch: int
     steps_per_epoch: int
+    schedule_epochs: int
+    shard_batch: int
+    logger: MetricsLogger | None
+    _file_handler: logging.Handler | None
+    graphed: Any
+    compiled: bool
+    channels_last: bool
+    autocast_dtype: torch.dtype | None
 
     @property
     def eval_model(self) -> nn.Module:
@@ -158,7 +169,6 @@ class RunKeeping:
         try:
             self.optimizer.load_state_dict(unflatten(meta["optimizer"], tensors))
             match_param_layout(self.optimizer)
-            # The schedule function itself is rebuilt from the current --epochs; only its counters load.
             self.scheduler.load_state_dict(unflatten(meta["scheduler"], tensors))
             # Rank 0's RNG states are saved and every rank restores them; the training noise does not depend
             # on them anyway (each step and shard reseeds), so runs resume exactly on any number of processes.
@@ -169,6 +179,7 @@ class RunKeeping:
             ) from exc
         self.epoch = _count_field(meta, "epoch", json_path)
         self.global_step = _count_field(meta, "global_step", json_path)
+        self._resume_schedule_length()
         if meta.get("best_metric", "val_loss") == self.cfg.best_metric:
             best = meta.get("best_score", meta.get("best_val_loss"))
             if best is not None and not isinstance(best, (int, float)):
@@ -180,6 +191,50 @@ class RunKeeping:
                      "validation", self.cfg.best_metric, meta.get("best_metric", "val_loss"))
         self.wandb_run_id = meta.get("wandb_run_id")
         self.resumed_from = last
+
+    def _resume_schedule_length(self) -> None:
+        """A resumed schedule spans the current --epochs, or, when fitted to a budget, the fitted length it had
+        (within --epochs; the next epoch's fit adjusts it to this process's budget)."""
+        cfg, per_epoch = self.cfg, self.steps_per_epoch
+        saved = schedule_steps(self.scheduler)
+        if saved is not None and cfg.fit_schedule and cfg.max_minutes is not None:
+            self.schedule_epochs = min(cfg.epochs, max(self.epoch, -(-saved // per_epoch)))
+        else:
+            self.schedule_epochs = cfg.epochs
+        set_schedule_steps(self.scheduler, self.schedule_epochs * per_epoch)
+
+    def _open_run_dir(self) -> None:
+        """On rank 0: create the run directory, its train.log, run.json and metrics logger; log the run's facts."""
+        cfg, info = self.cfg, self.info
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._file_handler = logging.FileHandler(self.run_dir / "train.log")
+            self._file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            log.addHandler(self._file_handler)
+            self._write_run_json(resumed=self.global_step > 0)
+            wandb_settings = None
+            if cfg.wandb:
+                wandb_settings = dict(
+                    project=cfg.wandb_project, entity=cfg.wandb_entity, mode=cfg.wandb_mode,
+                    name=self.run_dir.name, config=self.cfg.to_dict(), run_id=self.wandb_run_id,
+                )
+            resume_step = self.global_step if self.global_step > 0 else None
+            self.logger = MetricsLogger(self.run_dir, resume_step, wandb_settings)
+            self.wandb_run_id = self.logger.wandb_run_id
+            if self.resumed_from is not None:
+                log.info("resumed from %s: epoch %d, global step %d", self.resumed_from, self.epoch, self.global_step)
+            n_params = sum(p.numel() for p in self.policy.parameters())
+            log.info(
+                "run %s: %s, %d train / %d val windows, %d params, %d process(es) on %s, global batch %d, "
+                "%d steps/epoch, epochs %d..%d",
+                self.run_dir, self.job.zarr_path, self.dataset.n_train, self.dataset.n_val, n_params,
+                info.world_size, info.device, self.global_batch, self.steps_per_epoch, self.epoch + 1, cfg.epochs,
+            )
+            log.info("precision %s, channels_last %s, torch.compile %s, CUDA graphs %s",
+                     "bf16 autocast" if self.autocast_dtype is not None else "fp32", self.channels_last,
+                     self.compiled, self.graphed is not None)
+            if self.compiled:
+                log.info("torch.compile is on: the first steps include compiling the loss (1-2 minutes on a GPU)")
 
     # ---- writing ----------------------------------------------------------------------------------------
     def _checkpoint_metadata(self, val_loss: float | None, train_loss: float | None) -> dict[str, Any]:

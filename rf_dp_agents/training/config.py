@@ -110,8 +110,13 @@ class TrainConfig:
     early_stopping_patience: int | None = None
     """Stop after this many validations without a lower --best-metric (default: never stop early)."""
     max_minutes: float | None = None
-    """Wall-clock budget of this run's training in minutes: the first epoch that ends past it is treated as
-    the last one (validated and saved), then the run stops. The LR schedule still follows --epochs."""
+    """Wall-clock budget of this process's training in minutes: the first epoch that ends past it is treated as
+    the last one (validated and saved), then the run stops. See --fit-schedule for the LR schedule."""
+    fit_schedule: bool = True
+    """With --max-minutes and the cosine LR schedule: after every epoch, end the schedule at the epochs that fit
+    the time left (from the measured epoch and validation times; at most --epochs), so the learning rate reaches 0
+    when the budget ends instead of the run stopping midway through an --epochs schedule. --no-fit-schedule keeps
+    the --epochs schedule (runs before 2026-12-07 had no fitting)."""
     seed: int = 100
     """Seed of model initialisation, episode split, shuffling, noise and timesteps."""
     resume: bool = False

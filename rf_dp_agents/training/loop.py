@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rf_dp_agents.architecture import adopt_architecture
 from rf_dp_agents.data import SequenceDataset
+from rf_dp_agents.training.budget import Budget, fit_schedule
 from rf_dp_agents.training.checkpoints import BestTracker, RunKeeping, match_param_layout, package_versions
 from rf_dp_agents.training.config import TrainConfig
 from rf_dp_agents.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
@@ -72,7 +73,7 @@ class Trainer(RunKeeping):
         self.run_dir = job.run_dir
         self.global_step = 0
         self.epoch = 0
-        self._loop_started = time.perf_counter()
+        self.budget = Budget(cfg.max_minutes)
         self.tracker = BestTracker(cfg.early_stopping_patience)
         self.val_action_mse: float | None = None  # of this epoch's validation, for the checkpoint metadata
         self.wandb_run_id: str | None = None
@@ -105,6 +106,7 @@ class Trainer(RunKeeping):
             )
         self.steps_per_epoch = self.dataset.n_train // self.global_batch
         self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.schedule_epochs = cfg.epochs  # the epochs the LR schedule spans: fitted to --max-minutes if asked
 
         normalizer = self.dataset.fit_normalizer()
         torch.manual_seed(cfg.seed)
@@ -206,38 +208,6 @@ class Trainer(RunKeeping):
             self._close()
             raise
 
-    def _open_run_dir(self) -> None:
-        cfg, info = self.cfg, self.info
-        if info.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._file_handler = logging.FileHandler(self.run_dir / "train.log")
-            self._file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            log.addHandler(self._file_handler)
-            self._write_run_json(resumed=self.global_step > 0)
-            wandb_settings = None
-            if cfg.wandb:
-                wandb_settings = dict(
-                    project=cfg.wandb_project, entity=cfg.wandb_entity, mode=cfg.wandb_mode,
-                    name=self.run_dir.name, config=self.cfg.to_dict(), run_id=self.wandb_run_id,
-                )
-            resume_step = self.global_step if self.global_step > 0 else None
-            self.logger = MetricsLogger(self.run_dir, resume_step, wandb_settings)
-            self.wandb_run_id = self.logger.wandb_run_id
-            if self.resumed_from is not None:
-                log.info("resumed from %s: epoch %d, global step %d", self.resumed_from, self.epoch, self.global_step)
-            n_params = sum(p.numel() for p in self.policy.parameters())
-            log.info(
-                "run %s: %s, %d train / %d val windows, %d params, %d process(es) on %s, global batch %d, "
-                "%d steps/epoch, epochs %d..%d",
-                self.run_dir, self.job.zarr_path, self.dataset.n_train, self.dataset.n_val, n_params,
-                info.world_size, info.device, self.global_batch, self.steps_per_epoch, self.epoch + 1, cfg.epochs,
-            )
-            log.info("precision %s, channels_last %s, torch.compile %s, CUDA graphs %s",
-                     "bf16 autocast" if self.autocast_dtype is not None else "fp32", self.channels_last,
-                     self.compiled, self.graphed is not None)
-            if self.compiled:
-                log.info("torch.compile is on: the first steps include compiling the loss (1-2 minutes on a GPU)")
-
     def fit(self) -> Path:
         """Run the remaining epochs (after :meth:`prepare`); return the run directory."""
         try:
@@ -267,10 +237,11 @@ class Trainer(RunKeeping):
         if info.is_main and cfg.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", unit="step", dynamic_ncols=True)
-        self._loop_started = time.perf_counter()
+            bar = tqdm(total=self.schedule_epochs * self.steps_per_epoch, initial=self.global_step, desc="train",
+                       unit="step", dynamic_ncols=True)
+        self.budget.start()
         try:
-            while self.epoch < cfg.epochs:
+            while self.epoch < self.schedule_epochs:
                 stop = self._run_epoch(bar)
                 if stop:
                     break
@@ -288,7 +259,7 @@ class Trainer(RunKeeping):
         epoch_losses: list[float] = []
         pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []
         data_wait = 0.0
-        t_epoch = time.perf_counter()
+        t_epoch, t_budget = time.perf_counter(), self.budget.epoch_started()
         shards = [info.rank * cfg.grad_accum_steps + m for m in range(cfg.grad_accum_steps)]
         for k in range(self.steps_per_epoch):
             t0 = time.perf_counter()
@@ -311,12 +282,13 @@ class Trainer(RunKeeping):
                 if bar is not None:
                     bar.update(len(pending))
                     elapsed = max(time.perf_counter() - t_epoch, 1e-9)
-                    bar.set_postfix(epoch=f"{epoch + 1}/{cfg.epochs}", loss=f"{epoch_losses[-1]:.4f}",
+                    bar.set_postfix(epoch=f"{epoch + 1}/{self.schedule_epochs}", loss=f"{epoch_losses[-1]:.4f}",
                                     samples_per_s=f"{(k + 1) * self.global_batch / elapsed:.0f}")
                 pending = []
         if info.device.type == "cuda":
             torch.cuda.synchronize(info.device)
         epoch_time = time.perf_counter() - t_epoch
+        self.budget.record_train(self.budget.now() - t_budget)
         self.epoch = epoch + 1
         train_loss = sum(epoch_losses) / len(epoch_losses)
         if self.logger is not None:
@@ -330,11 +302,13 @@ class Trainer(RunKeeping):
             if info.device.type == "cuda":
                 record[PEAK_GPU_MEMORY] = torch.cuda.max_memory_allocated(info.device) / 2**30
             self.logger.log_many([record])
+        self._fit_schedule(bar)
+        t_validation = self.budget.now()
         out_of_time = self._out_of_time()
-        last_epoch = self.epoch == cfg.epochs or out_of_time
+        last_epoch = self.epoch >= self.schedule_epochs or out_of_time
         val_loss = self.val_action_mse = None
         stop = out_of_time
-        if out_of_time and info.is_main:
+        if out_of_time and self.epoch < self.schedule_epochs and info.is_main:
             log.info("stopping after epoch %d: the --max-minutes budget of %s minutes is spent", self.epoch, cfg.max_minutes)
         if self.epoch % cfg.val_every == 0 or last_epoch:
             val_loss = validate(self.eval_model, ds, info, cfg.batch_size, cfg.seed)
@@ -377,16 +351,30 @@ class Trainer(RunKeeping):
             self._save_last(val_loss, train_loss)
         if info.is_main and cfg.keep_every is not None and self.epoch % cfg.keep_every == 0:
             self._save_epoch_copy(val_loss, train_loss)
+        if val_loss is not None:
+            self.budget.record_validation(self.budget.now() - t_validation)
         return stop
 
     def _out_of_time(self) -> bool:
         """Whether ``--max-minutes`` has run out; every rank gets the same answer (any rank out stops all)."""
         if self.cfg.max_minutes is None:
             return False
-        over = (time.perf_counter() - self._loop_started) / 60.0 >= self.cfg.max_minutes
-        flag = torch.tensor([1.0 if over else 0.0], device=self.info.device)
+        flag = torch.tensor([1.0 if self.budget.spent() else 0.0], device=self.info.device)
         all_reduce_sum(self.info, flag)
         return bool(flag.item() > 0)
+
+    def _fit_schedule(self, bar: Any) -> None:
+        """Fit the LR schedule to the time left (budget.fit_schedule), with every rank on rank 0's estimate."""
+        def agree(estimate: int) -> int:
+            shared = torch.tensor([float(estimate if self.info.is_main else 0)], device=self.info.device)
+            return int(all_reduce_sum(self.info, shared).item())
+
+        fitted = fit_schedule(self.budget, self.scheduler, self.cfg, self.epoch, self.schedule_epochs,
+                              self.steps_per_epoch, agree, self.info.is_main)
+        if fitted != self.schedule_epochs and bar is not None:
+            bar.total = fitted * self.steps_per_epoch
+            bar.refresh()
+        self.schedule_epochs = fitted
 
     def _flush(self, pending: list[tuple[int, torch.Tensor, torch.Tensor, float]], epoch: int) -> list[float]:
         """Fetch the pending steps' losses (averaged over ranks) and grad norms; log them; stop on NaN/inf."""
