@@ -218,6 +218,16 @@ class MultiAgentRouter:
         """:meth:`policy_observation` for every route, keyed like the routes (agent key, or tuple for a shared one)."""
         return {key: self.policy_observation(obs, key) for key in self.plans}
 
+    def cameras_read_next(self) -> set[str]:
+        """The env cameras whose next frame some policy's model will read: every camera of a policy, unless the
+        policy reports (``reads_next_observation()``, per env) that no env's next frame reaches its model."""
+        cameras: set[str] = set()
+        for plan in self.plans.values():
+            probe = getattr(plan.policy, "reads_next_observation", None)
+            if probe is None or bool(np.any(probe())):
+                cameras.update(cam for _, cam in plan.camera_map)
+        return cameras
+
     def act(self, obs: Mapping[str, Any], episode_start: Any = None, deterministic: bool = True) -> Any:
         """One action per env from every policy, merged: ``{key: float32 (B, 8)}``, or one (B, 8) array for a one-arm env.
 

@@ -135,6 +135,17 @@ class DiffusionPolicyAgent:
         self._chunks: torch.Tensor | None = None  # ensembling: (N, H, H, A), slot j = the chunk predicted j steps ago
         self._held = np.zeros(0, dtype=np.int64)  # ensembling: chunks held per env (slots 0 .. held-1)
 
+    def reads_next_observation(self) -> np.ndarray:
+        """Per env: whether the model will read the next observation given to this policy. Without temporal
+        ensembling (which runs the model every step) an observation reaches the model only when the env's action
+        queue runs out within the next To steps; the others leave the To-step history unread, so a caller may
+        pass a stale camera frame for them (rollout skips rendering those). True before the first observation."""
+        if self._n_envs is None:
+            return np.ones(1, dtype=bool)
+        if self._temporal_ensemble is not None:
+            return np.ones(self._n_envs, dtype=bool)
+        return self._left <= self.config.obs_horizon - 1
+
     def _clear_plans(self) -> None:
         """Empty every env's action queue and ensemble (the observation histories stay)."""
         self._queue, self._chunks = None, None

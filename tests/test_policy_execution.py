@@ -173,3 +173,25 @@ def test_shared_inference_stand_in_follows_the_options(tmp_path: Path, tiny_chec
     np.testing.assert_allclose(np.stack(got), np.stack(want), atol=1e-4)
     calls = steps if "temporal_ensemble" in options else math.ceil(steps / options["execute_steps"])
     assert server.stats.batches == remote.num_model_calls == local.num_model_calls == calls
+
+
+@pytest.mark.parametrize("options", [{}, {"execute_steps": 6}, {"execute_steps": 1}, {"temporal_ensemble": 0.01}])
+def test_reads_next_observation_names_exactly_the_frames_a_model_reads(options: dict) -> None:
+    """What rollout relies on to skip rendering: a step flagged unread never reaches a model call."""
+    model = ChunkModel()
+    agent = DiffusionPolicyAgent(model, **options)
+    assert agent.reads_next_observation().all()  # before any observation
+    flagged = {0}  # the first observation always reaches the first call
+    steps = 30
+    for t in range(steps + TA):  # past the flagged steps, so that the calls reading them have run
+        agent.predict(obs_for(2, t))
+        reads = agent.reads_next_observation()
+        assert reads.shape == (2,) and reads[0] == reads[1]  # the two envs run in step
+        if reads[0] and t + 1 < steps:
+            flagged.add(t + 1)
+    read = {int(v) for call in model.calls for v in call[0, :, 1].tolist() if v < steps}
+    assert read == flagged
+    if "temporal_ensemble" in options or options.get("execute_steps") == 1:
+        assert flagged == set(range(steps))
+    else:
+        assert len(flagged) < steps / 2

@@ -240,3 +240,27 @@ def test_unknown_task_bad_config_and_success_rules() -> None:
         RolloutConfig(task=TASK, num_episodes=0)
     with pytest.raises(ValueError, match="camera_width and camera_height"):
         RolloutConfig(task=TASK, camera_width=64)
+
+
+def test_unread_frames_are_skipped_without_changing_the_actions(checkpoint_root: Path, tmp_path: Path) -> None:
+    """With To 2 and 8 actions per chunk the models read 2 frames of every 8: the others are not rendered, and the
+    actions (deterministic sampling) are those of a run that renders every step."""
+    from rf_dp_agents.rollout.runner import EvalSession, checkpoint_paths
+
+    runs = {}
+    for skip in (True, False):
+        cfg = RolloutConfig(task=TASK, checkpoint_dir=str(checkpoint_root), seed=5, max_episode_steps=24,
+                            num_inference_steps=2, deterministic=True, skip_unread_frames=skip,
+                            output=str(tmp_path / f"r{skip}.json"), progress=False)
+        session = EvalSession(cfg, checkpoint_paths(cfg, 2), num_envs=1)
+        try:
+            (runs[skip],) = session.run_batch([5])
+            assert session.env.unwrapped.paused_cameras == set(session.video_only_cameras)  # restored after
+        finally:
+            session.close()
+    skipped, every = runs[True], runs[False]
+    assert every.steps == skipped.steps == 24 and every.first_success_step == skipped.first_success_step
+    assert skipped.extra["action_digest"] == every.extra["action_digest"]
+    assert every.extra["policy_frames_rendered"] == 25  # the reset and every step
+    # queries at steps 0, 8, 16 (and 24, past the cap) read frames 7-8, 15-16, 23-24, and the reset's
+    assert skipped.extra["policy_frames_rendered"] == 7

@@ -76,6 +76,10 @@ class RolloutConfig:
     chunk. Default: off."""
     deterministic: bool = False
     """Sample the diffusion noise from each policy's fixed seed (equal observations give equal actions)."""
+    skip_unread_frames: bool = True
+    """On the CPU backend, in episodes that record no video, render the policies' cameras only at the steps whose
+    frame reaches a model (with To 2 and 8 actions per chunk: 2 steps of every 8); the others hold the last frame,
+    which no model reads, so the actions are the same. --no-skip-unread-frames renders every step."""
     device: str = "auto"
     """Torch device of the policies: auto (cuda if available), cpu, cuda, cuda:1..."""
     compile_graphs: bool = True

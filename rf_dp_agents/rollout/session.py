@@ -93,6 +93,8 @@ class _Track:
     writer: EpisodeVideoWriter | None = None
     digest: Any = field(default_factory=lambda: hashlib.blake2b(digest_size=8))
     """Hash of every env action sent to this env (float32 bytes): equal digests mean equal trajectories."""
+    frames_rendered: int = 0
+    """Observations (the reset's included) whose policy cameras were rendered, not held (skip_unread_frames)."""
 
 
 class EvalSession:
@@ -120,6 +122,7 @@ class EvalSession:
         self.conditions = condition_flags(evaluated, self.rules)
         self.cameras = [GLOBAL_CAMERA] + [agent_camera(i) for i in range(len(self.keys))]
         read = {cam for plan in self.router.plans.values() for _, cam in plan.camera_map}
+        self.policy_cameras = sorted(read)
         self.video_only_cameras = [cam for cam in self.cameras if cam not in read]
         """Cameras only videos show: paused in batches that record none (CPU backend)."""
 
@@ -128,6 +131,19 @@ class EvalSession:
         images = {cam: _np(sensors[cam]["rgb"][b]) for cam in self.cameras if cam in sensors}
         status = {rule: track.first[rule] is not None for rule in self.rules}
         return compose_frame(images, step, self.max_steps, status)
+
+    def _hold_frames(self, obs: dict, last: dict[str, Any], tracks: Sequence[_Track]) -> None:
+        """Fill the policy cameras this observation did not render with their last frame (which no model reads),
+        keep the rendered ones as the last, and count the steps whose policy cameras were all rendered."""
+        sensors = obs["sensor_data"]
+        rendered = all(cam in sensors for cam in self.policy_cameras)
+        for cam in self.policy_cameras:
+            if cam in sensors:
+                last[cam] = sensors[cam]
+            else:
+                sensors[cam] = last[cam]
+        for track in tracks:
+            track.frames_rendered += int(rendered and not track.done)
 
     def _records(self, seed: int) -> bool:
         """Whether the episode of ``seed`` is recorded (``--record-video``, within ``--video-episodes``)."""
@@ -143,8 +159,12 @@ class EvalSession:
         torch.manual_seed(int(seeds[0]))  # the policies' sampling noise follows the episode's seed
         started = time.perf_counter()
         recorded = [self._records(int(s)) for s in seeds]
-        if hasattr(self.env.unwrapped, "pause_cameras"):
-            self.env.unwrapped.pause_cameras([] if any(recorded) else self.video_only_cameras)
+        pausable = hasattr(self.env.unwrapped, "pause_cameras")
+        base_paused = [] if any(recorded) else self.video_only_cameras
+        if pausable:
+            self.env.unwrapped.pause_cameras(base_paused)
+        skip = pausable and self.cfg.skip_unread_frames and not any(recorded)
+        last_frames: dict[str, Any] = {}
         if self.cfg.sim_backend == "cpu":
             # A rebuilt scene for every episode: after a plain reset PhysX keeps state from the previous episode, so
             # a seed's result would depend on the seeds this env ran before. New scene, new agents: new execution.
@@ -160,6 +180,7 @@ class EvalSession:
                 track.writer.append(self._frame(obs, b, 0, track))
         for track in tracks[len(seeds):]:
             track.done = True
+        self._hold_frames(obs, last_frames, tracks)
         episode_start = np.ones(n, dtype=bool)
         step = 0
         try:
@@ -168,9 +189,13 @@ class EvalSession:
                 episode_start = np.zeros(n, dtype=bool)
                 for track in tracks:
                     track.policy_steps += 0 if track.done else 1
+                if skip:  # the next frame of a camera no model reads is not rendered
+                    read = self.router.cameras_read_next()
+                    self.env.unwrapped.pause_cameras([*base_paused, *(c for c in self.policy_cameras if c not in read)])
                 for env_action in self.execution.expand(as_agent_actions(action, self.keys)):
                     obs, _, _, _, info = self.env.step(to_env_action(env_action, self.multi_agent))
                     step += 1
+                    self._hold_frames(obs, last_frames, tracks)
                     sent = [np.asarray(_np(env_action[k]), dtype=np.float32) for k in self.keys]
                     flags = {r: _np(info[r]).reshape(-1) for r in [*self.rules, *self.conditions]}
                     for b, track in enumerate(tracks):
@@ -196,6 +221,9 @@ class EvalSession:
                 if track.writer is not None:
                     track.writer.abort()
             raise
+        finally:
+            if pausable:
+                self.env.unwrapped.pause_cameras(base_paused)
         seconds = time.perf_counter() - started
         results = []
         for b, track in enumerate(tracks[: len(seeds)]):
@@ -215,6 +243,7 @@ class EvalSession:
                         "seconds": seconds,
                         "video_frames": track.writer.frames if track.writer else None,
                         "action_digest": track.digest.hexdigest(),
+                        "policy_frames_rendered": track.frames_rendered,
                         "conditions": track.conditions.to_dict(),
                     },
                 )
