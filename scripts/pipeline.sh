@@ -13,7 +13,7 @@
 # temporal ensembling, "own,execute=6" with the policies' own sampler; default: the policies' own),
 # OFFLINE_SAMPLERS (samplers of the offline stage, default
 # "ddpm:100 ddpm:10 ddim:10"; empty skips it), OFFLINE_WINDOWS (held-out windows it samples, default 256), VIDEOS (record the
-# first N episodes; default all), NUM_ENVS (env worker processes of each rollout), ROLLOUT_PARALLEL=1 (the samplers'
+# first N episodes, 0 none; default all), NUM_ENVS (env worker processes of each rollout), ROLLOUT_PARALLEL=1 (the samplers'
 # rollouts side by side, each with NUM_ENVS workers, logs in OUT_DIR/rollout_<name>.log), CAMERAS (cameras recorded
 # in the demos, e.g. "head_camera_agent0 head_camera_agent1"; default all of the task's), ROLLOUT_ARGS (more
 # rollout.py options, e.g. "--no-compile-graphs"), ROLLOUT_UNTIL (a time in seconds since the epoch after which no
@@ -49,8 +49,9 @@ STEP_CAP=()
 [ -n "${MAX_STEPS:-}" ] && STEP_CAP=(--max-episode-steps "$MAX_STEPS")
 TRAIN_EXTRA=(${TRAIN_ARGS:-})
 [ -n "${TRAIN_MINUTES:-}" ] && TRAIN_EXTRA+=(--max-minutes "$TRAIN_MINUTES")
-VIDEO_CAP=()
-[ -n "${VIDEOS:-}" ] && VIDEO_CAP=(--video-episodes "$VIDEOS")
+VIDEO_CAP=(--record-video)  # VIDEOS=0: no video
+[ -n "${VIDEOS:-}" ] && VIDEO_CAP+=(--video-episodes "$VIDEOS")
+[ "${VIDEOS:-}" = 0 ] && VIDEO_CAP=()
 DEMO_SOURCE=()
 [ -n "${CAMERAS:-}" ] && DEMO_SOURCE=(--cameras $CAMERAS)
 stage demos
@@ -106,7 +107,7 @@ else
 fi
 stage rollout
 side=""; [ "${ROLLOUT_PARALLEL:-0}" = 1 ] && side=", the samplers side by side"
-echo "== 5/5 rollout: $EPISODES episodes (or the count a sampler names) from seed $SEED, with video$side"
+echo "== 5/5 rollout: $EPISODES episodes (or the count a sampler names) from seed $SEED$([ "${VIDEOS:-}" = 0 ] || echo ", with video")$side"
 UNTIL=()
 if [ -n "${ROLLOUT_UNTIL:-}" ]; then
   left=$((ROLLOUT_UNTIL - $(date +%s)))
@@ -132,7 +133,7 @@ for spec in ${SAMPLERS:-own}; do
   done
   [ "$name" = results ] || videos=$OUT/videos_$name
   cmd=($PY scripts/rollout.py --task "$TASK" --checkpoint-dir "$OUT/checkpoints" --num-episodes "${episodes:-$EPISODES}" \
-    --seed "$SEED" --num-envs "$ENVS" "${STEP_CAP[@]}" "${args[@]}" --record-video "${VIDEO_CAP[@]}" \
+    --seed "$SEED" --num-envs "$ENVS" "${STEP_CAP[@]}" "${args[@]}" "${VIDEO_CAP[@]}" \
     --video-dir "$videos" --output "$OUT/$name.json" "${UNTIL[@]}" ${ROLLOUT_ARGS:-})
   if [ "${ROLLOUT_PARALLEL:-0}" = 1 ]; then
     "${cmd[@]}" > "$OUT/rollout_$name.log" 2>&1 &
@@ -150,4 +151,4 @@ echo "== wall time per stage"
 printf '   %s\n' "${TIMINGS[@]}"
 printf '   %-10s %4d s\n' total $((SECONDS - RUN_START))
 echo "results: $(ls "$OUT"/results*.json "$OUT"/offline_eval.json 2>/dev/null | tr '\n' ' ')"
-ls "$OUT"/videos*/"$TASK"/*.mp4
+[ "${VIDEOS:-}" = 0 ] || ls "$OUT"/videos*/"$TASK"/*.mp4
