@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import tyro
-from tqdm import tqdm
+from rf_dp_agents.progress import progress_bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -248,7 +248,7 @@ def generate(args: Args) -> dict[str, Any]:
     if previous:
         print(f"--resume: {len(previous)} seeds already tried, {len(kept)} kept", file=sys.stderr)
     ctx = mp.get_context("spawn")
-    bar = tqdm(total=args.num, initial=min(len(kept), args.num), desc=f"{args.task} demos", unit="demo")
+    bar = progress_bar(total=args.num, initial=min(len(kept), args.num), desc=f"{args.task} demos", unit="demo")
     pool = None if len(kept) >= args.num else ctx.Pool(
         args.num_procs,
         initializer=_init_worker,
@@ -267,7 +267,7 @@ def generate(args: Args) -> dict[str, Any]:
                 kept.append(result["seed"])
                 bar.update(1)
             else:
-                tqdm.write(f"seed {result['seed']}: {result['outcome']}: {result['message']}")
+                bar.write(f"seed {result['seed']}: {result['outcome']}: {result['message']}")
             bar.set_postfix(success_rate=f"{len(kept) / len(results):.2f}", tried=len(results))
             report(complete=False)  # after every attempt: what --resume continues from
             if len(kept) >= args.num:

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import h5py
 import numpy as np
-from tqdm import tqdm
+from rf_dp_agents.progress import progress_bar
 
 from rf_dp_agents.architecture import (
     DEFAULT_ARCHITECTURE,
@@ -330,7 +330,7 @@ def _write_episodes(refs: Sequence[EpisodeRef], read: Callable[[EpisodeRef], dic
                     label: str, attributes: dict, overwrite: bool, progress: bool) -> Path:
     """Write ``read(ref)`` of every episode to a zarr dataset at ``out_path`` (episode k+1 is read while episode k
     is compressed and written); nothing appears at ``out_path`` if one fails."""
-    episodes = tqdm(read_ahead(read, refs), total=len(refs), desc=f"{label} -> {out_path.name}", unit="ep",
+    episodes = progress_bar(read_ahead(read, refs), total=len(refs), desc=f"{label} -> {out_path.name}", unit="ep",
                     disable=not progress)
     with ZarrWriter(out_path, overwrite=overwrite, attributes=attributes) as writer:
         for episode in episodes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from rf_dp_agents.progress import progress_bar
 
 from rf_dp_agents.data.writer import ZarrWriter
 
@@ -93,7 +93,7 @@ def write_seed_size_dataset(
     rng = np.random.default_rng(seed)
     lengths = episode_lengths_for(n_windows, n_episodes, seed=seed)
     with ZarrWriter(path, overwrite=True) as writer:
-        for length in tqdm(lengths, desc="synthetic episodes", disable=not progress):
+        for length in progress_bar(lengths, desc="synthetic episodes", disable=not progress):
             writer.add_episode(synthetic_episode(int(length), image_hw, rng))
     return Path(path)
 

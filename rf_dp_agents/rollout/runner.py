@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from rf_dp_agents.progress import progress_bar
 
 from rf_dp_agents.architecture import own_camera as agent_camera
 from rf_dp_agents.checkpoint import resolve_device
@@ -124,7 +124,7 @@ def run_episodes(
     failed: dict[int, str] = {}
     if stats is not None:
         stats["mode"] = mode
-    bar = tqdm(total=len(seeds), desc=f"{cfg.task} episodes", unit="ep", disable=not cfg.progress)
+    bar = progress_bar(total=len(seeds), desc=f"{cfg.task} episodes", unit="ep", disable=not cfg.progress)
     results: list[EpisodeResult] = []
     rules: list[str] = []
 

@@ -235,10 +235,10 @@ class Trainer(RunKeeping):
         cfg, info = self.cfg, self.info
         bar = None
         if info.is_main and cfg.progress:
-            from tqdm.auto import tqdm
+            from rf_dp_agents.progress import progress_bar
 
-            bar = tqdm(total=self.schedule_epochs * self.steps_per_epoch, initial=self.global_step, desc="train",
-                       unit="step", dynamic_ncols=True)
+            bar = progress_bar(total=self.schedule_epochs * self.steps_per_epoch, initial=self.global_step,
+                               desc="train", unit="step", dynamic_ncols=True)
         self.budget.start()
         try:
             while self.epoch < self.schedule_epochs:
