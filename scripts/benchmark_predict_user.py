@@ -129,7 +129,26 @@ def child(spec_text: str, args: argparse.Namespace) -> dict:
         "global_flags_unchanged": flags() == before, "global_flags": list(before),
         "compile_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
         "graph_tf32": policy.model.graph_tf32, "compile_graphs": policy.model.compile_graphs,
+        "graph_build_s": policy.model.graph_build_seconds(), "compile_times_s": _compile_times(),
     }
+
+
+def _compile_times(top: int = 12) -> dict[str, float]:
+    """TorchDynamo's own account of this process's compilation (seconds per phase, the largest ``top``)."""
+    try:
+        from torch._dynamo.utils import compile_times
+
+        table = compile_times(repr="csv", aggregate=True)
+    except Exception:  # a private API: its absence or a changed format leaves the figure out
+        return {}
+    names, values = table if isinstance(table, tuple) and len(table) == 2 else ([], [])
+    pairs = []
+    for name, value in zip(names, values):
+        try:
+            pairs.append((str(name), float(value)))
+        except (TypeError, ValueError):
+            continue
+    return dict(sorted(pairs, key=lambda kv: -kv[1])[:top])
 
 
 def synthetic_checkpoint(kind: str, folder: Path) -> Path:
@@ -176,6 +195,11 @@ def main() -> int:
                   f" load_policy {row['load_policy_s']:.1f} s, first predict {row['first_predict_s']:.1f} s,"
                   f" load_policy->first action {row['load_policy_to_first_action_s']:.1f} s;"
                   f" flags unchanged {row['global_flags_unchanged']}; log {row['log_lines']}", flush=True)
+            for name, parts in row["graph_build_s"].items():
+                print(f"{'':>28}graph {name}: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()), flush=True)
+            if row["compile_times_s"]:
+                print(f"{'':>28}TorchDynamo: " + ", ".join(f"{k} {v:.2f} s" for k, v in
+                                                          list(row["compile_times_s"].items())[:6]), flush=True)
     doc = {"checkpoint": str(args.checkpoint or f"synthetic {args.synthetic}"), "fresh_cache": args.fresh_cache,
            "warmup": args.warmup, "graph_tf32": not args.no_graph_tf32, "rows": rows}
     if args.output is not None:

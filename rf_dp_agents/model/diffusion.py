@@ -324,7 +324,13 @@ class DiffusionPolicy(nn.Module):
                 self.compile_graphs = False
                 return self._graphed(size, steps, announce=False)
             self._graphs[key] = graph
+            parts = ", ".join(f"{name.replace('_', ' ')} {sec:.1f} s" for name, sec in graph.build_seconds.items())
+            log.info("sampling graph for batch %d (%s-%d) ready: %s", size, self.config.sampler.upper(), steps, parts)
         return self._graphs[key]
+
+    def graph_build_seconds(self) -> dict[str, dict[str, float]]:
+        """Per sampling graph built in this process ('batch B, SAMPLER-steps'): the seconds of its build parts."""
+        return {f"batch {k[0]}, {k[1].upper()}-{k[2]}": dict(g.build_seconds) for k, g in self._graphs.items()}
 
 
 def _generator_seed(generator: Generator) -> int | None:

@@ -17,6 +17,7 @@ scheduler), so this module imports nothing from :mod:`rf_dp_agents.model.diffusi
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any, Mapping, Protocol, Sequence
 
 import torch
@@ -132,16 +133,25 @@ class GraphedSampler:
         self.scheduler = scheduler
         self.scheduler.set_timesteps(self.num_inference_steps)
         self.timesteps_dev = self.scheduler.timesteps.to(device)
+        t0 = time.perf_counter()
         with tf32_scope(tf32):  # compilation and capture only: replays keep the captured math mode
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream), torch.no_grad():
-                for _ in range(max(warmup, 1)):
+                for k in range(max(warmup, 1)):
                     self._body()
+                    if k == 0:
+                        torch.cuda.synchronize(device)
+                        t1 = time.perf_counter()
             torch.cuda.current_stream().wait_stream(stream)
+            torch.cuda.synchronize(device)
+            t2 = time.perf_counter()
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph), torch.no_grad():
                 self.static_out = self._body()
+            torch.cuda.synchronize(device)
+        self.build_seconds = {"first_run": t1 - t0, "more_warmup": t2 - t1, "capture": time.perf_counter() - t2}
+        """Where the build went: the first eager (or compiling) run, the other warm-up runs, the capture."""
 
     def _body(self) -> torch.Tensor:
         if self.bf16 is not None:
