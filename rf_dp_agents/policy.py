@@ -184,9 +184,9 @@ class DiffusionPolicyAgent:
         batched = state.ndim == 2
         n = state.shape[0] if batched else 1
         device = self.device
-        state = state.to(device, torch.float32).reshape(n, cfg.state_dim)
-        if not torch.isfinite(state).all():
+        if not torch.isfinite(state).all():  # checked where the input lives: numpy input costs no device sync
             raise ValueError(f"observation[{cfg.state_key!r}] contains NaN or inf")
+        state = state.to(device, torch.float32).reshape(n, cfg.state_dim)
         out = {cfg.state_key: state}
         c, h, w = cfg.image_shape
         lead = (n,) if batched else ()
