@@ -139,7 +139,8 @@ class DiffusionPolicyAgent:
         """Per env: whether the model will read the next observation given to this policy. Without temporal
         ensembling (which runs the model every step) an observation reaches the model only when the env's action
         queue runs out within the next To steps; the others leave the To-step history unread, so a caller may
-        pass a stale camera frame for them (rollout skips rendering those). True before the first observation."""
+        pass a stale camera frame for them (rollout skips rendering those). True before the first observation. An
+        observation that starts an episode (``episode_start``) always reaches the model, whatever this said."""
         if self._n_envs is None:
             return np.ones(1, dtype=bool)
         if self._temporal_ensemble is not None:
