@@ -10,20 +10,15 @@ comparison of two files (per success rule: both succeed, first only, second only
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from rf_dp_agents.rollout.compare import paired_table
-from rf_dp_agents.rollout.table import load_results, table_of_files
+from rf_dp_agents.rollout.table import load_results, split_spec, table_of_files
 
 
 def _paired(specs: list[str]) -> str:
-    names, docs = [], []
-    for spec in specs:
-        label, sep, name = spec.partition("=")
-        path = Path(name if sep else spec)
-        names.append(label if sep else str(path))
-        docs.append(load_results(path))
-    return paired_table(docs[0], docs[1], (names[0], names[1]))
+    (label_a, path_a), (label_b, path_b) = (split_spec(spec) for spec in specs)
+    names = (str(path_a) if label_a is None else label_a, str(path_b) if label_b is None else label_b)
+    return paired_table(load_results(path_a), load_results(path_b), names)
 
 
 def main() -> None:

@@ -85,16 +85,20 @@ def markdown_table(rows: Sequence[Mapping[str, str]], last: str | None = LENGTH)
     return "\n".join(lines)
 
 
+def split_spec(spec: str) -> tuple[str | None, Path]:
+    """``LABEL=PATH`` as (LABEL, PATH); a bare ``PATH`` as (None, PATH)."""
+    label, sep, name = spec.partition("=")
+    return (label, Path(name)) if sep else (None, Path(spec))
+
+
 def table_of_files(specs: Sequence[str]) -> str:
     """The table of results files given as ``PATH`` or ``LABEL=PATH`` (default label: the file's folder/name)."""
     rows = []
     for spec in specs:
-        label, sep, name = spec.partition("=")
-        path = Path(name if sep else spec)
-        if not sep:
-            label = f"{path.resolve().parent.name}/{path.stem}"
-        rows.append(results_row(label, load_results(path)))
+        label, path = split_spec(spec)
+        default = f"{path.resolve().parent.name}/{path.stem}"
+        rows.append(results_row(default if label is None else label, load_results(path)))
     return markdown_table(rows)
 
 
-__all__ = ["load_results", "markdown_table", "results_row", "table_of_files"]
+__all__ = ["load_results", "markdown_table", "results_row", "split_spec", "table_of_files"]

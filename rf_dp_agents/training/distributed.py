@@ -110,13 +110,18 @@ def all_reduce_sum(info: DistInfo, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_int(info: DistInfo, value: int) -> int:
+    """Rank 0's integer, on every rank."""
+    if not info.distributed:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=info.device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
 def broadcast_flag(info: DistInfo, flag: bool) -> bool:
     """Rank 0's boolean, on every rank."""
-    if not info.distributed:
-        return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=info.device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
+    return bool(broadcast_int(info, 1 if flag else 0))
 
 
 def torchrun_command(nproc: int, script: str, argv: Sequence[str]) -> list[str]:
@@ -130,6 +135,7 @@ __all__ = [
     "all_reduce_sum",
     "barrier",
     "broadcast_flag",
+    "broadcast_int",
     "init_distributed",
     "pick_device",
     "shutdown_distributed",

@@ -16,6 +16,7 @@ of the CUDA-graph step in ``graphed``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -33,7 +34,14 @@ from rf_dp_agents.data import SequenceDataset
 from rf_dp_agents.training.budget import Budget, fit_schedule
 from rf_dp_agents.training.checkpoints import BestTracker, RunKeeping, match_param_layout, package_versions
 from rf_dp_agents.training.config import TrainConfig
-from rf_dp_agents.training.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown_distributed
+from rf_dp_agents.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_int,
+    init_distributed,
+    shutdown_distributed,
+)
 from rf_dp_agents.training.ema import EMA
 from rf_dp_agents.training.graphed import GraphedTrainStep, StepChoice, make_graph_safe, make_optimizer
 from rf_dp_agents.training.jobs import Job, adopt_dataset_shapes, place_dataset, plan_jobs
@@ -365,12 +373,8 @@ class Trainer(RunKeeping):
 
     def _fit_schedule(self, bar: Any) -> None:
         """Fit the LR schedule to the time left (budget.fit_schedule), with every rank on rank 0's estimate."""
-        def agree(estimate: int) -> int:
-            shared = torch.tensor([float(estimate if self.info.is_main else 0)], device=self.info.device)
-            return int(all_reduce_sum(self.info, shared).item())
-
         fitted = fit_schedule(self.budget, self.scheduler, self.cfg, self.epoch, self.schedule_epochs,
-                              self.steps_per_epoch, agree, self.info.is_main)
+                              self.steps_per_epoch, functools.partial(broadcast_int, self.info), self.info.is_main)
         if fitted != self.schedule_epochs and bar is not None:
             bar.total = fitted * self.steps_per_epoch
             bar.refresh()
