@@ -21,9 +21,11 @@ import time
 START = time.perf_counter()
 
 import argparse  # noqa: E402
+import cProfile  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import pstats  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -45,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", action="store_true", help="call policy.warmup((1,)) after load_policy (timed apart)")
     p.add_argument("--no-graph-tf32", action="store_true", help="load_policy(graph_tf32=False): graphs use the "
                    "process's (default) flags, the figure users got before the graphs chose their own precision")
+    p.add_argument("--no-compile-graphs", action="store_true", help="load_policy(compile_graphs=False): the sampling "
+                   "graph captures the plain U-Net (no torch.compile; faster start-up, slower chunks)")
+    p.add_argument("--profile-first", type=int, default=0, metavar="N",
+                   help="profile the first predict() with cProfile and keep its N costliest functions (cumulative)")
     p.add_argument("--fresh-cache", action="store_true", help="start from an empty compile cache (a new temp dir)")
     p.add_argument("--output", type=Path, help="also write the results JSON here")
     p.add_argument("--child", type=str, help=argparse.SUPPRESS)
@@ -73,7 +79,8 @@ def child(spec_text: str, args: argparse.Namespace) -> dict:
     spec = SamplerSpec.parse(spec_text)
     t0 = time.perf_counter()
     policy = load_policy(args.checkpoint, device=args.device, sampler=spec.name, num_inference_steps=spec.steps,
-                         bf16_graphs=spec.bf16 or None, graph_tf32=False if args.no_graph_tf32 else None)
+                         bf16_graphs=spec.bf16 or None, graph_tf32=False if args.no_graph_tf32 else None,
+                         compile_graphs=False if args.no_compile_graphs else None)
     t_load = time.perf_counter() - t0
     cfg = policy.config
     rng = np.random.default_rng(0)
@@ -87,8 +94,13 @@ def child(spec_text: str, args: argparse.Namespace) -> dict:
         policy.warmup((1,))
         t_warm = time.perf_counter() - t1
     lines_before_first = len(lines)
+    profiler = cProfile.Profile() if args.profile_first > 0 else None
     t1 = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
     action, _ = policy.predict(obs)
+    if profiler is not None:
+        profiler.disable()
     t_first = time.perf_counter() - t1
     to_first_action = time.perf_counter() - t0
     assert isinstance(action, np.ndarray) and action.shape == (1, cfg.action_dim)
@@ -130,7 +142,16 @@ def child(spec_text: str, args: argparse.Namespace) -> dict:
         "compile_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
         "graph_tf32": policy.model.graph_tf32, "compile_graphs": policy.model.compile_graphs,
         "graph_build_s": policy.model.graph_build_seconds(), "compile_times_s": _compile_times(),
+        "first_predict_profile": _top_functions(profiler, args.profile_first) if profiler is not None else None,
     }
+
+
+def _top_functions(profiler: "cProfile.Profile", top: int) -> list[list]:
+    """The ``top`` functions of a profile by cumulative time: [[seconds, calls, "file:line(name)"], ...]."""
+    stats = pstats.Stats(profiler)
+    rows = [(cum, calls, f"{Path(file).name}:{line}({name})")
+            for (file, line, name), (_, calls, _, cum, _) in stats.stats.items()]  # type: ignore[attr-defined]
+    return [[round(cum, 3), calls, where] for cum, calls, where in sorted(rows, key=lambda r: -r[0])[:top]]
 
 
 def _compile_times(top: int = 12) -> dict[str, float]:
@@ -179,7 +200,8 @@ def main() -> int:
         env["RF_DP_COMPILE_CACHE"] = str(work / "compile-cache")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     passthrough = ["--repeats", str(args.repeats), "--device", args.device] + (["--warmup"] if args.warmup else []) + (
-        ["--no-graph-tf32"] if args.no_graph_tf32 else [])
+        ["--no-graph-tf32"] if args.no_graph_tf32 else []) + (["--no-compile-graphs"] if args.no_compile_graphs else []) + (
+        ["--profile-first", str(args.profile_first)] if args.profile_first > 0 else [])
     rows = []
     for spec in args.samplers:
         for run in ("first process", "second process"):
@@ -200,6 +222,8 @@ def main() -> int:
             if row["compile_times_s"]:
                 print(f"{'':>28}TorchDynamo: " + ", ".join(f"{k} {v:.2f} s" for k, v in
                                                           list(row["compile_times_s"].items())[:6]), flush=True)
+            for cum, calls, where in row["first_predict_profile"] or []:
+                print(f"{'':>28}{cum:8.2f} s {calls:>8} {where}", flush=True)
     doc = {"checkpoint": str(args.checkpoint or f"synthetic {args.synthetic}"), "fresh_cache": args.fresh_cache,
            "warmup": args.warmup, "graph_tf32": not args.no_graph_tf32, "rows": rows}
     if args.output is not None:
