@@ -11,7 +11,7 @@ from __future__ import annotations
 from math import comb
 from typing import Any, Mapping, Sequence
 
-from rf_dp_agents.rollout.table import markdown_table
+from rf_dp_agents.rollout.table import contiguous_span, markdown_table
 
 COLUMNS = ("rule", "seeds in common", "both", "first only", "second only", "neither", "McNemar p")
 
@@ -64,10 +64,8 @@ def paired_table(first: Mapping[str, Any], second: Mapping[str, Any], names: tup
     rows = []
     for rule in rules or common_rules(first, second):
         c = paired_counts(first, second, rule, names)
-        seeds = c["seeds"]
-        span = f"{len(seeds)} ({seeds[0]}-{seeds[-1]})" if seeds == list(range(seeds[0], seeds[-1] + 1)) \
-            else str(len(seeds))
-        rows.append(dict(zip(COLUMNS, (rule, span, str(c["both"]), str(c["first_only"]), str(c["second_only"]),
+        seeds, span = c["seeds"], contiguous_span(c["seeds"])
+        rows.append(dict(zip(COLUMNS, (rule, f"{len(seeds)} ({span})" if span else str(len(seeds)), str(c["both"]), str(c["first_only"]), str(c["second_only"]),
                                        str(c["neither"]), f"{c['p_value']:.3g}"))))
     return f"first: {names[0]}\nsecond: {names[1]}\n\n" + markdown_table(rows, last=None)
 

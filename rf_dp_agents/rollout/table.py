@@ -42,12 +42,20 @@ def _sampler(doc: Mapping[str, Any]) -> str:
     return "/".join(sorted(names))
 
 
+def contiguous_span(seeds: Sequence[int]) -> str | None:
+    """``"first-last"`` when the sorted ``seeds`` form one unbroken range, else None."""
+    if seeds and list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return None
+
+
 def _episodes(doc: Mapping[str, Any]) -> str:
     done = sorted(ep["seed"] for ep in doc["episodes"])
+    span = contiguous_span(done)
     if not done:
         text = "0"
-    elif done == list(range(done[0], done[-1] + 1)):
-        text = f"{len(done)} (seeds {done[0]}-{done[-1]})"
+    elif span is not None:
+        text = f"{len(done)} (seeds {span})"
     else:
         text = f"{len(done)} (seeds {', '.join(map(str, done))})"
     pending = doc.get("pending_seeds") or []
@@ -101,4 +109,4 @@ def table_of_files(specs: Sequence[str]) -> str:
     return markdown_table(rows)
 
 
-__all__ = ["load_results", "markdown_table", "results_row", "split_spec", "table_of_files"]
+__all__ = ["contiguous_span", "load_results", "markdown_table", "results_row", "split_spec", "table_of_files"]
