@@ -116,23 +116,23 @@ class Budget:
         return epochs_that_fit(remaining, per_epoch, val_s, epochs_done, max_epochs, val_every)
 
 
+def _cosines(scheduler: LRScheduler) -> list[WarmupCosine]:
+    """The scheduler's cosine factors (one per parameter group; none for a constant schedule)."""
+    return [fn for fn in getattr(scheduler, "lr_lambdas", []) if isinstance(fn, WarmupCosine)]
+
+
 def set_schedule_steps(scheduler: LRScheduler, total_steps: int) -> bool:
     """Make a cosine schedule end at ``total_steps``; returns False for a schedule without a length (constant)."""
-    lambdas = getattr(scheduler, "lr_lambdas", [])
-    fitted = False
-    for fn in lambdas:
-        if isinstance(fn, WarmupCosine):
-            fn.num_training_steps = int(total_steps)
-            fitted = True
-    return fitted
+    cosines = _cosines(scheduler)
+    for fn in cosines:
+        fn.num_training_steps = int(total_steps)
+    return bool(cosines)
 
 
 def schedule_steps(scheduler: LRScheduler) -> int | None:
     """The step at which a cosine schedule reaches 0, or None for a schedule without a length."""
-    for fn in getattr(scheduler, "lr_lambdas", []):
-        if isinstance(fn, WarmupCosine):
-            return fn.num_training_steps
-    return None
+    cosines = _cosines(scheduler)
+    return cosines[0].num_training_steps if cosines else None
 
 
 def fit_schedule(budget: Budget, scheduler: LRScheduler, cfg: TrainConfig, epochs_done: int, current: int,
