@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import tyro
-from rf_dp_agents.progress import progress_bar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rf_dp_agents.progress import progress_bar  # noqa: E402
 
 
 @dataclass

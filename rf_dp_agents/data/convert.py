@@ -33,7 +33,6 @@ from typing import Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import h5py
 import numpy as np
-from rf_dp_agents.progress import progress_bar
 
 from rf_dp_agents.architecture import (
     DEFAULT_ARCHITECTURE,
@@ -47,6 +46,7 @@ from rf_dp_agents.architecture import (
 from rf_dp_agents.data.errors import DatasetError
 from rf_dp_agents.data.readahead import read_ahead
 from rf_dp_agents.data.writer import ZarrWriter
+from rf_dp_agents.progress import progress_bar
 
 TRAJ_PREFIX = "traj_"
 ACTION_DIM = 8

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from rf_dp_agents.progress import progress_bar
 
 from rf_dp_agents.data.writer import ZarrWriter
+from rf_dp_agents.progress import progress_bar
 
 
 def write_synthetic_dataset(

@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from rf_dp_agents.progress import progress_bar
 
 from rf_dp_agents.architecture import own_camera as agent_camera
 from rf_dp_agents.checkpoint import resolve_device
 from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.policy import DiffusionPolicyAgent
+from rf_dp_agents.progress import progress_bar
 from rf_dp_agents.rollout.agents import (
     agent_keys,
     camera_size,
