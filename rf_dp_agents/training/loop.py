@@ -113,7 +113,6 @@ class Trainer(RunKeeping):
                 f"training windows; lower --batch-size or use more data"
             )
         self.steps_per_epoch = self.dataset.n_train // self.global_batch
-        self.total_steps = self.steps_per_epoch * cfg.epochs
         self.schedule_epochs = cfg.epochs  # the epochs the LR schedule spans: fitted to --max-minutes if asked
 
         normalizer = self.dataset.fit_normalizer()
@@ -126,7 +125,7 @@ class Trainer(RunKeeping):
         self.policy.train()
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(params, cfg.lr, tuple(cfg.adam_betas), cfg.weight_decay, info.device)
-        self.scheduler = make_lr_scheduler(self.optimizer, cfg, self.total_steps)
+        self.scheduler = make_lr_scheduler(self.optimizer, cfg, self.schedule_epochs * self.steps_per_epoch)
         self.ema = None
         if cfg.use_ema:
             self.ema = EMA(self.policy, cfg.ema_power, cfg.ema_inv_gamma, cfg.ema_min_decay, cfg.ema_max_decay)
