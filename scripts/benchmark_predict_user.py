@@ -199,9 +199,10 @@ def main() -> int:
     if args.fresh_cache:
         env["RF_DP_COMPILE_CACHE"] = str(work / "compile-cache")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    passthrough = ["--repeats", str(args.repeats), "--device", args.device] + (["--warmup"] if args.warmup else []) + (
-        ["--no-graph-tf32"] if args.no_graph_tf32 else []) + (["--no-compile-graphs"] if args.no_compile_graphs else []) + (
-        ["--profile-first", str(args.profile_first)] if args.profile_first > 0 else [])
+    passthrough = ["--repeats", str(args.repeats), "--device", args.device, "--profile-first", str(args.profile_first)]
+    switches = {"--warmup": args.warmup, "--no-graph-tf32": args.no_graph_tf32,
+                "--no-compile-graphs": args.no_compile_graphs}
+    passthrough += [flag for flag, on in switches.items() if on]
     rows = []
     for spec in args.samplers:
         for run in ("first process", "second process"):
