@@ -34,9 +34,12 @@ def main() -> int:
           + ("" if per_env is None else f" ({per_env:.1f} steps/s per env while running episodes)"))
     server = doc["inference"].get("server")
     if server and server["batches"]:
-        busy = server["model_seconds"] / t["wall_seconds"] if t["wall_seconds"] else 0.0
+        wall = t["wall_seconds"] or float("inf")
+        busy = server.get("busy_seconds", server["model_seconds"]) / wall
+        summed = server["model_seconds"] / wall
         print(f"shared inference: {server['batches']} model calls, {server['mean_rows_per_batch']:.1f} rows per call, "
-              f"models busy {100 * busy:.0f}% of the wall time")
+              f"a model running {100 * busy:.0f}% of the wall time (calls summed {100 * summed:.0f}%, at most "
+              f"{server.get('max_concurrent_calls', 1)} at once)")
     print(f"results: {cfg.output}")
     videos = [ep["video"] for ep in doc["episodes"] if ep["video"]]
     if videos:

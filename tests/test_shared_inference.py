@@ -105,11 +105,12 @@ def test_model_failure_reaches_the_worker(tiny_policy_dir: Path) -> None:
         remote.predict_action(bad)
 
 
+@pytest.mark.parametrize("overlap", [False, True])
 def test_requests_of_two_agents_in_flight_come_back_to_their_agent(tiny_policy_dir: Path, tiny_checkpoint,
-                                                                   tmp_path: Path) -> None:
+                                                                   tmp_path: Path, overlap: bool) -> None:
     other_dir = tiny_checkpoint(tmp_path / "other", image_hw=IMAGE_HW, seed=4)
     locals_ = [load_policy(tiny_policy_dir, device="cpu", seed=1), load_policy(other_dir, device="cpu", seed=2)]
-    server = InferenceServer([p.model for p in locals_], 1, multiprocessing.get_context("spawn"))
+    server = InferenceServer([p.model for p in locals_], 1, multiprocessing.get_context("spawn"), overlap=overlap)
     client = InferenceClient(claim_slot(server.slots), server.requests, server.replies)
     remotes = [DiffusionPolicyAgent(RemoteModel(p.config, i, client), seed=p.seed) for i, p in enumerate(locals_)]
     obs = _observations(5)
@@ -130,7 +131,7 @@ def record_served_chunks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, obj
 
     def recording_run(self, agent: int, asked: list) -> None:
         sent: list[tuple] = []
-        self._reply = lambda end, message: (sent.append(message), InferenceServer._reply(end, message))
+        self._reply = lambda end, message: (sent.append(message), InferenceServer._reply(self, end, message))
         run(self, agent, asked)
         chunks = {m[1]: m[2] for m in sent if m[0] == "ok"}
         served.extend((agent, r, chunks[r.rid]) for _, r in asked)

@@ -1,6 +1,7 @@
 """Checks of predict()'s CUDA-graph paths on a GPU (``scripts/check_gpu_predict.py``; the CPU test suite cannot
 run them): graph against eager DDIM actions, the bf16-weight graph against eager float32 (also after in-place
-weight changes), and DDPM's graph reproducible from its generators. Each check is a (name, passed, detail) row.
+weight changes), DDPM's graph reproducible from its generators and continuing the default CUDA stream without
+them, and several models' graphs replayed side by side on their own streams. Each check is a (name, passed, detail) row.
 """
 
 from __future__ import annotations
@@ -103,6 +104,56 @@ def check_ddpm_seeds(cfg: ModelConfig) -> tuple[str, bool, str]:
             f"repeat equal: {same}, other seeds differ: {differs}")
 
 
+def check_ddpm_unseeded(cfg: ModelConfig) -> tuple[str, bool, str]:
+    """DDPM through the graph without generators: it draws from the default CUDA generator's stream and moves it
+    on, so two calls differ and reseeding the default generator repeats the first."""
+    torch.manual_seed(0)
+    model = DiffusionPolicy(cfg).cuda().eval()
+    obs = observations(cfg, 2)
+    noise = torch.randn(2, cfg.pred_horizon, cfg.action_dim, device="cuda")
+    graph = model._graphed(2, cfg.num_inference_steps)
+    torch.cuda.manual_seed(5)
+    before = torch.cuda.default_generators[torch.cuda.current_device()].get_offset()
+    first = graph(obs, noise)
+    moved = torch.cuda.default_generators[torch.cuda.current_device()].get_offset() > before
+    second = graph(obs, noise)
+    torch.cuda.manual_seed(5)
+    repeat = graph(obs, noise)
+    differ, same = not torch.allclose(first, second), torch.equal(first, repeat)
+    return ("DDPM graph without generators: continues the default CUDA stream", moved and differ and same,
+            f"default generator moved on: {moved}, two calls differ: {differ}, reseeded repeat equal: {same}")
+
+
+def check_graphs_side_by_side(cfg: ModelConfig, lanes: int = 3, calls: int = 20) -> tuple[str, bool, str]:
+    """Seeded DDPM graphs of ``lanes`` models replayed from ``lanes`` threads at once, each on a CUDA stream of its
+    own (as ``InferenceServer(overlap=True)`` runs agents): every output equals the same call run alone."""
+    import concurrent.futures as futures
+
+    torch.manual_seed(0)
+    models = [DiffusionPolicy(cfg).cuda().eval() for _ in range(lanes)]
+    obs = observations(cfg, 2)
+    for model in models:
+        model.build_graphs([2])
+
+    def call(lane: int, k: int) -> torch.Tensor:
+        return models[lane].predict_action(obs, generator=generators(2, offset=100 * k))
+
+    alone = [[call(lane, k) for k in range(calls)] for lane in range(lanes)]
+    streams = [torch.cuda.Stream() for _ in range(lanes)]
+
+    def lane_run(lane: int) -> list[torch.Tensor]:
+        with torch.cuda.stream(streams[lane]):
+            out = [call(lane, k) for k in range(calls)]
+            streams[lane].synchronize()
+        return out
+
+    with futures.ThreadPoolExecutor(lanes) as pool:
+        together = list(pool.map(lane_run, range(lanes)))
+    bad = sum(not torch.equal(a, b) for lane in range(lanes) for a, b in zip(alone[lane], together[lane]))
+    return (f"DDPM graphs of {lanes} models side by side on {lanes} streams equal the calls run alone", bad == 0,
+            f"{bad} of {lanes * calls} calls differ")
+
+
 def main(args: PredictCheckArgs) -> int:
     """Run every check, print one line each; 0 when all pass, 1 otherwise."""
     if not torch.cuda.is_available():
@@ -113,10 +164,12 @@ def main(args: PredictCheckArgs) -> int:
                            args)
     if args.seed_config:
         results += check_config("seed config", ModelConfig(sampler="ddim", num_inference_steps=10), args)
-    results.append(check_ddpm_seeds(tiny_model_config(image_shape=(3, 64, 64), sampler="ddpm", num_inference_steps=4)))
+    ddpm = tiny_model_config(image_shape=(3, 64, 64), sampler="ddpm", num_inference_steps=4)
+    results += [check_ddpm_seeds(ddpm), check_ddpm_unseeded(ddpm), check_graphs_side_by_side(ddpm)]
     for name, ok, detail in results:
         print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
     return 0 if all(ok for _, ok, _ in results) else 1
 
 
-__all__ = ["PredictCheckArgs", "check_bf16", "check_config", "check_ddpm_seeds", "main"]
+__all__ = ["PredictCheckArgs", "check_bf16", "check_config", "check_ddpm_seeds", "check_ddpm_unseeded",
+           "check_graphs_side_by_side", "main"]

@@ -283,6 +283,11 @@ class DiffusionPolicy(nn.Module):
         steps = self.config.num_inference_steps if steps is None else int(steps)
         return self._graph_key(int(size), steps) in self._graphs
 
+    def would_build_graph(self, size: int, steps: int | None = None) -> bool:
+        """Whether predicting at batch ``size`` now would first build (compile and capture) a sampling graph."""
+        on_graphs = self.cuda_graphs and self.device.type == "cuda" and not self.training
+        return on_graphs and not self.has_graph(size, steps)
+
     def build_graphs(self, batch_sizes: Sequence[int], steps: int | None = None) -> list[int]:
         """Build (compile and capture) the sampling graphs for ``batch_sizes`` now, with one log line first; return
         the sizes built. Nothing is built off CUDA, with ``cuda_graphs`` off, or in training mode."""

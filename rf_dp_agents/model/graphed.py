@@ -5,8 +5,10 @@ compiled with torch.compile first, its Inductor kernels then captured like any o
 :class:`Bf16Unet` of the policy's U-Net to run instead, its bf16 weights refreshed at the start of each replay).
 Its inputs (uint8 images, raw state, the initial noise) are copied into static buffers; one ``replay`` runs the
 encoder, every U-Net call and every scheduler update with no Python in between. The initial noise is drawn outside the
-graph, so a caller's generators still decide it; DDPM's per-step noise comes from the default CUDA
-generator inside the graph (reseed it with ``seed`` for repeatable samples). With ``tf32`` (the default) the U-Net is
+graph, so a caller's generators still decide it; DDPM's per-step noise comes from a CUDA generator of the graph's
+own, registered with it: with ``seed`` a replay starts that generator from ``seed`` (repeatable samples, and two
+graphs replaying at once on two streams never share a generator); without, the replay continues the default CUDA
+generator's stream and moves it on, as uncaptured sampling does. With ``tf32`` (the default) the U-Net is
 compiled and the graph captured with TF32 matmuls and convolutions allowed (``graph_setup.tf32_scope``): the replays
 run in TF32 while the caller's global precision flags stay as they were.
 
@@ -133,6 +135,8 @@ class GraphedSampler:
         self.scheduler = scheduler
         self.scheduler.set_timesteps(self.num_inference_steps)
         self.timesteps_dev = self.scheduler.timesteps.to(device)
+        self.generator = torch.Generator(device=device)
+        """DDPM's per-step noise inside the graph (registered with it before the capture)."""
         t0 = time.perf_counter()
         with tf32_scope(tf32):  # compilation and capture only: replays keep the captured math mode
             stream = torch.cuda.Stream()
@@ -147,6 +151,7 @@ class GraphedSampler:
             torch.cuda.synchronize(device)
             t2 = time.perf_counter()
             self.graph = torch.cuda.CUDAGraph()
+            self.graph.register_generator_state(self.generator)
             with torch.cuda.graph(self.graph), torch.no_grad():
                 self.static_out = self._body()
             torch.cuda.synchronize(device)
@@ -158,7 +163,8 @@ class GraphedSampler:
             self.bf16.refresh()
         cond = self.policy.encode_obs(self.static_obs)
         self.scheduler.set_timesteps(self.num_inference_steps)
-        return self.policy.denoise(cond, self.static_noise, self.scheduler, self.timesteps_dev, net=self.net)
+        return self.policy.denoise(cond, self.static_noise, self.scheduler, self.timesteps_dev,
+                                   generator=self.generator, net=self.net)
 
     @torch.no_grad()
     def __call__(self, obs: Mapping[str, torch.Tensor], noise: torch.Tensor, seed: int | None = None) -> torch.Tensor:
@@ -166,12 +172,14 @@ class GraphedSampler:
         for key, buffer in self.static_obs.items():
             buffer.copy_(obs[key], non_blocking=True)
         self.static_noise.copy_(noise, non_blocking=True)
-        if seed is None:
+        if seed is not None:
+            self.generator.manual_seed(seed)
             self.graph.replay()
-        else:
-            with torch.random.fork_rng(devices=[self.static_noise.device]):
-                torch.cuda.manual_seed(seed)
-                self.graph.replay()
+        else:  # continue the default generator's stream: its state in, the replay, the advanced state back
+            default = torch.cuda.default_generators[self.static_noise.device.index or 0]
+            self.generator.set_state(default.get_state())
+            self.graph.replay()
+            default.set_state(self.generator.get_state())
         return self.static_out.clone()
 
 

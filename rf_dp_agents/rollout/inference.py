@@ -20,16 +20,18 @@ slot a fresh line for the restarted worker.
 
 from __future__ import annotations
 
+import concurrent.futures as futures
+import contextlib
 import threading
 import time
-from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from rf_dp_agents.config import ModelConfig
+from rf_dp_agents.rollout.calls import Request, ServerStats, batch_sizes, padded_size, runs_alone
 
 REQUEST_POLL_S = 0.1
 """How long the server thread waits for a request before checking whether it should stop."""
@@ -37,62 +39,6 @@ GATHER_S = 0.003
 """After the first request of a batch, how long the server waits for more before running the model."""
 REPLY_TIMEOUT_S = 900.0
 """A worker gives up on a request after this long without a reply (the parent died or hangs)."""
-
-
-def batch_sizes(max_rows: int) -> list[int]:
-    """The padded batch sizes used for up to ``max_rows`` rows: powers of two below it, then ``max_rows``."""
-    if max_rows <= 0:
-        raise ValueError(f"max_rows must be positive, got {max_rows}")
-    sizes, size = [], 1
-    while size < max_rows:
-        sizes.append(size)
-        size *= 2
-    return sizes + [max_rows]
-
-
-def padded_size(rows: int, max_rows: int) -> int:
-    """The smallest entry of :func:`batch_sizes` that holds ``rows`` (``rows`` itself above ``max_rows``)."""
-    for size in batch_sizes(max_rows):
-        if size >= rows:
-            return size
-    return rows
-
-
-class Request(NamedTuple):
-    """One worker's chunk request: its reply slot, the request id, the agent, the observation rows, the seeds."""
-
-    slot: int
-    rid: int
-    agent: int
-    obs: dict[str, np.ndarray]
-    seeds: list[int] | None
-
-    @property
-    def group(self) -> tuple[int, bool]:
-        """Requests of one group share a model call: same agent, and seeded or not."""
-        return self.agent, self.seeds is not None
-
-
-@dataclass
-class ServerStats:
-    """What the server did: model calls, rows served, rows added as padding, seconds inside the models."""
-
-    batches: int = 0
-    rows: int = 0
-    padded_rows: int = 0
-    model_seconds: float = 0.0
-    rows_per_batch: dict[int, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-serialisable summary."""
-        return {
-            "batches": self.batches,
-            "rows": self.rows,
-            "padded_rows": self.padded_rows,
-            "mean_rows_per_batch": self.rows / self.batches if self.batches else None,
-            "model_seconds": self.model_seconds,
-            "batches_by_rows": {str(k): v for k, v in sorted(self.rows_per_batch.items())},
-        }
 
 
 class InferenceServer:
@@ -103,13 +49,25 @@ class InferenceServer:
     with :func:`claim_slot` on :attr:`slots`). Use as a context manager: the thread runs inside the ``with`` block.
     A failed model call is sent to the workers that asked (they raise it); the server goes on serving. A line
     whose worker died is dropped; :meth:`reset_slot` opens a new one for the slot's next worker.
+
+    ``overlap``: different model objects' calls run at the same time, each in a thread and on a CUDA stream of
+    its own (``rollout.calls``); without it one call runs at a time, in the server thread.
     """
 
-    def __init__(self, models: Sequence[Any], num_workers: int, ctx: Any) -> None:
+    def __init__(self, models: Sequence[Any], num_workers: int, ctx: Any, overlap: bool = False) -> None:
         if not models:
             raise ValueError("InferenceServer needs at least one model")
         self.models = list(models)
         self.num_workers = int(num_workers)
+        self.overlap = bool(overlap)
+        lanes: dict[int, int] = {}
+        self._lane_of = [lanes.setdefault(id(m), len(lanes)) for m in self.models]
+        """Agent -> lane: agents that share one model object share its lane (one call of a model at a time)."""
+        self._pool: futures.ThreadPoolExecutor | None = None
+        self._streams: dict[int, Any] = {}
+        self._wake: tuple[Connection, Connection] | None = None
+        """(reader, writer): a lane thread writes a byte when its call ends, which wakes the server thread."""
+        self._reply_lock = threading.Lock()
         self.slots = ctx.Value("i", 0)
         self.stats = ServerStats()
         self._lock = threading.Lock()
@@ -155,6 +113,15 @@ class InferenceServer:
         self._lines[slot].close()
 
     def __enter__(self) -> "InferenceServer":
+        if self.overlap:
+            import multiprocessing
+
+            self._wake = multiprocessing.Pipe(duplex=False)
+            self._pool = futures.ThreadPoolExecutor(max(self._lane_of) + 1, thread_name_prefix="inference-lane")
+            for agent, lane in enumerate(self._lane_of):
+                device = getattr(self.models[agent], "device", None)
+                if getattr(device, "type", None) == "cuda" and lane not in self._streams:
+                    self._streams[lane] = torch.cuda.Stream(device=device)
         self._thread = threading.Thread(target=self._serve, name="inference-server", daemon=True)
         self._thread.start()
         return self
@@ -163,6 +130,13 @@ class InferenceServer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._wake is not None:
+            for end in self._wake:
+                end.close()
+            self._wake = None
         with self._lock:
             ends = [e for e in self._ends if e is not None] + self._retired + list(self._lines)
             self._ends, self._retired = [None] * self.num_workers, []
@@ -178,10 +152,15 @@ class InferenceServer:
             self._retired = []
             live = [e for e in self._ends if e is not None]
         got: list[tuple[Connection, Request]] = []
-        if not live:
+        wake = None if self._wake is None else self._wake[0]
+        if not live and wake is None:
             time.sleep(timeout)
             return got
-        for end in wait(live, timeout=timeout):
+        for end in wait(live + ([wake] if wake is not None else []), timeout=timeout):
+            if end is wake:  # a lane's call ended: empty the wake line, no request in it
+                while wake.poll():
+                    wake.recv_bytes()
+                continue
             try:
                 got.append((end, end.recv()))  # type: ignore[union-attr]
             except (EOFError, OSError):  # its worker died (possibly mid-request): drop the line
@@ -193,6 +172,8 @@ class InferenceServer:
     def _serve(self) -> None:
         """Take every waiting request, run the agent whose oldest request waited longest on all of its requests,
         repeat: requests that arrive while a model runs join the next call for their agent."""
+        if self.overlap:
+            return self._serve_overlapped()
         pending: list[tuple[Connection, Request]] = []
         while not self._stop.is_set():
             if not pending:
@@ -212,10 +193,62 @@ class InferenceServer:
             pending = [p for p in pending if p[1].group != group]
             self._run(group[0], chosen)
 
-    @staticmethod
-    def _reply(end: Connection, message: tuple) -> None:
+    def _serve_overlapped(self) -> None:
+        """As :meth:`_serve`, but every group whose lane is free starts at once in its lane's thread; a call that
+        would build a graph waits until no call runs, and holds back the groups behind it meanwhile."""
+        pending: list[tuple[Connection, Request]] = []
+        running: dict[int, futures.Future] = {}
+        while not self._stop.is_set():
+            for lane in [lane for lane, call in running.items() if call.done()]:
+                del running[lane]
+            was_empty = not pending
+            pending.extend(self._receive(REQUEST_POLL_S if was_empty or running else 0.0))
+            if was_empty and pending:  # a first request: let the others of this round arrive
+                wait_until = time.perf_counter() + GATHER_S
+                while more := self._receive(max(wait_until - time.perf_counter(), 0.0)):
+                    pending.extend(more)
+            pending = self._dispatch(pending, running)
+
+    def _dispatch(self, pending: list[tuple[Connection, Request]],
+                  running: dict[int, futures.Future]) -> list[tuple[Connection, Request]]:
+        """Start, oldest group first, every group whose lane is free; return the requests left waiting."""
+        started: set[int] = set()
+        held = False  # a call that must run alone is waiting: nothing behind it starts
+        for group in dict.fromkeys(r.group for _, r in pending):
+            agent, lane = group[0], self._lane_of[group[0]]
+            if held or lane in running:
+                continue
+            chosen = [(end, r) for end, r in pending if r.group == group]
+            rows = sum(len(next(iter(r.obs.values()))) for _, r in chosen)
+            if runs_alone(self.models[agent], padded_size(rows, self.num_workers)):
+                if running:
+                    held = True
+                    continue
+                self._run(agent, chosen)  # in this thread, with no other call on the device
+            else:
+                assert self._pool is not None and self._wake is not None
+                running[lane] = call = self._pool.submit(self._lane_call, lane, agent, chosen)
+                call.add_done_callback(self._wake_server)  # runs once the call counts as done
+            started.update(id(r) for _, r in chosen)
+        return [(end, r) for end, r in pending if id(r) not in started]
+
+    def _lane_call(self, lane: int, agent: int, asked: list[tuple[Connection, Request]]) -> None:
+        """One call in lane ``lane``'s thread, on its CUDA stream."""
+        stream = self._streams.get(lane)
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            self._run(agent, asked)
+
+    def _wake_server(self, _call: futures.Future) -> None:
+        """Wake the server thread (a lane's call ended)."""
+        wake = self._wake
+        if wake is not None:
+            with contextlib.suppress(OSError, ValueError):
+                wake[1].send_bytes(b"1")
+
+    def _reply(self, end: Connection, message: tuple) -> None:
         try:
-            end.send(message)
+            with self._reply_lock:  # two lanes may answer the same worker's line at once
+                end.send(message)
         except (OSError, ValueError):  # the worker died or its line was dropped: nobody waits for this reply
             pass
 
@@ -239,15 +272,14 @@ class InferenceServer:
                 seeds = [s for r, n in zip(reqs, counts) for s in (r.seeds if len(r.seeds) == n else r.seeds[:1] * n)]
                 seeds += [seeds[0]] * (size - rows)
                 generator = [torch.Generator().manual_seed(int(s)) for s in seeds]
-            start = time.perf_counter()
-            with torch.no_grad():
-                out = model.predict_action(obs, generator=generator)[:rows].float().cpu().numpy()
-            stats = self.stats
-            stats.model_seconds += time.perf_counter() - start
-            stats.batches += 1
-            stats.rows += rows
-            stats.padded_rows += size - rows
-            stats.rows_per_batch[rows] = stats.rows_per_batch.get(rows, 0) + 1
+            start = self.stats.call_started()
+            try:
+                with torch.no_grad():
+                    out = model.predict_action(obs, generator=generator)[:rows].float().cpu().numpy()
+            except BaseException:
+                self.stats.call_failed()
+                raise
+            self.stats.call_ended(start, rows, size)
         except Exception as err:  # the workers raise it; the server keeps serving the others
             message = f"inference for agent {agent} failed in the parent process: {type(err).__name__}: {err}"
             for end, r in asked:

@@ -24,8 +24,8 @@ from rf_dp_agents.rollout.config import RolloutConfig
 from rf_dp_agents.rollout.metrics import EpisodeResult, package_versions, summarize, write_json_atomic
 
 RESUMABLE_CHANGES = (
-    "max_minutes", "num_episodes", "output", "progress", "record_video", "resume", "torch_threads", "video_dir",
-    "video_episodes",
+    "max_minutes", "num_episodes", "output", "overlap_agents", "progress", "record_video", "resume", "torch_threads",
+    "video_dir", "video_episodes",
 )
 """Settings that may differ between an interrupted run and its ``--resume``: none changes an episode's result.
 On the CPU backend ``num_envs`` and ``inference`` may change too, as long as the noise source stays the same

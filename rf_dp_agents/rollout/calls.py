@@ -1,0 +1,123 @@
+"""The shared inference server's model calls: requests, padded batch sizes, which calls may run side by side,
+and the statistics of the calls (``rollout.inference`` runs them).
+
+With ``overlap`` the server runs different models' calls at the same time, each in a thread of its own on a CUDA
+stream of its own (one lane per model object, so agents sharing one model take turns). A call that would build a
+sampling graph (compile and capture) runs alone: the capture must see no other work on the device, so the server
+waits for the running calls to end and starts no other call until it is done.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+
+def batch_sizes(max_rows: int) -> list[int]:
+    """The padded batch sizes used for up to ``max_rows`` rows: powers of two below it, then ``max_rows``."""
+    if max_rows <= 0:
+        raise ValueError(f"max_rows must be positive, got {max_rows}")
+    sizes, size = [], 1
+    while size < max_rows:
+        sizes.append(size)
+        size *= 2
+    return sizes + [max_rows]
+
+
+def padded_size(rows: int, max_rows: int) -> int:
+    """The smallest entry of :func:`batch_sizes` that holds ``rows`` (``rows`` itself above ``max_rows``)."""
+    for size in batch_sizes(max_rows):
+        if size >= rows:
+            return size
+    return rows
+
+
+class Request(NamedTuple):
+    """One worker's chunk request: its reply slot, the request id, the agent, the observation rows, the seeds."""
+
+    slot: int
+    rid: int
+    agent: int
+    obs: dict[str, np.ndarray]
+    seeds: list[int] | None
+
+    @property
+    def group(self) -> tuple[int, bool]:
+        """Requests of one group share a model call: same agent, and seeded or not."""
+        return self.agent, self.seeds is not None
+
+
+def runs_alone(model: Any, size: int) -> bool:
+    """Whether a call of ``model`` at padded batch ``size`` would build a CUDA sampling graph (it then runs with
+    no other call on the device): ``model.would_build_graph(size)``; a model without that method never does."""
+    would_build = getattr(model, "would_build_graph", None)
+    return bool(would_build(size)) if would_build is not None else False
+
+
+@dataclass
+class ServerStats:
+    """What the server did: model calls, rows served, rows added as padding, seconds inside the models (summed
+    over calls), seconds with at least one call running, and the most calls running at once."""
+
+    batches: int = 0
+    rows: int = 0
+    padded_rows: int = 0
+    model_seconds: float = 0.0
+    rows_per_batch: dict[int, int] = field(default_factory=dict)
+    busy_seconds: float = 0.0
+    max_concurrent_calls: int = 0
+    _running: int = 0
+    _busy_since: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def call_started(self) -> float:
+        """Count a call as running; returns its start time for :meth:`call_ended`."""
+        now = time.perf_counter()
+        with self._lock:
+            if self._running == 0:
+                self._busy_since = now
+            self._running += 1
+            self.max_concurrent_calls = max(self.max_concurrent_calls, self._running)
+        return now
+
+    def call_ended(self, started: float, rows: int, padded: int) -> None:
+        """Record a finished call of ``rows`` rows padded to ``padded``, started at ``started``."""
+        now = time.perf_counter()
+        with self._lock:
+            self._running -= 1
+            if self._running == 0:
+                self.busy_seconds += now - self._busy_since
+            self.model_seconds += now - started
+            self.batches += 1
+            self.rows += rows
+            self.padded_rows += padded - rows
+            self.rows_per_batch[rows] = self.rows_per_batch.get(rows, 0) + 1
+
+    def call_failed(self) -> None:
+        """Count a call that raised as no longer running."""
+        now = time.perf_counter()
+        with self._lock:
+            self._running -= 1
+            if self._running == 0:
+                self.busy_seconds += now - self._busy_since
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable summary."""
+        with self._lock:
+            return {
+                "batches": self.batches,
+                "rows": self.rows,
+                "padded_rows": self.padded_rows,
+                "mean_rows_per_batch": self.rows / self.batches if self.batches else None,
+                "model_seconds": self.model_seconds,
+                "busy_seconds": self.busy_seconds,
+                "max_concurrent_calls": self.max_concurrent_calls,
+                "batches_by_rows": {str(k): v for k, v in sorted(self.rows_per_batch.items())},
+            }
+
+
+__all__ = ["Request", "ServerStats", "batch_sizes", "padded_size", "runs_alone"]
