@@ -74,6 +74,17 @@ def test_runs_alone_only_when_a_cuda_graph_would_be_built() -> None:
         assert not policy.would_build_graph(1) and policy.would_build_graph(2)
 
 
+def test_overlapped_server_gives_each_model_graphs_of_their_own_generator() -> None:
+    policies = [DiffusionPolicy(tiny_model_config(image_shape=(3, 16, 16))).eval() for _ in range(2)]
+    InferenceServer(policies[:1], 1, multiprocessing.get_context("spawn"), overlap=False)
+    assert not policies[0].own_graph_generators
+    InferenceServer(policies, 1, multiprocessing.get_context("spawn"), overlap=True)
+    assert all(p.own_graph_generators for p in policies)
+    key = policies[0]._graph_key(1, 10)
+    policies[0].own_graph_generators = False
+    assert policies[0]._graph_key(1, 10) != key  # graphs built before the switch are not reused after it
+
+
 def test_stats_count_calls_running_at_once() -> None:
     stats = ServerStats()
     a = stats.call_started()

@@ -109,6 +109,7 @@ def check_ddpm_unseeded(cfg: ModelConfig) -> tuple[str, bool, str]:
     on, so two calls differ and reseeding the default generator repeats the first."""
     torch.manual_seed(0)
     model = DiffusionPolicy(cfg).cuda().eval()
+    model.own_graph_generators, model.compile_graphs = True, False
     obs = observations(cfg, 2)
     noise = torch.randn(2, cfg.pred_horizon, cfg.action_dim, device="cuda")
     graph = model._graphed(2, cfg.num_inference_steps)
@@ -120,7 +121,7 @@ def check_ddpm_unseeded(cfg: ModelConfig) -> tuple[str, bool, str]:
     torch.cuda.manual_seed(5)
     repeat = graph(obs, noise)
     differ, same = not torch.allclose(first, second), torch.equal(first, repeat)
-    return ("DDPM graph without generators: continues the default CUDA stream", moved and differ and same,
+    return ("DDPM graph of its own generator, no seed: continues the default CUDA stream", moved and differ and same,
             f"default generator moved on: {moved}, two calls differ: {differ}, reseeded repeat equal: {same}")
 
 
@@ -131,9 +132,15 @@ def check_graphs_side_by_side(cfg: ModelConfig, lanes: int = 3, calls: int = 20)
 
     torch.manual_seed(0)
     models = [DiffusionPolicy(cfg).cuda().eval() for _ in range(lanes)]
-    obs = observations(cfg, 2)
     for model in models:
+        model.compile_graphs = False
+    obs = observations(cfg, 2)
+    default_seeded = models[0].predict_action(obs, generator=generators(2))
+    for model in models:
+        model.own_graph_generators = True
         model.build_graphs([2])
+    own_seeded = models[0].predict_action(obs, generator=generators(2))
+    same_noise = torch.equal(default_seeded, own_seeded)
 
     def call(lane: int, k: int) -> torch.Tensor:
         return models[lane].predict_action(obs, generator=generators(2, offset=100 * k))
@@ -150,8 +157,9 @@ def check_graphs_side_by_side(cfg: ModelConfig, lanes: int = 3, calls: int = 20)
     with futures.ThreadPoolExecutor(lanes) as pool:
         together = list(pool.map(lane_run, range(lanes)))
     bad = sum(not torch.equal(a, b) for lane in range(lanes) for a, b in zip(alone[lane], together[lane]))
-    return (f"DDPM graphs of {lanes} models side by side on {lanes} streams equal the calls run alone", bad == 0,
-            f"{bad} of {lanes * calls} calls differ")
+    return (f"DDPM graphs of {lanes} models side by side on {lanes} streams equal the calls run alone; a graph's own "
+            "generator gives the default generator's seeded chunk", bad == 0 and same_noise,
+            f"{bad} of {lanes * calls} calls differ; own and default generator equal: {same_noise}")
 
 
 def main(args: PredictCheckArgs) -> int:

@@ -74,9 +74,10 @@ def run_trial(args: OverlapArgs, overlap: bool) -> dict[str, Any]:
         torch.manual_seed(agent)
         model = DiffusionPolicy(cfg).to(args.device).eval()
         model.compile_graphs = args.compile_graphs
-        model.build_graphs(batch_sizes(args.workers))
         models.append(model)
     server = InferenceServer(models, args.workers, multiprocessing.get_context("spawn"), overlap=overlap)
+    for model in models:  # after the server set each model's graph options
+        model.build_graphs(batch_sizes(args.workers))
     rows = {key: torch.zeros(1, cfg.obs_horizon, *cfg.image_shape, dtype=torch.uint8).numpy()
             for key in cfg.camera_keys}
     rows[cfg.state_key] = torch.zeros(1, cfg.obs_horizon, cfg.state_dim).numpy()

@@ -130,6 +130,10 @@ class DiffusionPolicy(nn.Module):
         self.film_tables = True
         """Compute every denoising step's FiLM conditioning in one batch before the loop (when steps x batch
         is at most ``FILM_TABLE_ROWS``) instead of twelve matrix-vector products per step."""
+        self.own_graph_generators = False
+        """Sampling graphs draw DDPM's per-step noise from a CUDA generator of each graph's own instead of the
+        default one: needed where several models' graphs replay at once on different streams
+        (``InferenceServer(overlap=True)`` turns it on); a seeded chunk is the same either way."""
         self._graphs: dict[tuple[Any, ...], GraphedSampler] = {}
 
     @property
@@ -276,7 +280,8 @@ class DiffusionPolicy(nn.Module):
         return self.normalizer.unnormalize(ACTION_KEY, sample)
 
     def _graph_key(self, size: int, steps: int) -> tuple[Any, ...]:
-        return (size, self.config.sampler, steps, self.device, self.compile_graphs, self.bf16_graphs, self.graph_tf32)
+        return (size, self.config.sampler, steps, self.device, self.compile_graphs, self.bf16_graphs, self.graph_tf32,
+                self.own_graph_generators)
 
     def has_graph(self, size: int, steps: int | None = None) -> bool:
         """Whether the sampling graph for batch ``size`` (and ``steps``, default the config's) is already built."""
@@ -320,7 +325,8 @@ class DiffusionPolicy(nn.Module):
                 bf16 = self._bf16_unets[self.device]
             try:
                 graph = GraphedSampler(self, size, make_scheduler(self.config, self.config.sampler), steps,
-                                       compile_unet=self.compile_graphs, bf16_unet=bf16, tf32=self.graph_tf32)
+                                       compile_unet=self.compile_graphs, bf16_unet=bf16, tf32=self.graph_tf32,
+                                       own_generator=self.own_graph_generators)
             except Exception as exc:  # torch.compile needs Triton and a C compiler; the plain graph does not
                 if not self.compile_graphs:
                     raise

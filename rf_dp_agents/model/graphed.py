@@ -5,10 +5,11 @@ compiled with torch.compile first, its Inductor kernels then captured like any o
 :class:`Bf16Unet` of the policy's U-Net to run instead, its bf16 weights refreshed at the start of each replay).
 Its inputs (uint8 images, raw state, the initial noise) are copied into static buffers; one ``replay`` runs the
 encoder, every U-Net call and every scheduler update with no Python in between. The initial noise is drawn outside the
-graph, so a caller's generators still decide it; DDPM's per-step noise comes from a CUDA generator of the graph's
-own, registered with it: with ``seed`` a replay starts that generator from ``seed`` (repeatable samples, and two
-graphs replaying at once on two streams never share a generator); without, the replay continues the default CUDA
-generator's stream and moves it on, as uncaptured sampling does. With ``tf32`` (the default) the U-Net is
+graph, so a caller's generators still decide it; DDPM's per-step noise comes from the default CUDA generator inside
+the graph (reseeded with ``seed`` for repeatable samples), or with ``own_generator`` from a CUDA generator of the
+graph's own, registered with it, so that graphs replaying at once on two streams never share a generator's state:
+``seed`` then starts that generator from ``seed`` (the same noise as the default generator reseeded), and without
+a seed the replay continues the default generator's stream and moves it on. With ``tf32`` (the default) the U-Net is
 compiled and the graph captured with TF32 matmuls and convolutions allowed (``graph_setup.tf32_scope``): the replays
 run in TF32 while the caller's global precision flags stay as they were.
 
@@ -113,6 +114,7 @@ class GraphedSampler:
         compile_unet: bool = False,
         bf16_unet: Bf16Unet | None = None,
         tf32: bool = True,
+        own_generator: bool = False,
     ):
         device = policy.device
         if device.type != "cuda":
@@ -135,8 +137,8 @@ class GraphedSampler:
         self.scheduler = scheduler
         self.scheduler.set_timesteps(self.num_inference_steps)
         self.timesteps_dev = self.scheduler.timesteps.to(device)
-        self.generator = torch.Generator(device=device)
-        """DDPM's per-step noise inside the graph (registered with it before the capture)."""
+        self.generator = torch.Generator(device=device) if own_generator else None
+        """With ``own_generator``: DDPM's per-step noise inside the graph (registered with it before the capture)."""
         t0 = time.perf_counter()
         with tf32_scope(tf32):  # compilation and capture only: replays keep the captured math mode
             stream = torch.cuda.Stream()
@@ -151,7 +153,8 @@ class GraphedSampler:
             torch.cuda.synchronize(device)
             t2 = time.perf_counter()
             self.graph = torch.cuda.CUDAGraph()
-            self.graph.register_generator_state(self.generator)
+            if self.generator is not None:
+                self.graph.register_generator_state(self.generator)
             with torch.cuda.graph(self.graph), torch.no_grad():
                 self.static_out = self._body()
             torch.cuda.synchronize(device)
@@ -172,7 +175,14 @@ class GraphedSampler:
         for key, buffer in self.static_obs.items():
             buffer.copy_(obs[key], non_blocking=True)
         self.static_noise.copy_(noise, non_blocking=True)
-        if seed is not None:
+        if self.generator is None:
+            if seed is None:
+                self.graph.replay()
+            else:
+                with torch.random.fork_rng(devices=[self.static_noise.device]):
+                    torch.cuda.manual_seed(seed)
+                    self.graph.replay()
+        elif seed is not None:
             self.generator.manual_seed(seed)
             self.graph.replay()
         else:  # continue the default generator's stream: its state in, the replay, the advanced state back

@@ -60,6 +60,10 @@ class InferenceServer:
         self.models = list(models)
         self.num_workers = int(num_workers)
         self.overlap = bool(overlap)
+        if self.overlap:
+            for model in self.models:
+                if hasattr(model, "own_graph_generators"):
+                    model.own_graph_generators = True  # graphs replaying at once must not share a generator
         lanes: dict[int, int] = {}
         self._lane_of = [lanes.setdefault(id(m), len(lanes)) for m in self.models]
         """Agent -> lane: agents that share one model object share its lane (one call of a model at a time)."""

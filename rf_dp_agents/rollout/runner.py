@@ -161,9 +161,9 @@ def run_episodes(
             ctx = multiprocessing.get_context("spawn")
             if mode == "shared":
                 policies = list(policies) if policies is not None else load_agent_policies(cfg, paths)
+                server = InferenceServer([p.model for p in policies], workers, ctx, overlap=cfg.overlap_agents)
                 for policy in policies:  # the server pads its batches to these sizes
                     policy.warmup(batch_sizes(workers))
-                server = InferenceServer([p.model for p in policies], workers, ctx, overlap=cfg.overlap_agents)
                 configs = [{"model": p.config.to_dict(), "metadata": p.metadata} for p in policies]
 
                 def shared_args(slot: int) -> tuple:  # a fresh line to the server for each (re)started worker
