@@ -146,6 +146,7 @@ def check_graphs_side_by_side(cfg: ModelConfig, lanes: int = 3, calls: int = 20)
         return models[lane].predict_action(obs, generator=generators(2, offset=100 * k))
 
     alone = [[call(lane, k) for k in range(calls)] for lane in range(lanes)]
+    torch.cuda.synchronize()  # the reference replays are done before the lanes write the same graphs' inputs
     streams = [torch.cuda.Stream() for _ in range(lanes)]
 
     def lane_run(lane: int) -> list[torch.Tensor]:

@@ -239,6 +239,8 @@ class InferenceServer:
     def _lane_call(self, lane: int, agent: int, asked: list[tuple[Connection, Request]]) -> None:
         """One call in lane ``lane``'s thread, on its CUDA stream."""
         stream = self._streams.get(lane)
+        if stream is not None:  # after anything this thread's default stream still has queued
+            stream.wait_stream(torch.cuda.current_stream(stream.device))
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             self._run(agent, asked)
 
