@@ -18,7 +18,7 @@ import torch
 
 from rf_dp_agents.config import tiny_model_config
 from rf_dp_agents.model import DiffusionPolicy
-from rf_dp_agents.rollout.calls import Request, ServerStats, runs_alone
+from rf_dp_agents.rollout.calls import Request, ServerStats, lane_key, runs_alone
 from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer, claim_slot
 
 CHUNK = (4, 2)  # (T, A) of the stand-ins' chunks
@@ -80,9 +80,23 @@ def test_overlapped_server_gives_each_model_graphs_of_their_own_generator() -> N
     assert not policies[0].own_graph_generators
     InferenceServer(policies, 1, multiprocessing.get_context("spawn"), overlap=True)
     assert all(p.own_graph_generators for p in policies)
+    assert all(p.graph_capture_stream is None for p in policies)  # on the CPU: no graphs, no capture stream
     key = policies[0]._graph_key(1, 10)
     policies[0].own_graph_generators = False
     assert policies[0]._graph_key(1, 10) != key  # graphs built before the switch are not reused after it
+    if torch.cuda.is_available():
+        cuda = [DiffusionPolicy(tiny_model_config(image_shape=(3, 16, 16))).cuda().eval() for _ in range(2)]
+        InferenceServer(cuda, 1, multiprocessing.get_context("spawn"), overlap=True)
+        assert len({p.graph_capture_stream.cuda_stream for p in cuda}) == 2
+
+
+def test_models_sharing_a_capture_stream_share_a_lane() -> None:
+    stream = SimpleNamespace(cuda_stream=7)
+    a, b = SimpleNamespace(graph_capture_stream=stream), SimpleNamespace(graph_capture_stream=stream)
+    c = SimpleNamespace(graph_capture_stream=SimpleNamespace(cuda_stream=8))
+    server = InferenceServer([a, b, c, c], 1, multiprocessing.get_context("spawn"), overlap=True)
+    assert server._lane_of == [0, 0, 1, 1]
+    assert lane_key(object()) != lane_key(object())  # without a capture stream: one lane per model object
 
 
 def test_stats_count_calls_running_at_once() -> None:

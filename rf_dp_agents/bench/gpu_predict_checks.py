@@ -12,6 +12,7 @@ import torch
 
 from rf_dp_agents.config import ModelConfig, tiny_model_config
 from rf_dp_agents.model import DiffusionPolicy
+from rf_dp_agents.rollout.calls import prepare_for_overlap
 
 
 @dataclass
@@ -137,7 +138,7 @@ def check_graphs_side_by_side(cfg: ModelConfig, lanes: int = 3, calls: int = 20)
     obs = observations(cfg, 2)
     default_seeded = models[0].predict_action(obs, generator=generators(2))
     for model in models:
-        model.own_graph_generators = True
+        prepare_for_overlap(model)
         model.build_graphs([2])
     own_seeded = models[0].predict_action(obs, generator=generators(2))
     same_noise = torch.equal(default_seeded, own_seeded)

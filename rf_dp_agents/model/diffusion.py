@@ -134,6 +134,10 @@ class DiffusionPolicy(nn.Module):
         """Sampling graphs draw DDPM's per-step noise from a CUDA generator of each graph's own instead of the
         default one: needed where several models' graphs replay at once on different streams
         (``InferenceServer(overlap=True)`` turns it on); a seeded chunk is the same either way."""
+        self.graph_capture_stream: torch.cuda.Stream | None = None
+        """The stream the sampling graphs are captured on (None: torch's one capture stream for every graph). A
+        graph keeps the cuBLAS workspace of its capture stream, so graphs that replay at the same time need capture
+        streams of their own (``InferenceServer(overlap=True)`` gives each model one)."""
         self._graphs: dict[tuple[Any, ...], GraphedSampler] = {}
 
     @property
@@ -280,8 +284,9 @@ class DiffusionPolicy(nn.Module):
         return self.normalizer.unnormalize(ACTION_KEY, sample)
 
     def _graph_key(self, size: int, steps: int) -> tuple[Any, ...]:
+        stream = self.graph_capture_stream
         return (size, self.config.sampler, steps, self.device, self.compile_graphs, self.bf16_graphs, self.graph_tf32,
-                self.own_graph_generators)
+                self.own_graph_generators, None if stream is None else stream.cuda_stream)
 
     def has_graph(self, size: int, steps: int | None = None) -> bool:
         """Whether the sampling graph for batch ``size`` (and ``steps``, default the config's) is already built."""
@@ -326,7 +331,8 @@ class DiffusionPolicy(nn.Module):
             try:
                 graph = GraphedSampler(self, size, make_scheduler(self.config, self.config.sampler), steps,
                                        compile_unet=self.compile_graphs, bf16_unet=bf16, tf32=self.graph_tf32,
-                                       own_generator=self.own_graph_generators)
+                                       own_generator=self.own_graph_generators,
+                                       capture_stream=self.graph_capture_stream)
             except Exception as exc:  # torch.compile needs Triton and a C compiler; the plain graph does not
                 if not self.compile_graphs:
                     raise

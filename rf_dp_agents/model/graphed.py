@@ -9,7 +9,9 @@ graph, so a caller's generators still decide it; DDPM's per-step noise comes fro
 the graph (reseeded with ``seed`` for repeatable samples), or with ``own_generator`` from a CUDA generator of the
 graph's own, registered with it, so that graphs replaying at once on two streams never share a generator's state:
 ``seed`` then starts that generator from ``seed`` (the same noise as the default generator reseeded), and without
-a seed the replay continues the default generator's stream and moves it on. With ``tf32`` (the default) the U-Net is
+a seed the replay continues the default generator's stream and moves it on. A graph keeps the cuBLAS workspace of
+the stream it was captured on (torch's one capture stream unless ``capture_stream`` names another), so graphs
+that replay at the same time need different capture streams. With ``tf32`` (the default) the U-Net is
 compiled and the graph captured with TF32 matmuls and convolutions allowed (``graph_setup.tf32_scope``): the replays
 run in TF32 while the caller's global precision flags stay as they were.
 
@@ -115,6 +117,7 @@ class GraphedSampler:
         bf16_unet: Bf16Unet | None = None,
         tf32: bool = True,
         own_generator: bool = False,
+        capture_stream: torch.cuda.Stream | None = None,
     ):
         device = policy.device
         if device.type != "cuda":
@@ -155,7 +158,7 @@ class GraphedSampler:
             self.graph = torch.cuda.CUDAGraph()
             if self.generator is not None:
                 self.graph.register_generator_state(self.generator)
-            with torch.cuda.graph(self.graph), torch.no_grad():
+            with torch.cuda.graph(self.graph, stream=capture_stream), torch.no_grad():
                 self.static_out = self._body()
             torch.cuda.synchronize(device)
         self.build_seconds = {"first_run": t1 - t0, "more_warmup": t2 - t1, "capture": time.perf_counter() - t2}

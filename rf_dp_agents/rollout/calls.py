@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 
 
 def batch_sizes(max_rows: int) -> list[int]:
@@ -56,6 +57,25 @@ def runs_alone(model: Any, size: int) -> bool:
     no other call on the device): ``model.would_build_graph(size)``; a model without that method never does."""
     would_build = getattr(model, "would_build_graph", None)
     return bool(would_build(size)) if would_build is not None else False
+
+
+def prepare_for_overlap(model: Any) -> None:
+    """Set up a model whose sampling graphs will replay while other models' do: graphs of a generator of their own
+    (the default CUDA generator's state would be shared) captured on a stream of the model's own (a graph keeps
+    its capture stream's cuBLAS workspace). Graphs built before are rebuilt at their next use."""
+    if hasattr(model, "own_graph_generators"):
+        model.own_graph_generators = True
+    device = getattr(model, "device", None)
+    if hasattr(model, "graph_capture_stream") and getattr(device, "type", None) == "cuda":
+        if model.graph_capture_stream is None:
+            model.graph_capture_stream = torch.cuda.Stream(device=device)
+
+
+def lane_key(model: Any) -> Any:
+    """What decides a model's lane: its graph capture stream where it has one (two models whose graphs share a
+    capture stream share its cuBLAS workspace, so their calls must not overlap), else the model object."""
+    stream = getattr(model, "graph_capture_stream", None)
+    return ("stream", stream.cuda_stream) if stream is not None else ("model", id(model))
 
 
 @dataclass
@@ -120,4 +140,4 @@ class ServerStats:
             }
 
 
-__all__ = ["Request", "ServerStats", "batch_sizes", "padded_size", "runs_alone"]
+__all__ = ["Request", "ServerStats", "batch_sizes", "lane_key", "padded_size", "prepare_for_overlap", "runs_alone"]

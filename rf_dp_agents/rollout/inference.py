@@ -31,7 +31,15 @@ import numpy as np
 import torch
 
 from rf_dp_agents.config import ModelConfig
-from rf_dp_agents.rollout.calls import Request, ServerStats, batch_sizes, padded_size, runs_alone
+from rf_dp_agents.rollout.calls import (
+    Request,
+    ServerStats,
+    batch_sizes,
+    lane_key,
+    padded_size,
+    prepare_for_overlap,
+    runs_alone,
+)
 
 REQUEST_POLL_S = 0.1
 """How long the server thread waits for a request before checking whether it should stop."""
@@ -61,12 +69,12 @@ class InferenceServer:
         self.num_workers = int(num_workers)
         self.overlap = bool(overlap)
         if self.overlap:
-            for model in self.models:
-                if hasattr(model, "own_graph_generators"):
-                    model.own_graph_generators = True  # graphs replaying at once must not share a generator
-        lanes: dict[int, int] = {}
-        self._lane_of = [lanes.setdefault(id(m), len(lanes)) for m in self.models]
-        """Agent -> lane: agents that share one model object share its lane (one call of a model at a time)."""
+            for model in {id(m): m for m in self.models}.values():
+                prepare_for_overlap(model)
+        lanes: dict[Any, int] = {}
+        self._lane_of = [lanes.setdefault(lane_key(m), len(lanes)) for m in self.models]
+        """Agent -> lane: agents that share one model object (or one graph capture stream) share a lane, whose calls
+        run one at a time."""
         self._pool: futures.ThreadPoolExecutor | None = None
         self._streams: dict[int, Any] = {}
         self._wake: tuple[Connection, Connection] | None = None
