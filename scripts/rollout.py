@@ -35,11 +35,11 @@ def main() -> int:
     server = doc["inference"].get("server")
     if server and server["batches"]:
         wall = t["wall_seconds"] or float("inf")
-        busy = server.get("busy_seconds", server["model_seconds"]) / wall
+        busy = server["busy_seconds"] / wall
         summed = server["model_seconds"] / wall
         print(f"shared inference: {server['batches']} model calls, {server['mean_rows_per_batch']:.1f} rows per call, "
               f"a model running {100 * busy:.0f}% of the wall time (calls summed {100 * summed:.0f}%, at most "
-              f"{server.get('max_concurrent_calls', 1)} at once)")
+              f"{server['max_concurrent_calls']} at once)")
     print(f"results: {cfg.output}")
     videos = [ep["video"] for ep in doc["episodes"] if ep["video"]]
     if videos:

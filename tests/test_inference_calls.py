@@ -101,17 +101,14 @@ def test_models_sharing_a_capture_stream_share_a_lane() -> None:
 
 def test_stats_count_calls_running_at_once() -> None:
     stats = ServerStats()
-    a = stats.call_started()
-    b = stats.call_started()
-    time.sleep(0.01)
-    stats.call_ended(a, rows=3, padded=4)
-    stats.call_ended(b, rows=1, padded=1)
-    c = stats.call_started()
-    stats.call_failed()
+    with stats.timed_call(rows=3, padded=4), stats.timed_call(rows=1, padded=1):
+        time.sleep(0.01)
+    with pytest.raises(RuntimeError), stats.timed_call(rows=5, padded=8):
+        raise RuntimeError("a failed call")
     out = stats.to_dict()
     assert out["max_concurrent_calls"] == 2 and out["batches"] == 2 and out["rows"] == 4 and out["padded_rows"] == 1
     assert 0.01 <= out["busy_seconds"] <= out["model_seconds"]  # the two calls overlapped
-    assert c > 0 and stats._running == 0
+    assert stats._running == 0
 
 
 def test_request_group_is_agent_and_seeding() -> None:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from rf_dp_agents.config import ModelConfig, tiny_model_config
@@ -78,9 +79,8 @@ def run_trial(args: OverlapArgs, overlap: bool) -> dict[str, Any]:
     server = InferenceServer(models, args.workers, multiprocessing.get_context("spawn"), overlap=overlap)
     for model in models:  # after the server set each model's graph options
         model.build_graphs(batch_sizes(args.workers))
-    rows = {key: torch.zeros(1, cfg.obs_horizon, *cfg.image_shape, dtype=torch.uint8).numpy()
-            for key in cfg.camera_keys}
-    rows[cfg.state_key] = torch.zeros(1, cfg.obs_horizon, cfg.state_dim).numpy()
+    rows = {key: np.zeros((1, cfg.obs_horizon, *cfg.image_shape), np.uint8) for key in cfg.camera_keys}
+    rows[cfg.state_key] = np.zeros((1, cfg.obs_horizon, cfg.state_dim), np.float32)
     start_line = threading.Barrier(args.workers + 1)
     errors: list[BaseException] = []
 

@@ -9,10 +9,11 @@ waits for the running calls to end and starts no other call until it is done.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -94,36 +95,32 @@ class ServerStats:
     _busy_since: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def call_started(self) -> float:
-        """Count a call as running; returns its start time for :meth:`call_ended`."""
-        now = time.perf_counter()
+    @contextlib.contextmanager
+    def timed_call(self, rows: int, padded: int) -> Iterator[None]:
+        """Count the ``with`` block as a running model call of ``rows`` rows padded to ``padded``; a call that
+        raises adds to the busy time only."""
+        started = time.perf_counter()
         with self._lock:
             if self._running == 0:
-                self._busy_since = now
+                self._busy_since = started
             self._running += 1
             self.max_concurrent_calls = max(self.max_concurrent_calls, self._running)
-        return now
-
-    def call_ended(self, started: float, rows: int, padded: int) -> None:
-        """Record a finished call of ``rows`` rows padded to ``padded``, started at ``started``."""
-        now = time.perf_counter()
-        with self._lock:
-            self._running -= 1
-            if self._running == 0:
-                self.busy_seconds += now - self._busy_since
-            self.model_seconds += now - started
-            self.batches += 1
-            self.rows += rows
-            self.padded_rows += padded - rows
-            self.rows_per_batch[rows] = self.rows_per_batch.get(rows, 0) + 1
-
-    def call_failed(self) -> None:
-        """Count a call that raised as no longer running."""
-        now = time.perf_counter()
-        with self._lock:
-            self._running -= 1
-            if self._running == 0:
-                self.busy_seconds += now - self._busy_since
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            now = time.perf_counter()
+            with self._lock:
+                self._running -= 1
+                if self._running == 0:
+                    self.busy_seconds += now - self._busy_since
+                if ok:
+                    self.model_seconds += now - started
+                    self.batches += 1
+                    self.rows += rows
+                    self.padded_rows += padded - rows
+                    self.rows_per_batch[rows] = self.rows_per_batch.get(rows, 0) + 1
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable summary."""

@@ -58,8 +58,8 @@ class InferenceServer:
     A failed model call is sent to the workers that asked (they raise it); the server goes on serving. A line
     whose worker died is dropped; :meth:`reset_slot` opens a new one for the slot's next worker.
 
-    ``overlap``: different model objects' calls run at the same time, each in a thread and on a CUDA stream of
-    its own (``rollout.calls``); without it one call runs at a time, in the server thread.
+    ``overlap``: different model objects' calls run at the same time, each in a thread and on the CUDA stream its
+    model's graphs are captured on (``rollout.calls``); without it one call runs at a time, in the server thread.
     """
 
     def __init__(self, models: Sequence[Any], num_workers: int, ctx: Any, overlap: bool = False) -> None:
@@ -76,7 +76,6 @@ class InferenceServer:
         """Agent -> lane: agents that share one model object (or one graph capture stream) share a lane, whose calls
         run one at a time."""
         self._pool: futures.ThreadPoolExecutor | None = None
-        self._streams: dict[int, Any] = {}
         self._wake: tuple[Connection, Connection] | None = None
         """(reader, writer): a lane thread writes a byte when its call ends, which wakes the server thread."""
         self._reply_lock = threading.Lock()
@@ -130,10 +129,6 @@ class InferenceServer:
 
             self._wake = multiprocessing.Pipe(duplex=False)
             self._pool = futures.ThreadPoolExecutor(max(self._lane_of) + 1, thread_name_prefix="inference-lane")
-            for agent, lane in enumerate(self._lane_of):
-                device = getattr(self.models[agent], "device", None)
-                if getattr(device, "type", None) == "cuda" and lane not in self._streams:
-                    self._streams[lane] = torch.cuda.Stream(device=device)
         self._thread = threading.Thread(target=self._serve, name="inference-server", daemon=True)
         self._thread.start()
         return self
@@ -188,18 +183,9 @@ class InferenceServer:
             return self._serve_overlapped()
         pending: list[tuple[Connection, Request]] = []
         while not self._stop.is_set():
+            self._collect(pending, REQUEST_POLL_S if not pending else 0.0)
             if not pending:
-                pending.extend(self._receive(REQUEST_POLL_S))
-                if not pending:
-                    continue
-                wait_until = time.perf_counter() + GATHER_S
-            else:
-                wait_until = time.perf_counter()
-            while True:
-                more = self._receive(max(wait_until - time.perf_counter(), 0.0))
-                if not more:
-                    break
-                pending.extend(more)
+                continue
             group = pending[0][1].group  # the oldest request's agent and seeding
             chosen = [p for p in pending if p[1].group == group]
             pending = [p for p in pending if p[1].group != group]
@@ -211,15 +197,20 @@ class InferenceServer:
         pending: list[tuple[Connection, Request]] = []
         running: dict[int, futures.Future] = {}
         while not self._stop.is_set():
+            # what still waits needs a busy lane: sleep until a call ends (the wake line) or a request comes
+            self._collect(pending, REQUEST_POLL_S if not pending or running else 0.0)
             for lane in [lane for lane, call in running.items() if call.done()]:
                 del running[lane]
-            was_empty = not pending
-            pending.extend(self._receive(REQUEST_POLL_S if was_empty or running else 0.0))
-            if was_empty and pending:  # a first request: let the others of this round arrive
-                wait_until = time.perf_counter() + GATHER_S
-                while more := self._receive(max(wait_until - time.perf_counter(), 0.0)):
-                    pending.extend(more)
             pending = self._dispatch(pending, running)
+
+    def _collect(self, pending: list[tuple[Connection, Request]], timeout: float) -> None:
+        """Add the requests that arrive to ``pending``: wait up to ``timeout`` for the first ones; if they are the
+        first of a round (``pending`` was empty), also those arriving within ``GATHER_S``, else those waiting."""
+        was_empty = not pending
+        pending.extend(self._receive(timeout))
+        wait_until = time.perf_counter() + (GATHER_S if was_empty and pending else 0.0)
+        while more := self._receive(max(wait_until - time.perf_counter(), 0.0)):
+            pending.extend(more)
 
     def _dispatch(self, pending: list[tuple[Connection, Request]],
                   running: dict[int, futures.Future]) -> list[tuple[Connection, Request]]:
@@ -239,14 +230,15 @@ class InferenceServer:
                 self._run(agent, chosen)  # in this thread, with no other call on the device
             else:
                 assert self._pool is not None and self._wake is not None
-                running[lane] = call = self._pool.submit(self._lane_call, lane, agent, chosen)
+                running[lane] = call = self._pool.submit(self._lane_call, agent, chosen)
                 call.add_done_callback(self._wake_server)  # runs once the call counts as done
             started.update(id(r) for _, r in chosen)
         return [(end, r) for end, r in pending if id(r) not in started]
 
-    def _lane_call(self, lane: int, agent: int, asked: list[tuple[Connection, Request]]) -> None:
-        """One call in lane ``lane``'s thread, on its CUDA stream."""
-        stream = self._streams.get(lane)
+    def _lane_call(self, agent: int, asked: list[tuple[Connection, Request]]) -> None:
+        """One call in its lane's thread, on the lane's CUDA stream: the graph capture stream of the agent's model
+        (:func:`lane_key`), where it has one."""
+        stream = getattr(self.models[agent], "graph_capture_stream", None)
         if stream is not None:  # after anything this thread's default stream still has queued
             stream.wait_stream(torch.cuda.current_stream(stream.device))
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
@@ -286,14 +278,8 @@ class InferenceServer:
                 seeds = [s for r, n in zip(reqs, counts) for s in (r.seeds if len(r.seeds) == n else r.seeds[:1] * n)]
                 seeds += [seeds[0]] * (size - rows)
                 generator = [torch.Generator().manual_seed(int(s)) for s in seeds]
-            start = self.stats.call_started()
-            try:
-                with torch.no_grad():
-                    out = model.predict_action(obs, generator=generator)[:rows].float().cpu().numpy()
-            except BaseException:
-                self.stats.call_failed()
-                raise
-            self.stats.call_ended(start, rows, size)
+            with self.stats.timed_call(rows, size), torch.no_grad():
+                out = model.predict_action(obs, generator=generator)[:rows].float().cpu().numpy()
         except Exception as err:  # the workers raise it; the server keeps serving the others
             message = f"inference for agent {agent} failed in the parent process: {type(err).__name__}: {err}"
             for end, r in asked:
