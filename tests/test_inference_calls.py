@@ -19,7 +19,8 @@ import torch
 from rf_dp_agents.config import tiny_model_config
 from rf_dp_agents.model import DiffusionPolicy
 from rf_dp_agents.rollout.calls import Request, ServerStats, lane_key, runs_alone
-from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer, claim_slot
+from rf_dp_agents.rollout.client import InferenceClient, claim_slot
+from rf_dp_agents.rollout.inference import InferenceServer
 
 CHUNK = (4, 2)  # (T, A) of the stand-ins' chunks
 

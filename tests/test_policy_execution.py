@@ -17,7 +17,8 @@ import torch
 from rf_dp_agents import load_policy
 from rf_dp_agents.config import tiny_model_config
 from rf_dp_agents.policy import DiffusionPolicyAgent
-from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer, RemoteModel, claim_slot
+from rf_dp_agents.rollout.client import InferenceClient, RemoteModel, claim_slot
+from rf_dp_agents.rollout.inference import InferenceServer
 
 TO, TA = 2, 8
 SIZE = 8

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer
+from rf_dp_agents.rollout.client import InferenceClient
+from rf_dp_agents.rollout.inference import InferenceServer
 from rf_dp_agents.rollout.metrics import EpisodeResult
 from rf_dp_agents.rollout.workers import WorkerPool, set_session, time_limit
 

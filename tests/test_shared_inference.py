@@ -18,14 +18,8 @@ import torch
 from rf_dp_agents import load_policy
 from rf_dp_agents.policy import DiffusionPolicyAgent
 from rf_dp_agents.rollout.config import RolloutConfig
-from rf_dp_agents.rollout.inference import (
-    InferenceClient,
-    InferenceServer,
-    RemoteModel,
-    batch_sizes,
-    claim_slot,
-    padded_size,
-)
+from rf_dp_agents.rollout.client import InferenceClient, RemoteModel, claim_slot
+from rf_dp_agents.rollout.inference import InferenceServer, batch_sizes, padded_size
 
 TASK = "LiftBarrier-rf"
 IMAGE_HW = (48, 64)

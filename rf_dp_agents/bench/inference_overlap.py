@@ -27,7 +27,8 @@ import torch
 from rf_dp_agents.config import ModelConfig, tiny_model_config
 from rf_dp_agents.model import DiffusionPolicy
 from rf_dp_agents.rollout.calls import ServerStats, batch_sizes
-from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer, claim_slot
+from rf_dp_agents.rollout.client import InferenceClient, claim_slot
+from rf_dp_agents.rollout.inference import InferenceServer
 
 
 @dataclass

@@ -46,7 +46,8 @@ from rf_dp_agents.rollout.agents import (
     task_num_arms,
 )
 from rf_dp_agents.rollout.config import RolloutConfig
-from rf_dp_agents.rollout.inference import InferenceClient, InferenceServer, RemoteModel, batch_sizes
+from rf_dp_agents.rollout.client import InferenceClient, RemoteModel
+from rf_dp_agents.rollout.inference import InferenceServer, batch_sizes
 from rf_dp_agents.rollout.metrics import EpisodeResult, format_summary
 from rf_dp_agents.rollout.results import EpisodesFailed, ResultsFile, load_resume, noise_source, timing
 from rf_dp_agents.rollout.session import (
