@@ -146,12 +146,15 @@ def child(spec_text: str, args: argparse.Namespace) -> dict:
     }
 
 
-def _top_functions(profiler: "cProfile.Profile", top: int) -> list[list]:
-    """The ``top`` functions of a profile by cumulative time: [[seconds, calls, "file:line(name)"], ...]."""
+def _top_functions(profiler: "cProfile.Profile", top: int) -> dict[str, list[list]]:
+    """The ``top`` functions of a profile by cumulative time and by own time (excluding callees), each as
+    [[seconds, calls, "file:line(name)"], ...]."""
     stats = pstats.Stats(profiler)
-    rows = [(cum, calls, f"{Path(file).name}:{line}({name})")
-            for (file, line, name), (_, calls, _, cum, _) in stats.stats.items()]  # type: ignore[attr-defined]
-    return [[round(cum, 3), calls, where] for cum, calls, where in sorted(rows, key=lambda r: -r[0])[:top]]
+    rows = [(cum, own, calls, f"{Path(file).name}:{line}({name})")
+            for (file, line, name), (_, calls, own, cum, _) in stats.stats.items()]  # type: ignore[attr-defined]
+    by = {"cumulative": 0, "own": 1}
+    return {kind: [[round(r[i], 3), r[2], r[3]] for r in sorted(rows, key=lambda r: -r[i])[:top]]
+            for kind, i in by.items()}
 
 
 def _compile_times(top: int = 12) -> dict[str, float]:
@@ -223,8 +226,10 @@ def main() -> int:
             if row["compile_times_s"]:
                 print(f"{'':>28}TorchDynamo: " + ", ".join(f"{k} {v:.2f} s" for k, v in
                                                           list(row["compile_times_s"].items())[:6]), flush=True)
-            for cum, calls, where in row["first_predict_profile"] or []:
-                print(f"{'':>28}{cum:8.2f} s {calls:>8} {where}", flush=True)
+            for kind, top in (row["first_predict_profile"] or {}).items():
+                print(f"{'':>28}first predict, by {kind} time:", flush=True)
+                for seconds, calls, where in top:
+                    print(f"{'':>30}{seconds:8.2f} s {calls:>8} {where}", flush=True)
     doc = {"checkpoint": str(args.checkpoint or f"synthetic {args.synthetic}"), "fresh_cache": args.fresh_cache,
            "warmup": args.warmup, "graph_tf32": not args.no_graph_tf32, "rows": rows}
     if args.output is not None:
