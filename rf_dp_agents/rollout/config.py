@@ -96,9 +96,10 @@ class RolloutConfig:
     """With --num-envs > 1 on the CPU backend: 'shared' runs each model once in this process on the batched
     requests of all env workers; 'per-worker' gives every worker its own copy. auto: shared when the policies
     run on CUDA, per-worker on the CPU."""
-    overlap_agents: bool = False
+    overlap_agents: bool = True
     """With shared inference, run different agents' model calls at the same time, each in a thread and on a CUDA
-    stream of its own (a call that would build a sampling graph still runs alone). Off: one call at a time."""
+    stream of its own (a call that would build a sampling graph still runs alone). --no-overlap-agents: one call
+    at a time."""
     torch_threads: int | None = None
     """Torch CPU threads per process; default: half the CPU cores divided among the processes (at least 1)."""
     progress: bool = True
