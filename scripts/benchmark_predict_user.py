@@ -7,7 +7,10 @@ start-up (``--fresh-cache``: an empty cache, as on a new machine), the second a 
 the time of ``load_policy``, of its first predict() (which builds the sampling graph), the time from calling
 ``load_policy`` to the first action, the predict() calls that computed a chunk (median, p90) and the mean over all
 calls, the model alone on GPU tensors (``predict_action``), the log lines the graph build printed, and whether the
-process's global precision flags were left unchanged.
+process's global precision flags were left unchanged. Each process also counts the Python modules it compiled from
+source (no bytecode cache found) and their seconds, in all and during the first predict(): an installation whose
+bytecode cannot be written (read-only site-packages, ``PYTHONDONTWRITEBYTECODE``) pays that in every process, a pip
+install does not; ``--bytecode-cache DIR`` gives the processes a writable bytecode cache, as a pip install has.
 
   python scripts/benchmark_predict_user.py --synthetic seed --fresh-cache --output benchmarks/results/predict_user.json
   python scripts/benchmark_predict_user.py checkpoints/LiftBarrier-rf_Agent0 --samplers ddim:10 ddpm:10
@@ -19,6 +22,24 @@ from __future__ import annotations
 import time
 
 START = time.perf_counter()
+
+import importlib.machinery  # noqa: E402
+
+FROM_SOURCE = {"modules": 0, "seconds": 0.0}
+"""Modules this process compiled from source because no bytecode cache was found, and the seconds it took."""
+_source_to_code = importlib.machinery.SourceFileLoader.source_to_code
+
+
+def _counted_source_to_code(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    t = time.perf_counter()
+    try:
+        return _source_to_code(self, *args, **kwargs)
+    finally:
+        FROM_SOURCE["modules"] += 1
+        FROM_SOURCE["seconds"] += time.perf_counter() - t
+
+
+importlib.machinery.SourceFileLoader.source_to_code = _counted_source_to_code  # type: ignore[method-assign]
 
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
@@ -52,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile-first", type=int, default=0, metavar="N",
                    help="profile the first predict() with cProfile and keep its N costliest functions (cumulative)")
     p.add_argument("--fresh-cache", action="store_true", help="start from an empty compile cache (a new temp dir)")
+    p.add_argument("--bytecode-cache", type=Path, metavar="DIR", help="the processes keep Python bytecode under DIR "
+                   "(PYTHONPYCACHEPREFIX; PYTHONDONTWRITEBYTECODE unset), for a machine whose installation keeps none")
     p.add_argument("--output", type=Path, help="also write the results JSON here")
     p.add_argument("--child", type=str, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -95,6 +118,7 @@ def child(spec_text: str, args: argparse.Namespace) -> dict:
         t_warm = time.perf_counter() - t1
     lines_before_first = len(lines)
     profiler = cProfile.Profile() if args.profile_first > 0 else None
+    from_source_before = dict(FROM_SOURCE)
     t1 = time.perf_counter()
     if profiler is not None:
         profiler.enable()
@@ -105,6 +129,7 @@ def child(spec_text: str, args: argparse.Namespace) -> dict:
     to_first_action = time.perf_counter() - t0
     assert isinstance(action, np.ndarray) and action.shape == (1, cfg.action_dim)
     lines_at_first = lines[lines_before_first:]
+    from_source_first = {k: FROM_SOURCE[k] - from_source_before[k] for k in FROM_SOURCE}
     lines_before_steady = len(lines)
     chunk_ms, all_ms = [], []
     while len(chunk_ms) < args.repeats:
@@ -143,6 +168,7 @@ def child(spec_text: str, args: argparse.Namespace) -> dict:
         "graph_tf32": policy.model.graph_tf32, "compile_graphs": policy.model.compile_graphs,
         "graph_build_s": policy.model.graph_build_seconds(), "compile_times_s": _compile_times(),
         "first_predict_profile": _top_functions(profiler, args.profile_first) if profiler is not None else None,
+        "compiled_from_source": {"process": dict(FROM_SOURCE), "first_predict": from_source_first},
     }
 
 
@@ -202,6 +228,9 @@ def main() -> int:
     if args.fresh_cache:
         env["RF_DP_COMPILE_CACHE"] = str(work / "compile-cache")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    if args.bytecode_cache is not None:
+        env["PYTHONPYCACHEPREFIX"] = str(args.bytecode_cache.expanduser().resolve())
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
     passthrough = ["--repeats", str(args.repeats), "--device", args.device, "--profile-first", str(args.profile_first)]
     switches = {"--warmup": args.warmup, "--no-graph-tf32": args.no_graph_tf32,
                 "--no-compile-graphs": args.no_compile_graphs}
@@ -221,6 +250,9 @@ def main() -> int:
                   f" load_policy {row['load_policy_s']:.1f} s, first predict {row['first_predict_s']:.1f} s,"
                   f" load_policy->first action {row['load_policy_to_first_action_s']:.1f} s;"
                   f" flags unchanged {row['global_flags_unchanged']}; log {row['log_lines']}", flush=True)
+            src, first = row["compiled_from_source"]["process"], row["compiled_from_source"]["first_predict"]
+            print(f"{'':>28}modules compiled from source: {src['modules']} ({src['seconds']:.2f} s), "
+                  f"{first['modules']} of them in the first predict ({first['seconds']:.2f} s)", flush=True)
             for name, parts in row["graph_build_s"].items():
                 print(f"{'':>28}graph {name}: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()), flush=True)
             if row["compile_times_s"]:
@@ -231,6 +263,7 @@ def main() -> int:
                 for seconds, calls, where in top:
                     print(f"{'':>30}{seconds:8.2f} s {calls:>8} {where}", flush=True)
     doc = {"checkpoint": str(args.checkpoint or f"synthetic {args.synthetic}"), "fresh_cache": args.fresh_cache,
+           "bytecode_cache": args.bytecode_cache is not None,
            "warmup": args.warmup, "graph_tf32": not args.no_graph_tf32, "rows": rows}
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
