@@ -70,8 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "process's (default) flags, the figure users got before the graphs chose their own precision")
     p.add_argument("--no-compile-graphs", action="store_true", help="load_policy(compile_graphs=False): the sampling "
                    "graph captures the plain U-Net (no torch.compile; faster start-up, slower chunks)")
-    p.add_argument("--profile-first", type=int, default=0, metavar="N",
-                   help="profile the first predict() with cProfile and keep its N costliest functions by cumulative and by own time")
+    p.add_argument("--profile-first", type=int, default=0, metavar="N", help="profile the first predict() with "
+                   "cProfile and keep its N costliest functions by cumulative and by own time")
     p.add_argument("--fresh-cache", action="store_true", help="start from an empty compile cache (a new temp dir)")
     p.add_argument("--bytecode-cache", type=Path, metavar="DIR", help="the processes keep Python bytecode under DIR "
                    "(PYTHONPYCACHEPREFIX; PYTHONDONTWRITEBYTECODE unset), for a machine whose installation keeps none")

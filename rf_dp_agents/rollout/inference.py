@@ -2,11 +2,12 @@
 
 With ``--inference shared`` (the default when the policies run on CUDA and ``--num-envs`` > 1 on the CPU
 backend) every worker process keeps its env, router and each policy's observation history and action queue,
-but the diffusion model is a :class:`~rf_dp_agents.rollout.client.RemoteModel`: when an env needs a new action chunk, the worker sends the
-history (uint8 images, raw state) to the parent. There an :class:`InferenceServer` thread takes every request
-that is waiting, runs each agent's model once on the stacked rows and sends each worker its rows back.
-On a GPU this is what makes many envs cheap: DDPM-100 costs about the same at batch 16 as at batch 1, while
-separate processes would take turns on the GPU one row at a time.
+but the diffusion model is a :class:`~rf_dp_agents.rollout.client.RemoteModel`: when an env needs a new action
+chunk, the worker sends the history (uint8 images, raw state) to the parent. There an :class:`InferenceServer`
+thread takes every request that is waiting, runs each agent's model once on the stacked rows and sends each worker
+its rows back; with ``overlap=True`` (``--overlap-agents``, the rollout default) different agents' calls run at the
+same time, each on its model's CUDA stream. On a GPU this is what makes many envs cheap: DDPM-100 costs about the
+same at batch 16 as at batch 1, while separate processes would take turns on the GPU one row at a time.
 
 Batches are padded to the next power of two (at most the number of workers), so a CUDA-graphed model captures
 a handful of graphs. With ``deterministic=True`` each row's initial noise comes from its policy's seed, as in a
