@@ -119,18 +119,27 @@ def test_requests_of_two_agents_in_flight_come_back_to_their_agent(tiny_policy_d
 
 
 def record_served_chunks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, object, np.ndarray]]:
-    """Record (agent, request, chunk sent back) for every request the parent's inference server answers."""
+    """Record (agent, request, chunk sent back) for every request the parent's inference server answers. Calls of
+    different agents may run at once (overlapped shared inference), each in its own thread, so each call collects
+    the replies its own thread sends."""
     served: list[tuple[int, object, np.ndarray]] = []
-    run = InferenceServer._run
+    run, reply = InferenceServer._run, InferenceServer._reply
+    mine = threading.local()
+    lock = threading.Lock()
+
+    def recording_reply(self, end, message: tuple) -> None:
+        getattr(mine, "sent", []).append(message)
+        reply(self, end, message)
 
     def recording_run(self, agent: int, asked: list) -> None:
-        sent: list[tuple] = []
-        self._reply = lambda end, message: (sent.append(message), InferenceServer._reply(self, end, message))
+        mine.sent = []
         run(self, agent, asked)
-        chunks = {m[1]: m[2] for m in sent if m[0] == "ok"}
-        served.extend((agent, r, chunks[r.rid]) for _, r in asked)
+        chunks = {m[1]: m[2] for m in mine.sent if m[0] == "ok"}
+        with lock:
+            served.extend((agent, r, chunks[r.rid]) for _, r in asked)
 
     monkeypatch.setattr(InferenceServer, "_run", recording_run)
+    monkeypatch.setattr(InferenceServer, "_reply", recording_reply)
     return served
 
 
