@@ -48,6 +48,11 @@ class Request(NamedTuple):
     seeds: list[int] | None
 
     @property
+    def rows(self) -> int:
+        """Observation rows (envs) in this request."""
+        return len(next(iter(self.obs.values())))
+
+    @property
     def group(self) -> tuple[int, bool]:
         """Requests of one group share a model call: same agent, and seeded or not."""
         return self.agent, self.seeds is not None

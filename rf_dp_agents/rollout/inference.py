@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import contextlib
+import multiprocessing
 import threading
 import time
 from multiprocessing.connection import Connection, wait
@@ -123,9 +124,7 @@ class InferenceServer:
 
     def __enter__(self) -> "InferenceServer":
         if self.overlap:
-            import multiprocessing
-
-            self._wake = multiprocessing.Pipe(duplex=False)
+            self._wake = _pipe(duplex=False)
             self._pool = futures.ThreadPoolExecutor(max(self._lane_of) + 1, thread_name_prefix="inference-lane")
         self._thread = threading.Thread(target=self._serve, name="inference-server", daemon=True)
         self._thread.start()
@@ -220,7 +219,7 @@ class InferenceServer:
             if held or lane in running:
                 continue
             chosen = [(end, r) for end, r in pending if r.group == group]
-            rows = sum(len(next(iter(r.obs.values()))) for _, r in chosen)
+            rows = sum(r.rows for _, r in chosen)
             if runs_alone(self.models[agent], padded_size(rows, self.num_workers)):
                 if running:
                     held = True
@@ -262,7 +261,7 @@ class InferenceServer:
         try:
             model = self.models[agent]
             keys = list(reqs[0].obs)
-            counts = [len(r.obs[keys[0]]) for r in reqs]
+            counts = [r.rows for r in reqs]
             rows = sum(counts)
             size = padded_size(rows, self.num_workers)
             obs = {}
@@ -289,11 +288,9 @@ class InferenceServer:
             at += n
 
 
-def _pipe() -> tuple[Connection, Connection]:
-    """A duplex pipe: (server end, worker end)."""
-    import multiprocessing
-
-    return multiprocessing.Pipe(duplex=True)
+def _pipe(duplex: bool = True) -> tuple[Connection, Connection]:
+    """A pipe: (server end, worker end) when duplex, else (reader, writer)."""
+    return multiprocessing.Pipe(duplex=duplex)
 
 
 __all__ = [
