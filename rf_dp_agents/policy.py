@@ -235,13 +235,13 @@ class DiffusionPolicyAgent:
         self._left[fresh] = 0
         self._held[fresh] = 0
         to = self.config.obs_horizon
-        fresh_idx = torch.as_tensor(np.nonzero(fresh)[0], device=self.device)
+        fresh_idx = torch.as_tensor(np.nonzero(fresh)[0], device=self.device) if fresh.any() else None
         for key, new in obs.items():
             if key not in self._history:
                 self._history[key] = new.unsqueeze(1).repeat_interleave(to, dim=1)
                 continue
             hist = torch.cat([self._history[key][:, 1:], new.unsqueeze(1)], dim=1)
-            if fresh_idx.numel():
+            if fresh_idx is not None:
                 hist[fresh_idx] = new[fresh_idx].unsqueeze(1)
             self._history[key] = hist
 
@@ -249,8 +249,11 @@ class DiffusionPolicyAgent:
         """Start the model on the histories of envs ``rows``; the returned call gives their executable chunks
         (len(rows), Ta, A). A model with ``submit_action`` (rollout's RemoteModel) computes meanwhile."""
         cfg = self.config
-        idx = torch.as_tensor(rows, device=self.device)
-        obs = {key: hist[idx] for key, hist in self._history.items()}
+        if len(rows) == self._n_envs:  # every env (rows ascending): the histories as they are, no gather
+            obs = dict(self._history)
+        else:
+            idx = torch.as_tensor(rows, device=self.device)
+            obs = {key: hist[idx] for key, hist in self._history.items()}
         generator = [torch.Generator().manual_seed(self.seed) for _ in rows] if deterministic else None
         self.num_model_calls += 1
         start = cfg.obs_horizon - 1
@@ -260,6 +263,12 @@ class DiffusionPolicyAgent:
             return lambda: wait()[:, start : start + cfg.action_horizon]
         pred = self.model.predict_action(obs, generator=generator)[:, start : start + cfg.action_horizon]
         return lambda: pred
+
+    @staticmethod
+    def _output_device(observation: Mapping[str, Any], state_key: str) -> torch.device:
+        """Where actions are returned, and so where the queues are held: the input's device (CPU for numpy)."""
+        ref = observation[state_key]
+        return ref.device if isinstance(ref, torch.Tensor) else torch.device("cpu")
 
     @staticmethod
     def _output(action: torch.Tensor, observation: Mapping[str, Any], state_key: str, batched: bool) -> ArrayLike:
@@ -305,18 +314,27 @@ class DiffusionPolicyAgent:
         cfg = self.config
         n = self._n_envs
         assert n is not None
+        # the queues live where the actions are returned (the CPU for numpy input): a step that takes its action
+        # from the queue runs no device work, and a step that runs the model copies its chunk back once
+        where = self._output_device(pending.observation, cfg.state_key)
         if self._temporal_ensemble is not None:
             assert pending.result is not None and len(pending.rows) == n, "ensembling predicts for every env"
-            action = self._ensemble(pending.result().to(self.device))
+            action = self._ensemble(pending.result().to(where))
             return self._output(action, pending.observation, cfg.state_key, pending.batched)
         if self._queue is None:
-            self._queue = torch.zeros(n, cfg.action_horizon, cfg.action_dim, device=self.device)
+            self._queue = torch.zeros(n, cfg.action_horizon, cfg.action_dim, device=where)
+        elif self._queue.device != where:
+            self._queue = self._queue.to(where)
         fill = self._horizon
         if pending.result is not None:
-            self._queue[torch.as_tensor(pending.rows, device=self.device)] = pending.result().to(self.device)
+            chunk = pending.result().to(where)
+            if len(pending.rows) == n:  # every env (rows ascending)
+                self._queue.copy_(chunk)
+            else:
+                self._queue[torch.as_tensor(pending.rows, device=where)] = chunk
             self._left[pending.rows] = fill
-        pos = torch.as_tensor(fill - self._left, device=self.device)
-        action = self._queue[torch.arange(n, device=self.device), pos]
+        pos = torch.as_tensor(fill - self._left, device=where)
+        action = self._queue[torch.arange(n, device=where), pos]
         self._left -= 1
         return self._output(action, pending.observation, cfg.state_key, pending.batched)
 
@@ -324,14 +342,15 @@ class DiffusionPolicyAgent:
         """Add every env's new chunk ``(N, Ta, A)`` to its ensemble; return the weighted mean for this step."""
         h, m = self._horizon, float(self._temporal_ensemble)  # type: ignore[arg-type]
         n, _, a = chunk.shape
+        where = chunk.device
         new = chunk[:, :h].float().unsqueeze(1)
         if self._chunks is None:
-            self._chunks = torch.zeros(n, h, h, a, device=self.device)
-        self._chunks = torch.cat([new, self._chunks[:, :-1]], dim=1)  # slot j: predicted j steps ago
+            self._chunks = torch.zeros(n, h, h, a, device=where)
+        self._chunks = torch.cat([new, self._chunks[:, :-1].to(where)], dim=1)  # slot j: predicted j steps ago
         self._held = np.minimum(self._held + 1, h)
-        slots = torch.arange(h, device=self.device)
+        slots = torch.arange(h, device=where)
         for_now = self._chunks[:, slots, slots]  # (N, H, A): what the chunk of slot j predicted for this step
-        held = torch.as_tensor(self._held, device=self.device).unsqueeze(1)
+        held = torch.as_tensor(self._held, device=where).unsqueeze(1)
         oldest_first = (held - 1 - slots).float()  # i = 0 for the oldest chunk held
         logits = (-m * oldest_first).masked_fill(slots >= held, float("-inf"))
         weights = torch.softmax(logits, dim=1)  # exp(-m i) / sum_i exp(-m i) over the chunks held
