@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import os
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -476,17 +476,42 @@ class _GroupNormNHWC(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, bias, mean, rstd = ctx.saved_tensors
-        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
-        if not (need_dx or need_dw or need_db):
-            return None, None, None, None, None, None
-        dy = dy.contiguous(memory_format=torch.channels_last)
-        dx, part = _backward(dy, x, weight, bias, mean, rstd, ctx.relu, need_dx)
-        dw = db = None
-        if need_dw or need_db:
-            sums = part.sum(dim=(0, 1))[:, : x.shape[1]]
-            dw = sums[1].to(weight.dtype) if need_dw else None
-            db = sums[0].to(bias.dtype) if need_db else None
-        return dx, dw, db, None, None, None
+        return (*group_norm_nhwc_grads(dy, x, weight, bias, mean, rstd, ctx.relu, ctx.needs_input_grad[:3]),
+                None, None, None)
+
+
+def group_norm_nhwc_forward(
+    x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, relu: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward kernels alone (no autograd): ``(y, mean, rstd)``, the statistics ``(N, G)`` fp32.
+
+    Deterministic: the same ``x`` gives the same ``y`` bit for bit, so a backward may recompute ``y``."""
+    return _forward(x, num_groups, weight, bias, eps, relu)
+
+
+def group_norm_nhwc_grads(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    relu: bool,
+    needs: Sequence[bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The backward kernels alone: ``(dx, dweight, dbias)`` for output gradient ``dy``, each None where
+    ``needs`` (three flags, as ``ctx.needs_input_grad``) says it is not wanted."""
+    need_dx, need_dw, need_db = needs
+    if not (need_dx or need_dw or need_db):
+        return None, None, None
+    dy = dy.contiguous(memory_format=torch.channels_last)
+    dx, part = _backward(dy, x, weight, bias, mean, rstd, relu, need_dx)
+    dw = db = None
+    if need_dw or need_db:
+        sums = part.sum(dim=(0, 1))[:, : x.shape[1]]
+        dw = sums[1].to(weight.dtype) if need_dw and weight is not None else None
+        db = sums[0].to(bias.dtype) if need_db and bias is not None else None
+    return dx, dw, db
 
 
 def group_norm_nhwc(
@@ -542,4 +567,5 @@ class FastGroupNorm(nn.GroupNorm):
         return super().extra_repr() + (", relu=True" if self.relu else "")
 
 
-__all__ = ["FastGroupNorm", "group_norm_nhwc", "triton_group_norm_available"]
+__all__ = ["FastGroupNorm", "group_norm_nhwc", "group_norm_nhwc_forward", "group_norm_nhwc_grads",
+           "triton_group_norm_available"]

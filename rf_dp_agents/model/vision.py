@@ -5,7 +5,9 @@ Pixels arrive as uint8 ``(N, C, H, W)``; they are cropped (random offsets per im
 centre in eval mode, when a crop is configured), converted to float on the model's device and mapped
 from [0, 255] to [-1, 1]. No ImageNet statistics are used: the encoder is trained from scratch.
 BatchNorm is replaced by GroupNorm (``channels // 16`` groups) because EMA weights break BatchNorm; on
-channels_last CUDA activations (the trainer's ``--channels-last``) it runs as Triton kernels.
+channels_last CUDA activations (the trainer's ``--channels-last``) it runs as Triton kernels, each block's first
+GroupNorm with its ReLU in the same kernels, and the stem's GroupNorm, ReLU and max-pool as one layer that keeps
+only its input for backward (:mod:`rf_dp_agents.model.norm_pool`). The weights and state dict are torchvision's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from rf_dp_agents.model.groupnorm import FastGroupNorm
+from rf_dp_agents.model.norm_pool import FastGroupNormReluMaxPool
 from rf_dp_agents.model.resnet import ResNet18
 
 FEATURE_DIM = 512
@@ -67,8 +70,12 @@ class ResNet18Encoder(nn.Module):
 
     def __init__(self, in_channels: int = 3, crop_shape: tuple[int, int] | None = None) -> None:
         super().__init__()
-        self.backbone = ResNet18(norm=lambda channels: FastGroupNorm(max(1, channels // 16), channels),
-                                 in_channels=in_channels)
+        self.backbone = ResNet18(
+            norm=lambda channels: FastGroupNorm(max(1, channels // 16), channels),
+            in_channels=in_channels,
+            norm_relu=lambda channels: FastGroupNorm(max(1, channels // 16), channels, relu=True),
+            stem_norm=lambda channels: FastGroupNormReluMaxPool(max(1, channels // 16), channels),
+        )
         self.crop_shape = tuple(crop_shape) if crop_shape is not None else None
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
