@@ -38,11 +38,15 @@ class BenchmarkArgs:
     """Timed predict() calls per setting."""
     lerobot: bool = True
     """Include lerobot's DiffusionPolicy when it imports."""
+    lerobot_tf32: bool = False
+    """Run the lerobot row with TF32 matrix multiplies switched on (PyTorch's default, and lerobot's, is off)."""
+    image_hw: tuple[int, int] = (240, 320)
+    """Image size of the lerobot row run alone (``--only lerobot``); otherwise the dataset's."""
     levers: bool = True
     """Measure each speed lever (channels_last, bf16, CUDA graph, torch.compile) and profile the eager step."""
     only: str | None = None
-    """Run one part only: 'trainer' (the end-to-end trainer rows, written to --out), 'levers', 'predict' or
-    'profile'."""
+    """Run one part only: 'trainer' (the end-to-end trainer rows, written to --out), 'lerobot' (lerobot's step
+    alone, no dataset, written to --out), 'levers', 'predict' or 'profile'."""
     out: Path | None = None
     """Results JSON (default benchmarks/results/<date>-<gpu>.json)."""
     readme_from: Path | None = None

@@ -42,6 +42,12 @@ def main(args: BenchmarkArgs, root: Path) -> None:
         "batch_size": args.batch_size, "n_windows": args.n_windows, "args": {k: str(v) for k, v in dataclasses.asdict(args).items()},
         "training": {},
     }
+    if args.only == "lerobot":  # a clean process: lerobot's step and nothing else, with the flags asked for
+        torch.backends.cuda.matmul.allow_tf32 = args.lerobot_tf32
+        res["training"]["lerobot"] = lerobot_step(args, device, args.image_hw) | {"tf32": args.lerobot_tf32}
+        print("  lerobot:", res["training"]["lerobot"], flush=True)
+        _write_json(res, args.out or root / "benchmarks" / "results" / f"{res['date']}-lerobot.json")
+        return
     if not args.data.exists():
         t0 = time.perf_counter()
         write_seed_size_dataset(args.data, args.n_windows, args.n_episodes)
@@ -82,9 +88,7 @@ def main(args: BenchmarkArgs, root: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(res, indent=2))
-        os.replace(tmp, out)
+        _write_json(res, out)
 
     tr = res["training"]
     res["dataset_gib"] = sum(t.numel() * t.element_size() for t in cpu_ds.tensors) / 2**30
@@ -138,6 +142,14 @@ def main(args: BenchmarkArgs, root: Path) -> None:
     save()
     print(render_table(res, str(out)))
     print(f"wrote {out}")
+
+
+def _write_json(doc: dict[str, Any], out: Path) -> None:
+    """Write ``doc`` to ``out`` through a temporary name (a reader never sees half a file)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, out)
 
 
 __all__ = ["main"]
