@@ -209,11 +209,16 @@ class GraphedTrainStep:
         return loss.detach(), grad_norm.detach()
 
     def _snapshot(self) -> dict[str, Any]:
-        tensors: dict[str, Any] = {"params": [p.detach().clone() for p in self.params]}
+        """Weights, EMA and optimiser state copied to host memory: held on the GPU they would add a copy of
+        the weights and the EMA (and, on resume, of AdamW's moments) to the warm-up's peak memory."""
+        def host(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to("cpu", copy=True)
+
+        tensors: dict[str, Any] = {"params": [host(p) for p in self.params]}
         if self._ema_pairs is not None:
-            tensors["ema"] = [p.detach().clone() for p in self._ema_pairs[0]]
+            tensors["ema"] = [host(p) for p in self._ema_pairs[0]]
         tensors["optimizer"] = {
-            id(p): {k: v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+            id(p): {k: host(v) for k, v in state.items() if isinstance(v, torch.Tensor)}
             for p, state in self.optimizer.state.items()
         }
         return tensors
