@@ -39,7 +39,7 @@ def read_peer(peer: str, doc: dict[str, Any]) -> dict[str, Any]:
     row = doc["training"]["fast" if peer == OURS else "lerobot"]
     if "error" in row:
         return {"error": row["error"]}
-    out = {"samples_per_s": row["samples_per_s"], "step_ms": row["step_ms"], "peak_gpu_mem_gib": row["peak_gpu_mem_gib"]}
+    out = {key: row[key] for key in ("samples_per_s", "step_ms", "peak_gpu_mem_gib")}
     if peer == OURS:
         out["dataset_gib"] = doc.get("dataset_gib")
         out["peak_besides_dataset_gib"] = row["peak_gpu_mem_gib"] - (doc.get("dataset_gib") or 0.0)

@@ -383,7 +383,7 @@ def _check_inputs(x: torch.Tensor, num_groups: int) -> None:
         )
 
 
-def _forward(
+def group_norm_nhwc_forward(
     x: torch.Tensor,
     num_groups: int,
     weight: torch.Tensor | None,
@@ -391,6 +391,9 @@ def _forward(
     eps: float,
     relu: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward kernels alone (no autograd, inputs as :func:`group_norm_nhwc` checks them): ``(y, mean, rstd)``,
+    the statistics ``(N, G)`` fp32. Deterministic: the same ``x`` gives the same ``y`` bit for bit, so a backward
+    may recompute ``y``."""
     kernels = _kernels(_interpreting())
     n, c, h, w = x.shape
     hw, cg, g = h * w, c // num_groups, num_groups
@@ -416,42 +419,6 @@ def _forward(
     return y, mean, rstd
 
 
-def _backward(
-    dy: torch.Tensor,
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    mean: torch.Tensor,
-    rstd: torch.Tensor,
-    relu: bool,
-    need_dx: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """``dx`` (None unless ``need_dx``) and the partial channel sums ``(N, chunks, 2, >=C)`` of ``dy``, ``dy*xhat``."""
-    kernels = _kernels(_interpreting())
-    n, c, h, w = x.shape
-    g = mean.shape[1]
-    hw, cg = h * w, c // g
-    block_c = _next_pow2(c)
-    block_r = max(1, _REDUCE_TILE_ELEMENTS // block_c)
-    rows_per_chunk, n_chunks = _reduction_chunks(n, hw, block_r, x.device)
-    w_arg = weight if weight is not None else mean
-    b_arg = bias if bias is not None else mean
-    flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu)
-    part = torch.empty((n, n_chunks, 2, block_c), device=x.device, dtype=torch.float32)
-    kernels.bwd_partial[(n, n_chunks)](
-        x, dy, w_arg, b_arg, mean, rstd, part, hw, rows_per_chunk, n_chunks,
-        C=c, CG=cg, G=g, BLOCK_C=block_c, BLOCK_HW=block_r, **flags, num_warps=_REDUCE_WARPS,
-    )
-    if not need_dx:
-        return None, part
-    dx = torch.empty_like(x, memory_format=torch.channels_last)
-    block_e = max(1, _TILE_ELEMENTS // block_c)
-    kernels.bwd_apply[(n, -(-hw // block_e))](
-        x, dy, dx, w_arg, b_arg, mean, rstd, part, hw, n_chunks, 1.0 / (hw * cg),
-        C=c, CG=cg, G=g, BLOCK_C=block_c, BLOCK_G=block_c // cg, BLOCK_HW=block_e, BLOCK_K=_chunk_block(block_c),
-        **flags, num_warps=_APPLY_WARPS,
-    )
-    return dx, part
 
 
 class _GroupNormNHWC(torch.autograd.Function):
@@ -467,7 +434,7 @@ class _GroupNormNHWC(torch.autograd.Function):
         eps: float,
         relu: bool,
     ) -> torch.Tensor:
-        y, mean, rstd = _forward(x, num_groups, weight, bias, eps, relu)
+        y, mean, rstd = group_norm_nhwc_forward(x, num_groups, weight, bias, eps, relu)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.relu = relu
         return y
@@ -478,15 +445,6 @@ class _GroupNormNHWC(torch.autograd.Function):
         x, weight, bias, mean, rstd = ctx.saved_tensors
         return (*group_norm_nhwc_grads(dy, x, weight, bias, mean, rstd, ctx.relu, ctx.needs_input_grad[:3]),
                 None, None, None)
-
-
-def group_norm_nhwc_forward(
-    x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, relu: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The forward kernels alone (no autograd): ``(y, mean, rstd)``, the statistics ``(N, G)`` fp32.
-
-    Deterministic: the same ``x`` gives the same ``y`` bit for bit, so a backward may recompute ``y``."""
-    return _forward(x, num_groups, weight, bias, eps, relu)
 
 
 def group_norm_nhwc_grads(
@@ -505,7 +463,30 @@ def group_norm_nhwc_grads(
     if not (need_dx or need_dw or need_db):
         return None, None, None
     dy = dy.contiguous(memory_format=torch.channels_last)
-    dx, part = _backward(dy, x, weight, bias, mean, rstd, relu, need_dx)
+    kernels = _kernels(_interpreting())
+    n, c, h, w = x.shape
+    g = mean.shape[1]
+    hw, cg = h * w, c // g
+    block_c = _next_pow2(c)
+    block_r = max(1, _REDUCE_TILE_ELEMENTS // block_c)
+    rows_per_chunk, n_chunks = _reduction_chunks(n, hw, block_r, x.device)
+    w_arg = weight if weight is not None else mean
+    b_arg = bias if bias is not None else mean
+    flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu)
+    part = torch.empty((n, n_chunks, 2, block_c), device=x.device, dtype=torch.float32)
+    kernels.bwd_partial[(n, n_chunks)](
+        x, dy, w_arg, b_arg, mean, rstd, part, hw, rows_per_chunk, n_chunks,
+        C=c, CG=cg, G=g, BLOCK_C=block_c, BLOCK_HW=block_r, **flags, num_warps=_REDUCE_WARPS,
+    )
+    dx = None
+    if need_dx:  # the partial channel sums of dy and dy * xhat give the per-group terms of dx
+        dx = torch.empty_like(x, memory_format=torch.channels_last)
+        block_e = max(1, _TILE_ELEMENTS // block_c)
+        kernels.bwd_apply[(n, -(-hw // block_e))](
+            x, dy, dx, w_arg, b_arg, mean, rstd, part, hw, n_chunks, 1.0 / (hw * cg),
+            C=c, CG=cg, G=g, BLOCK_C=block_c, BLOCK_G=block_c // cg, BLOCK_HW=block_e, BLOCK_K=_chunk_block(block_c),
+            **flags, num_warps=_APPLY_WARPS,
+        )
     dw = db = None
     if need_dw or need_db:
         sums = part.sum(dim=(0, 1))[:, : x.shape[1]]
