@@ -35,6 +35,15 @@ def test_every_results_file_renders() -> None:
         assert path.name in table and "| training path |" in table
 
 
+def test_a_result_without_a_baseline_row_renders_without_the_ratio_column() -> None:
+    """``benchmark.py --only trainer --trainer-rows fast`` (what benchmark_peers.py runs) has no baseline row."""
+    res = {"date": "2026-12-07", "gpu": "GPU", "torch": "2", "batch_size": 64, "n_windows": 10, "dataset_gib": 3.0,
+           "training": {"fast": {"samples_per_s": 2700.0, "step_ms": 23.7, "peak_gpu_mem_gib": 6.5}}}
+    table = report.render_table(res, "r.json")
+    assert "| training path | samples/s | ms/step | peak GPU memory |\n|---|---|---|---|\n" in table
+    assert "| 2,700 | 23.7 | 6.5 GiB |\n" in table
+
+
 def test_goals_are_judged_from_the_results() -> None:
     res = {"training": {"fast": {"samples_per_s": 9000.0, "peak_gpu_mem_gib": 5.0},
                         "eager_dataloader": {"samples_per_s": 3000.0}},

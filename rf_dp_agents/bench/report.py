@@ -44,15 +44,15 @@ BASELINES = {"eager_dataloader": "vs eager DataLoader", "trainer_no_compile": "v
 def render_table(res: dict[str, Any], source: str) -> str:
     """Markdown performance tables of one results JSON (``source``: its path, named in the first line)."""
     tr = res["training"]
-    base_key = next(key for key in BASELINES if "samples_per_s" in tr.get(key, {}))
-    base = tr[base_key]["samples_per_s"]
+    base_key = next((key for key in BASELINES if "samples_per_s" in tr.get(key, {})), None)  # None: no ratio column
+    base = tr[base_key]["samples_per_s"] if base_key is not None else None
     lines = [
         f"Measured {res['date']} on one {res['gpu']} (torch {res['torch']}; `{source}`), seed config: ResNet18-GN + "
         f"U-Net 256/512/1024, 240x320 images, To 2, T 16, batch {res['batch_size']}, {res['n_windows']:,} windows per "
         "epoch.",
         "",
-        f"| training path | samples/s | ms/step | peak GPU memory | {BASELINES[base_key]} |",
-        "|---|---|---|---|---|",
+        "| training path | samples/s | ms/step | peak GPU memory |" + (f" {BASELINES[base_key]} |" if base else ""),
+        "|---|---|---|---|" + ("---|" if base else ""),
     ]
     names = {
         "fast": "rf_dp_agents trainer, default on CUDA (GPU-resident data, whole step in one CUDA graph, bf16 "
@@ -69,8 +69,9 @@ def render_table(res: dict[str, Any], source: str) -> str:
         row = tr.get(key)
         if not row or "samples_per_s" not in row:
             continue
+        ratio = f" {row['samples_per_s'] / base:.2f}x |" if base else ""
         lines.append(f"| {names[key]} | {row['samples_per_s']:,.0f} | {row['step_ms']:.1f} | "
-                     f"{row['peak_gpu_mem_gib']:.1f} GiB | {row['samples_per_s'] / base:.2f}x |")
+                     f"{row['peak_gpu_mem_gib']:.1f} GiB |{ratio}")
     dataset = res.get("dataset_gib")
     if dataset is not None:  # results written since peak memory is counted per row
         lines += ["", "Peak GPU memory is each row's own: what it allocated above what the process held before it. "
