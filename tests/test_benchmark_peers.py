@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rf_dp_agents.bench.peer_runs import OURS, peer_command, read_peer, render, run_peers, summarize
+from rf_dp_agents.bench.peer_runs import OURS, goal_lines, peer_command, read_peer, render, run_peers, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +59,14 @@ def test_summary_gives_ranges_and_the_ratio_against_the_fastest_lerobot_setting(
     assert "| rf_dp_agents | 64 | 3,000-3,100 | 8.50 GiB (5.50 GiB besides the dataset) | 2 |" in table
     assert "| rf_dp_agents / fastest lerobot | 64 | 1.94-2.01x | | |" in table
     assert "failed: 'CUDA out of memory'" in table
+    assert goal_lines(summary) == [
+        "- batch 64, >= 4,000 samples/s: 3,000, not met",
+        "- batch 64, >= 2.6x the fastest lerobot setting: 1.94x, not met",
+        "- batch 64, peak GPU memory besides the dataset <= 4 GiB: 5.50 GiB, not met",
+    ]
+    assert table.endswith("Goals:\n" + "\n".join(goal_lines(summary)))
+    met = summarize([{"peer": OURS, "batch_size": 256, "trial": 0, **read_peer(OURS, ours(5600.0, 9.0, dataset=3.0))}])
+    assert goal_lines(met) == ["- batch 256, >= 5,500 samples/s: 5,600, met"]
 
 
 def test_a_failing_peer_is_reported_and_the_others_still_run(tmp_path: Path) -> None:

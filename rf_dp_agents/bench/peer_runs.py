@@ -23,6 +23,12 @@ PEERS: dict[str, list[str]] = {
 }
 """Each peer's arguments to ``scripts/benchmark.py``."""
 OURS = "rf_dp_agents"
+GOALS: dict[int, dict[str, float]] = {
+    64: {"samples_per_s": 4000.0, "vs_lerobot": 2.6, "peak_besides_dataset_gib": 4.0},
+    256: {"samples_per_s": 5500.0},
+}
+"""The training goals per batch size: our samples/s, our speed over the fastest lerobot setting, and peak GPU memory
+besides the GPU-resident dataset (judged on the slowest trial and the largest peak)."""
 
 
 def peer_command(script: Path, peer: str, batch_size: int, data: Path, out: Path) -> list[str]:
@@ -102,6 +108,27 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     return out
 
 
+def goal_lines(summary: dict[int, dict[str, Any]]) -> list[str]:
+    """One line per goal of :data:`GOALS` that the summary can answer: the measured value and whether it is met."""
+    lines = []
+    for batch, goals in GOALS.items():
+        ours = summary.get(batch, {}).get("peers", {}).get(OURS, {})
+        if "samples_per_s" not in ours:
+            continue
+        slowest = ours["samples_per_s"][0]
+        checks = [(f">= {goals['samples_per_s']:,.0f} samples/s", f"{slowest:,.0f}", slowest >= goals["samples_per_s"])]
+        ratio = summary[batch].get("ours_vs_fastest_lerobot")
+        if "vs_lerobot" in goals and ratio is not None:
+            checks.append((f">= {goals['vs_lerobot']}x the fastest lerobot setting", f"{ratio[0]:.2f}x",
+                           ratio[0] >= goals["vs_lerobot"]))
+        if "peak_besides_dataset_gib" in goals:
+            peak = ours["peak_besides_dataset_gib"]
+            checks.append((f"peak GPU memory besides the dataset <= {goals['peak_besides_dataset_gib']:.0f} GiB",
+                           f"{peak:.2f} GiB", peak <= goals["peak_besides_dataset_gib"]))
+        lines += [f"- batch {batch}, {goal}: {value}, {'met' if met else 'not met'}" for goal, value, met in checks]
+    return lines
+
+
 def render(summary: dict[int, dict[str, Any]]) -> str:
     """A markdown table of :func:`summarize`'s result: one row per peer and batch size."""
     lines = ["| peer | batch | samples/s | peak GPU memory | trials |", "|---|---|---|---|---|"]
@@ -118,7 +145,8 @@ def render(summary: dict[int, dict[str, Any]]) -> str:
         if "ours_vs_fastest_lerobot" in entry:
             lo, hi = entry["ours_vs_fastest_lerobot"]
             lines.append(f"| {OURS} / fastest lerobot | {batch} | {lo:.2f}-{hi:.2f}x | | |")
-    return "\n".join(lines)
+    goals = goal_lines(summary)
+    return "\n".join(lines + (["", "Goals:", *goals] if goals else []))
 
 
-__all__ = ["OURS", "PEERS", "peer_command", "read_peer", "render", "run_peers", "summarize"]
+__all__ = ["GOALS", "OURS", "PEERS", "goal_lines", "peer_command", "read_peer", "render", "run_peers", "summarize"]
