@@ -220,7 +220,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 SAMPLERS = ("ddpm", "ddim", "dpmsolver")
 """Sampler names :func:`load_policy` accepts (DDPM, DDIM and DPM-Solver++ multistep)."""
-GRAPH_OPTIONS = ("cuda_graphs", "compile_graphs", "bf16_graphs", "graph_tf32")
+GRAPH_OPTIONS = ("cuda_graphs", "compile_graphs", "fused_graphs", "bf16_graphs", "graph_tf32")
 """Sampling-graph switches of :class:`~rf_dp_agents.model.DiffusionPolicy` that :func:`load_policy` can set."""
 
 
@@ -257,6 +257,7 @@ def load_policy(
     temporal_ensemble: float | None = None,
     cuda_graphs: bool | None = None,
     compile_graphs: bool | None = None,
+    fused_graphs: bool | None = None,
     bf16_graphs: bool | None = None,
     graph_tf32: bool | None = None,
     compile_cache: str | os.PathLike | bool | None = None,
@@ -271,8 +272,8 @@ def load_policy(
       ``num_train_timesteps``) replace the inference settings saved in the checkpoint.
     * ``execute_steps`` (1 .. Ta) and ``temporal_ensemble`` (ACT's coefficient m) choose how chunks are executed
       (:mod:`rf_dp_agents.policy`); both off by default.
-    * ``cuda_graphs``, ``compile_graphs``, ``bf16_graphs``, ``graph_tf32``: the model's sampling-graph switches
-      (:class:`~rf_dp_agents.model.DiffusionPolicy`).
+    * ``cuda_graphs``, ``compile_graphs``, ``fused_graphs``, ``bf16_graphs``, ``graph_tf32``: the model's
+      sampling-graph switches (:class:`~rf_dp_agents.model.DiffusionPolicy`).
     * ``compile_cache``: on CUDA with compiled graphs, where TorchInductor keeps its compiled kernels across
       processes (a directory; None/True: ``~/.cache/rf_dp_agents/torchinductor`` unless ``TORCHINDUCTOR_CACHE_DIR``
       or ``RF_DP_COMPILE_CACHE`` say otherwise; False: torch's default in the temp directory).
@@ -284,7 +285,7 @@ def load_policy(
 
     ckpt = resolve_checkpoint_dir(path)
     source = str(ckpt / CONFIG_NAME)
-    switches = dict(zip(GRAPH_OPTIONS, (cuda_graphs, compile_graphs, bf16_graphs, graph_tf32)))
+    switches = dict(zip(GRAPH_OPTIONS, (cuda_graphs, compile_graphs, fused_graphs, bf16_graphs, graph_tf32)))
     for name, value in switches.items():
         if value is not None and not isinstance(value, bool):
             raise ValueError(f"{source}: {name} must be True, False or None, got {value!r}")
@@ -295,7 +296,7 @@ def load_policy(
     for name, value in switches.items():
         if value is not None:
             setattr(model, name, value)
-    if model.device.type == "cuda" and model.cuda_graphs and model.compile_graphs:
+    if model.device.type == "cuda" and model.cuda_graphs and model.compiles_unet():
         use_compile_cache(compile_cache)
     try:
         return DiffusionPolicyAgent(model, seed=seed, metadata=metadata, execute_steps=execute_steps,

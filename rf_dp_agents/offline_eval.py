@@ -6,8 +6,9 @@ executed part ``pred[:, To-1 : To-1+Ta]`` against the recorded actions, in raw u
 and the same noise seeds tells whether a faster sampler loses accuracy, without a simulator. The held-out
 (``val``) windows measure the policy; the ``train`` windows, which a trained model fits closely, isolate the
 sampler's own error from the model's generalisation error. A ``:bf16`` suffix samples through CUDA graphs that
-run the U-Net from bfloat16 weights (``DiffusionPolicy.bf16_graphs``), so its cost in accuracy is measured the
-same way.
+run the U-Net from bfloat16 weights (``DiffusionPolicy.bf16_graphs``), a ``:fused`` suffix through graphs that run
+it with the fused Triton kernels (``DiffusionPolicy.fused_graphs``), so their cost in accuracy is measured the same
+way.
 """
 
 from __future__ import annotations
@@ -30,24 +31,32 @@ SPLITS = ("val", "train")
 @dataclass(frozen=True)
 class SamplerSpec:
     """A sampler and its number of denoising steps, written ``name:steps`` (``ddim:10``), with ``:bf16`` when
-    the U-Net runs from bfloat16 weights in CUDA graphs (``ddpm:10:bf16``)."""
+    the U-Net runs from bfloat16 weights in CUDA graphs (``ddpm:10:bf16``) or ``:fused`` when it runs through the
+    fused Triton kernels in CUDA graphs (``ddpm:10:fused``)."""
 
     name: str
     steps: int
     bf16: bool = False
+    fused: bool = False
 
     @classmethod
     def parse(cls, text: str) -> "SamplerSpec":
-        """Parse ``name:steps[:bf16]``; a clear error for anything else."""
+        """Parse ``name:steps[:bf16|:fused]``; a clear error for anything else."""
         name, _, rest = text.partition(":")
         steps, _, suffix = rest.partition(":")
         if (name not in ("ddpm", "ddim", "dpmsolver") or not steps.isdigit() or int(steps) <= 0
-                or suffix not in ("", "bf16")):
-            raise ValueError(f"sampler spec {text!r}: expected ddpm|ddim|dpmsolver:<steps>[:bf16], e.g. ddim:10")
-        return cls(name, int(steps), suffix == "bf16")
+                or suffix not in ("", "bf16", "fused")):
+            raise ValueError(f"sampler spec {text!r}: expected ddpm|ddim|dpmsolver:<steps>[:bf16|:fused], "
+                             f"e.g. ddim:10")
+        return cls(name, int(steps), suffix == "bf16", suffix == "fused")
+
+    @property
+    def graphs_only(self) -> bool:
+        """Whether the spec samples through CUDA graphs only (``:bf16`` or ``:fused``)."""
+        return self.bf16 or self.fused
 
     def __str__(self) -> str:
-        return f"{self.name}:{self.steps}" + (":bf16" if self.bf16 else "")
+        return f"{self.name}:{self.steps}" + (":bf16" if self.bf16 else ":fused" if self.fused else "")
 
 
 def run_settings(run_or_checkpoint: Path) -> dict:
@@ -110,15 +119,15 @@ def action_errors(
     n = available if max_windows is None else min(available, max_windows)
     if n == 0:
         raise ValueError(f"{dataset.source}: no {split} windows (val_ratio {settings['val_ratio']})")
-    if any(spec.bf16 for spec in samplers) and not (model.device.type == "cuda" and model.cuda_graphs):
-        raise ValueError(f"bf16 samplers ({', '.join(str(s) for s in samplers if s.bf16)}) run in CUDA graphs only; "
+    if any(spec.graphs_only for spec in samplers) and not (model.device.type == "cuda" and model.cuda_graphs):
+        raise ValueError(f"samplers {', '.join(str(s) for s in samplers if s.graphs_only)} run in CUDA graphs only; "
                          f"the model is on {model.device}")
     # every spec checked (as load_policy checks them) before any sampling starts
     configs = [sampling_config(cfg, spec.name, spec.steps, source=str(ckpt / CONFIG_NAME)) for spec in samplers]
     results = {}
     for spec, config in zip(samplers, configs):
         model.config = config
-        model.bf16_graphs = spec.bf16
+        model.bf16_graphs, model.fused_graphs = spec.bf16, spec.fused
         sq = ab = 0.0
         count = 0
         for lo in range(0, n, batch_size):

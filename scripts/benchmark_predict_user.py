@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic", choices=["seed", "tiny"], help="time a randomly initialised checkpoint instead: "
                    "'seed' = the default ModelConfig (240x320 camera, U-Net 256/512/1024), 'tiny' = a CPU smoke size")
     p.add_argument("--samplers", nargs="+", default=["ddim:10", "ddpm:10", "ddpm:100"],
-                   help="name:steps[:bf16] per measurement (default: ddim:10 ddpm:10 ddpm:100)")
+                   help="name:steps[:bf16|:fused] per measurement (default: ddim:10 ddpm:10 ddpm:100)")
     p.add_argument("--repeats", type=int, default=100, help="chunks timed per process (default 100)")
     p.add_argument("--device", default="auto", help="torch device passed to load_policy (default auto)")
     p.add_argument("--warmup", action="store_true", help="call policy.warmup((1,)) after load_policy (timed apart)")
@@ -102,7 +102,7 @@ def child(spec_text: str, args: argparse.Namespace) -> dict:
     spec = SamplerSpec.parse(spec_text)
     t0 = time.perf_counter()
     policy = load_policy(args.checkpoint, device=args.device, sampler=spec.name, num_inference_steps=spec.steps,
-                         bf16_graphs=spec.bf16 or None, graph_tf32=False if args.no_graph_tf32 else None,
+                         bf16_graphs=spec.bf16 or None, fused_graphs=spec.fused or None, graph_tf32=False if args.no_graph_tf32 else None,
                          compile_graphs=False if args.no_compile_graphs else None)
     t_load = time.perf_counter() - t0
     cfg = policy.config
@@ -166,6 +166,7 @@ def child(spec_text: str, args: argparse.Namespace) -> dict:
         "global_flags_unchanged": flags() == before, "global_flags": list(before),
         "compile_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
         "graph_tf32": policy.model.graph_tf32, "compile_graphs": policy.model.compile_graphs,
+        "fused_graphs": policy.model.uses_fused_unet(),
         "graph_build_s": policy.model.graph_build_seconds(), "compile_times_s": _compile_times(),
         "first_predict_profile": _top_functions(profiler, args.profile_first) if profiler is not None else None,
         "compiled_from_source": {"process": dict(FROM_SOURCE), "first_predict": from_source_first},

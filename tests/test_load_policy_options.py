@@ -66,6 +66,7 @@ def test_sampler_and_steps_are_used_and_the_checkpoint_is_left_alone(ckpt: Path)
     ({"execute_steps": 9}, r"execute_steps must be an int in \[1, 8\]"),
     ({"temporal_ensemble": float("nan")}, r"temporal_ensemble must be a finite number"),
     ({"compile_graphs": "yes"}, r"compile_graphs must be True, False or None"),
+    ({"fused_graphs": 1}, r"fused_graphs must be True, False or None"),
 ])
 def test_bad_arguments_name_the_checkpoint_and_the_range(ckpt: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message) as err:
@@ -75,13 +76,14 @@ def test_bad_arguments_name_the_checkpoint_and_the_range(ckpt: Path, kwargs: dic
 
 def test_chunk_execution_and_graph_switches_reach_the_policy(ckpt: Path) -> None:
     policy = load_policy(ckpt, device="cpu", execute_steps=6, temporal_ensemble=0.01, cuda_graphs=False,
-                         compile_graphs=False, bf16_graphs=True, graph_tf32=False)
+                         compile_graphs=False, fused_graphs=True, bf16_graphs=True, graph_tf32=False)
     assert policy.chunk_execution == {"execute_steps": 6, "temporal_ensemble": 0.01}
     model = policy.model
-    assert (model.cuda_graphs, model.compile_graphs, model.bf16_graphs, model.graph_tf32) == (False, False, True, False)
+    assert (model.cuda_graphs, model.compile_graphs, model.fused_graphs, model.bf16_graphs, model.graph_tf32) == (
+        False, False, True, True, False)
     defaults = load_policy(ckpt, device="cpu").model
-    assert (defaults.cuda_graphs, defaults.compile_graphs, defaults.bf16_graphs, defaults.graph_tf32) == (
-        True, True, False, True)
+    assert (defaults.cuda_graphs, defaults.compile_graphs, defaults.fused_graphs, defaults.bf16_graphs,
+            defaults.graph_tf32) == (True, True, False, False, True)
 
 
 def test_rollout_loads_its_options_through_load_policy(ckpt: Path) -> None:

@@ -114,8 +114,11 @@ def test_bad_input(run_dir: Path, tmp_path: Path) -> None:
         SamplerSpec.parse("ddim:10:fp16")
     assert SamplerSpec.parse("ddpm:10:bf16") == SamplerSpec("ddpm", 10, bf16=True)
     assert str(SamplerSpec.parse("ddpm:10:bf16")) == "ddpm:10:bf16" and not SamplerSpec.parse("ddpm:10").bf16
-    with pytest.raises(ValueError, match="ddim:2:bf16.*CUDA graphs only; the model is on cpu"):
-        action_errors(run_dir, [SamplerSpec("ddim", 2), SamplerSpec("ddim", 2, bf16=True)], device="cpu")
+    assert SamplerSpec.parse("ddim:5:fused") == SamplerSpec("ddim", 5, fused=True)
+    assert str(SamplerSpec.parse("ddim:5:fused")) == "ddim:5:fused"
+    with pytest.raises(ValueError, match="ddim:2:bf16, ddim:2:fused run in CUDA graphs only; the model is on cpu"):
+        action_errors(run_dir, [SamplerSpec("ddim", 2), SamplerSpec("ddim", 2, bf16=True),
+                                SamplerSpec("ddim", 2, fused=True)], device="cpu")
     lonely = tmp_path / "ckpt"
     shutil.copytree((run_dir / "best").resolve(), lonely)
     with pytest.raises(FileNotFoundError, match="no run.json"):

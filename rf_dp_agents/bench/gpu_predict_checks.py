@@ -1,6 +1,6 @@
 """Checks of predict()'s CUDA-graph paths on a GPU (``scripts/check_gpu_predict.py``; the CPU test suite cannot
-run them): graph against eager DDIM actions, the bf16-weight graph against eager float32 (also after in-place
-weight changes), DDPM's graph reproducible from its generators and continuing the default CUDA stream without
+run them): graph against eager DDIM actions, the bf16-weight and fused-kernel graphs against eager float32 (also
+after in-place weight changes), DDPM's graph reproducible from its generators and continuing the default CUDA stream without
 them, and several models' graphs replayed side by side on their own streams. Each check is a (name, passed, detail) row.
 """
 
@@ -44,7 +44,8 @@ def generators(batch: int, offset: int = 0) -> list[torch.Generator]:
 
 
 def check_config(name: str, cfg: ModelConfig, args: PredictCheckArgs) -> list[tuple[str, bool, str]]:
-    """Plain and compiled DDIM graphs against eager, and the bf16 check, at every batch size of ``args``."""
+    """Plain, compiled and fused-kernel DDIM graphs against eager, and the bf16 and fused checks after in-place weight
+    changes, at every batch size of ``args``."""
     results = []
     torch.manual_seed(0)
     model = DiffusionPolicy(cfg).cuda().eval()
@@ -57,37 +58,46 @@ def check_config(name: str, cfg: ModelConfig, args: PredictCheckArgs) -> list[tu
         plain = model.predict_action(obs, generator=generators(batch))
         model.compile_graphs = True
         compiled = model.predict_action(obs, generator=generators(batch))
-        for label, got in (("plain graph", plain), ("compiled graph", compiled)):
+        model.fused_graphs = True
+        fused = model.predict_action(obs, generator=generators(batch))
+        if not model.uses_fused_unet():
+            results.append((f"{name}: the fused U-Net kernels", False, "failed; the graph fell back"))
+        model.fused_graphs = False
+        for label, got in (("plain graph", plain), ("compiled graph", compiled), ("fused-kernel graph", fused)):
             gap = (got - eager).abs().max().item()
             results.append((f"{name}, DDIM, batch {batch}: {label} equals eager", gap <= args.atol,
                             f"max gap {gap:.2e} (actions up to {eager.abs().max().item():.2f})"))
         if not model.compile_graphs:
             results.append((f"{name}: torch.compile of the U-Net", False, "failed; the plain graph was used"))
-        results.append(check_bf16(name, model, obs, eager, args.bf16_atol))
+        results.append(check_in_place(name, model, obs, eager, args.bf16_atol, "bf16_graphs"))
+        results.append(check_in_place(name, model, obs, eager, args.atol, "fused_graphs"))
     return results
 
 
-def check_bf16(name: str, model: DiffusionPolicy, obs: dict[str, torch.Tensor], eager: torch.Tensor,
-               atol: float) -> tuple[str, bool, str]:
-    """The bf16-weight graph against eager float32, before and after the U-Net's weights change in place."""
+def check_in_place(name: str, model: DiffusionPolicy, obs: dict[str, torch.Tensor], eager: torch.Tensor,
+                   atol: float, switch: str = "bf16_graphs") -> tuple[str, bool, str]:
+    """The graph with ``switch`` on (``bf16_graphs``: from a bf16 copy of the weights; ``fused_graphs``: through the
+    fused kernels) against eager float32, before and after the U-Net's weights change in place."""
     batch = eager.shape[0]
-    model.cuda_graphs, model.bf16_graphs = True, True
-    bf16 = model.predict_action(obs, generator=generators(batch))
+    model.cuda_graphs = True
+    setattr(model, switch, True)
+    graphed = model.predict_action(obs, generator=generators(batch))
     with torch.no_grad():
         for p in model.noise_pred_net.parameters():
             p.mul_(0.9)
     model.cuda_graphs = False
     eager_after = model.predict_action(obs, generator=generators(batch))
     model.cuda_graphs = True
-    bf16_after = model.predict_action(obs, generator=generators(batch))
+    graphed_after = model.predict_action(obs, generator=generators(batch))
     with torch.no_grad():
         for p in model.noise_pred_net.parameters():
             p.div_(0.9)
-    model.bf16_graphs = False
-    gap, gap_after = (bf16 - eager).abs().max().item(), (bf16_after - eager_after).abs().max().item()
+    setattr(model, switch, False)
+    gap, gap_after = (graphed - eager).abs().max().item(), (graphed_after - eager_after).abs().max().item()
     moved = (eager_after - eager).abs().max().item()
     ok = gap <= atol and gap_after <= atol and moved > 2 * atol
-    return (f"{name}, DDIM, batch {batch}: bf16-weight graph near eager float32, follows in-place weight changes",
+    label = "bf16-weight graph" if switch == "bf16_graphs" else "fused-kernel graph"
+    return (f"{name}, DDIM, batch {batch}: {label} near eager float32, follows in-place weight changes",
             ok, f"max gap {gap:.2e}; after scaling the U-Net's weights by 0.9 {gap_after:.2e} "
                 f"(the actions moved {moved:.2e})")
 
@@ -181,5 +191,5 @@ def main(args: PredictCheckArgs) -> int:
     return 0 if all(ok for _, ok, _ in results) else 1
 
 
-__all__ = ["PredictCheckArgs", "check_bf16", "check_config", "check_ddpm_seeds", "check_ddpm_unseeded",
+__all__ = ["PredictCheckArgs", "check_in_place", "check_config", "check_ddpm_seeds", "check_ddpm_unseeded",
            "check_graphs_side_by_side", "main"]

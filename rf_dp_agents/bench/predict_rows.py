@@ -17,12 +17,14 @@ PREDICT_SETTINGS: dict[str, dict[str, bool]] = {
     "eager_ms": {"cuda_graphs": False},
     "cuda_graph_ms": {},
     "cuda_graph_no_compile_ms": {"compile_graphs": False},
+    "cuda_graph_fused_ms": {"fused_graphs": True},
     "cuda_graph_fp32_ms": {"tf32": False},
     "previous_default_ms": {"compile_graphs": False, "channels_last_graphs": False, "film_tables": False,
                             "matmul": False},
 }
 """predict() columns: the policy's default on CUDA (CUDA graph of the compiled U-Net, matmul convolutions, FiLM
-tables, channels_last encoder, TF32) with one setting changed, and ``previous_default_ms``: a plain CUDA graph
+tables, channels_last encoder, TF32) with one setting changed (``cuda_graph_fused_ms``: the U-Net through the fused
+Triton kernels instead of torch.compile), and ``previous_default_ms``: a plain CUDA graph
 of the cuDNN convolutions with per-step FiLM and an NCHW encoder (the default before these levers)."""
 
 
@@ -54,7 +56,10 @@ def predict_latency(args: BenchmarkArgs, dataset: SequenceDataset, device: torch
                     finally:
                         torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
                 if setting.get("compile_graphs", True) and setting.get("cuda_graphs", True):
-                    row.setdefault("compiled", policy.compile_graphs)  # False when compilation failed
+                    if setting.get("fused_graphs"):
+                        row["fused"] = policy.uses_fused_unet()  # False when the kernels failed
+                    else:
+                        row.setdefault("compiled", policy.compile_graphs)  # False when compilation failed
             rows.append(row)
             print(f"  predict {row}", flush=True)
     return rows

@@ -91,13 +91,17 @@ def render_table(res: dict[str, Any], source: str) -> str:
                       f"({epoch_s:.1f} s per epoch; the seed reports 240 s per epoch on one GPU)."]
     rows = res.get("predict", [])
     if rows and "previous_default_ms" in rows[0]:
+        fused = "cuda_graph_fused_ms" in rows[0]
         lines += ["", "| predict() per chunk | batch | eager | CUDA graph (default) | default, TF32 off | CUDA graph, "
-                      "U-Net not compiled | previous default (plain CUDA graph, cuDNN) | default vs previous |",
-                  "|---|---|---|---|---|---|---|---|"]
+                      "U-Net not compiled | " + ("CUDA graph, fused U-Net kernels | " if fused else "")
+                      + "previous default (plain CUDA graph, cuDNN) | default vs previous |",
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if fused else "")]
         for row in rows:
             lines.append(f"| {row['sampler'].upper()}-{row['steps']} | {row['batch']} | {row['eager_ms']:.1f} ms | "
                          f"{row['cuda_graph_ms']:.2f} ms | {row['cuda_graph_fp32_ms']:.2f} ms | "
-                         f"{row['cuda_graph_no_compile_ms']:.2f} ms | {row['previous_default_ms']:.2f} ms | "
+                         f"{row['cuda_graph_no_compile_ms']:.2f} ms | "
+                         + (f"{row['cuda_graph_fused_ms']:.2f} ms | " if fused else "")
+                         + f"{row['previous_default_ms']:.2f} ms | "
                          f"{row['previous_default_ms'] / row['cuda_graph_ms']:.2f}x |")
         lines += ["", "The default CUDA graph replays the encoder (channels_last) and every denoising step of the "
                       "torch.compile'd U-Net, whose convolutions run as matrix multiplies, with every step's FiLM "

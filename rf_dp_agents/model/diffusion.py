@@ -27,6 +27,7 @@ from rf_dp_agents.model.schedulers import (
     Scheduler,
     randn_tensor,
 )
+from rf_dp_agents.model.unet_fused import FusedUnet, fused_unet_available
 from rf_dp_agents.model.unet import ConditionalUnet1D
 from rf_dp_agents.model.vision import FEATURE_DIM, ResNet18Encoder
 
@@ -123,6 +124,11 @@ class DiffusionPolicy(nn.Module):
         per device shared by the graphs, refreshed at every replay; FiLM conditioning, scheduler and encoder stay
         float32). Actions differ from float32 sampling by bf16 rounding (README, Training and inference speed)."""
         self._bf16_unets: dict[torch.device, Bf16Unet] = {}  # a dict, so the copy stays out of the state dict
+        self.fused_graphs = False
+        """Run the U-Net in sampling graphs through ``unet_fused.FusedUnet`` (Triton GroupNorm-Mish-FiLM kernels and
+        cuBLAS matrix multiplies on the U-Net's own weights) instead of torch.compile: no TorchDynamo or Inductor
+        in the process, so a graph is ready in seconds. Where Triton is missing the graph takes the next choice
+        (``compile_graphs``, then the plain U-Net). Not combined with ``bf16_graphs``, which takes precedence."""
         self.graph_tf32 = True
         """Compile and capture the sampling graphs with TF32 matmuls and convolutions allowed inside them only
         (``graph_setup.tf32_scope``): the graphs run in TF32 whatever the process's global flags, which are left
@@ -286,7 +292,16 @@ class DiffusionPolicy(nn.Module):
     def _graph_key(self, size: int, steps: int) -> tuple[Any, ...]:
         stream = self.graph_capture_stream
         return (size, self.config.sampler, steps, self.device, self.compile_graphs, self.bf16_graphs, self.graph_tf32,
-                self.own_graph_generators, None if stream is None else stream.cuda_stream)
+                self.own_graph_generators, None if stream is None else stream.cuda_stream, self.uses_fused_unet())
+
+    def uses_fused_unet(self) -> bool:
+        """Whether sampling graphs run the U-Net through :class:`FusedUnet` (``fused_graphs``, no bf16 weights,
+        Triton available for the device)."""
+        return self.fused_graphs and not self.bf16_graphs and fused_unet_available(self.device)
+
+    def compiles_unet(self) -> bool:
+        """Whether building a sampling graph compiles the U-Net with torch.compile."""
+        return self.compile_graphs and not self.uses_fused_unet()
 
     def has_graph(self, size: int, steps: int | None = None) -> bool:
         """Whether the sampling graph for batch ``size`` (and ``steps``, default the config's) is already built."""
@@ -306,8 +321,8 @@ class DiffusionPolicy(nn.Module):
             return []
         todo = [size for size in dict.fromkeys(int(b) for b in batch_sizes) if not self.has_graph(size, steps)]
         if todo:
-            log.log(logging.WARNING if self.compile_graphs else logging.INFO,
-                    graph_build_message(todo, self.compile_graphs))
+            log.log(logging.WARNING if self.compiles_unet() else logging.INFO,
+                    graph_build_message(todo, self.compiles_unet()))
         for size in todo:
             self._graphed(size, steps, announce=False)
         return todo
@@ -321,8 +336,8 @@ class DiffusionPolicy(nn.Module):
             if len(self._graphs) >= MAX_CUDA_GRAPHS:
                 self._graphs.pop(next(iter(self._graphs)))
             if announce:  # a compilation is announced at WARNING, so it shows without any logging configuration
-                log.log(logging.WARNING if self.compile_graphs else logging.INFO,
-                        graph_build_message([size], self.compile_graphs))
+                log.log(logging.WARNING if self.compiles_unet() else logging.INFO,
+                        graph_build_message([size], self.compiles_unet()))
             bf16 = None
             if self.bf16_graphs:
                 if self.device not in self._bf16_unets:
@@ -330,11 +345,18 @@ class DiffusionPolicy(nn.Module):
                 bf16 = self._bf16_unets[self.device]
             try:
                 graph = GraphedSampler(self, size, make_scheduler(self.config, self.config.sampler), steps,
-                                       compile_unet=self.compile_graphs, bf16_unet=bf16, tf32=self.graph_tf32,
+                                       compile_unet=self.compiles_unet(), bf16_unet=bf16, tf32=self.graph_tf32,
+                                       unet=FusedUnet(self.noise_pred_net) if self.uses_fused_unet() else None,
                                        own_generator=self.own_graph_generators,
                                        capture_stream=self.graph_capture_stream)
             except Exception as exc:  # torch.compile needs Triton and a C compiler; the plain graph does not
-                if not self.compile_graphs:
+                if self.uses_fused_unet():
+                    log.warning("the fused U-Net kernels failed (%s: %s); sampling graphs fall back to %s",
+                                type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+                                "torch.compile" if self.compile_graphs else "the plain U-Net")
+                    self.fused_graphs = False
+                    return self._graphed(size, steps, announce=self.compile_graphs)
+                if not self.compiles_unet():
                     raise
                 log.warning("torch.compile of the U-Net failed (%s: %s); sampling graphs capture the plain U-Net",
                             type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")

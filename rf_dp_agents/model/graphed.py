@@ -2,7 +2,9 @@
 
 A :class:`GraphedSampler` is built for one batch size, scheduler and step count (``compile_unet``: the U-Net
 compiled with torch.compile first, its Inductor kernels then captured like any others; ``bf16_unet``: a
-:class:`Bf16Unet` of the policy's U-Net to run instead, its bf16 weights refreshed at the start of each replay).
+:class:`Bf16Unet` of the policy's U-Net to run instead, its bf16 weights refreshed at the start of each replay;
+``unet``: any module with the U-Net's contract to run instead, a :class:`~rf_dp_agents.model.unet_fused.FusedUnet`
+for one).
 Its inputs (uint8 images, raw state, the initial noise) are copied into static buffers; one ``replay`` runs the
 encoder, every U-Net call and every scheduler update with no Python in between. The initial noise is drawn outside the
 graph, so a caller's generators still decide it; DDPM's per-step noise comes from the default CUDA generator inside
@@ -115,6 +117,7 @@ class GraphedSampler:
         warmup: int = 2,
         compile_unet: bool = False,
         bf16_unet: Bf16Unet | None = None,
+        unet: nn.Module | None = None,
         tf32: bool = True,
         own_generator: bool = False,
         capture_stream: torch.cuda.Stream | None = None,
@@ -126,6 +129,7 @@ class GraphedSampler:
         self.policy, self.batch_size = policy, int(batch_size)
         self.bf16 = bf16_unet
         net = policy.noise_pred_net if bf16_unet is None else bf16_unet
+        net = net if unet is None else unet
         if compile_unet:
             raise_recompile_limit()
         self.net = torch.compile(net, dynamic=False) if compile_unet else net

@@ -147,7 +147,7 @@ def load_agent_policies(cfg: RolloutConfig, paths: Sequence[Path]) -> list[Diffu
                 path, device=cfg.device, seed=cfg.seed + i, sampler=cfg.sampler,
                 num_inference_steps=cfg.num_inference_steps, execute_steps=cfg.execute_steps,
                 temporal_ensemble=cfg.temporal_ensemble, compile_graphs=cfg.compile_graphs,
-                bf16_graphs=cfg.bf16_graphs, graph_tf32=cfg.graph_tf32,
+                fused_graphs=cfg.fused_graphs, bf16_graphs=cfg.bf16_graphs, graph_tf32=cfg.graph_tf32,
             ))
         except ValueError as err:
             raise ValueError(f"agent {i} (panda-{i}): {err}") from None
