@@ -2,15 +2,16 @@
 """predict() as a user's control loop calls it: a fresh process per measurement, PyTorch's default flags, numpy in
 and out, the policy from ``load_policy``, batch 1.
 
-For each sampler two processes run one after the other on the same compile cache: the first shows the first-use
-start-up (``--fresh-cache``: an empty cache, as on a new machine), the second a warm second process. Each reports
-the time of ``load_policy``, of its first predict() (which builds the sampling graph), the time from calling
-``load_policy`` to the first action, the predict() calls that computed a chunk (median, p90) and the mean over all
-calls, the model alone on GPU tensors (``predict_action``), the log lines the graph build printed, and whether the
-process's global precision flags were left unchanged. Each process also counts the Python modules it compiled from
-source (no bytecode cache found) and their seconds, in all and during the first predict(): an installation whose
-bytecode cannot be written (read-only site-packages, ``PYTHONDONTWRITEBYTECODE``) pays that in every process, a pip
-install does not; ``--bytecode-cache DIR`` gives the processes a writable bytecode cache, as a pip install has.
+For each sampler two processes run one after the other on the same compile caches: the first shows the first-use
+start-up (``--fresh-cache``: empty TorchInductor and Triton caches, as on a new machine), the second a warm second
+process. Each reports the time of ``load_policy``, of its first predict() (which builds the sampling graph), the
+time from calling ``load_policy`` to the first action, the predict() calls that computed a chunk (median, p90) and
+the mean over all calls, the model alone on GPU tensors (``predict_action``), the log lines the graph build printed,
+and whether the process's global precision flags were left unchanged. Each process also counts the Python modules it
+compiled from source (no bytecode cache found) and their seconds, in all and during the first predict(): an
+installation whose bytecode cannot be written (read-only site-packages, ``PYTHONDONTWRITEBYTECODE``) pays that in
+every process, a pip install does not; ``--bytecode-cache DIR`` gives the processes a writable bytecode cache, as a
+pip install has.
 
   python scripts/benchmark_predict_user.py --synthetic seed --fresh-cache --output benchmarks/results/predict_user.json
   python scripts/benchmark_predict_user.py checkpoints/LiftBarrier-rf_Agent0 --samplers ddim:10 ddpm:10
@@ -72,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "graph captures the plain U-Net (no torch.compile; faster start-up, slower chunks)")
     p.add_argument("--profile-first", type=int, default=0, metavar="N", help="profile the first predict() with "
                    "cProfile and keep its N costliest functions by cumulative and by own time")
-    p.add_argument("--fresh-cache", action="store_true", help="start from an empty compile cache (a new temp dir)")
+    p.add_argument("--fresh-cache", action="store_true",
+                   help="start from empty compile caches, TorchInductor's and Triton's (new temp dirs)")
     p.add_argument("--bytecode-cache", type=Path, metavar="DIR", help="the processes keep Python bytecode under DIR "
                    "(PYTHONPYCACHEPREFIX; PYTHONDONTWRITEBYTECODE unset), for a machine whose installation keeps none")
     p.add_argument("--output", type=Path, help="also write the results JSON here")
@@ -102,7 +104,8 @@ def child(spec_text: str, args: argparse.Namespace) -> dict:
     spec = SamplerSpec.parse(spec_text)
     t0 = time.perf_counter()
     policy = load_policy(args.checkpoint, device=args.device, sampler=spec.name, num_inference_steps=spec.steps,
-                         bf16_graphs=spec.bf16 or None, fused_graphs=spec.fused or None, graph_tf32=False if args.no_graph_tf32 else None,
+                         bf16_graphs=spec.bf16 or None, fused_graphs=spec.fused or None,
+                         graph_tf32=False if args.no_graph_tf32 else None,
                          compile_graphs=False if args.no_compile_graphs else None)
     t_load = time.perf_counter() - t0
     cfg = policy.config
@@ -226,8 +229,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="predict-user-"))
     ckpt = args.checkpoint or synthetic_checkpoint(args.synthetic, work)
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
-    if args.fresh_cache:
+    if args.fresh_cache:  # TorchInductor's caches and Triton's own (the encoder's and fused U-Net's kernels)
         env["RF_DP_COMPILE_CACHE"] = str(work / "compile-cache")
+        env["TRITON_CACHE_DIR"] = str(work / "triton-cache")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     if args.bytecode_cache is not None:
         env["PYTHONPYCACHEPREFIX"] = str(args.bytecode_cache.expanduser().resolve())

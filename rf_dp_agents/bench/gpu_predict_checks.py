@@ -1,7 +1,8 @@
-"""Checks of predict()'s CUDA-graph paths on a GPU (``scripts/check_gpu_predict.py``; the CPU test suite cannot
-run them): graph against eager DDIM actions, the bf16-weight and fused-kernel graphs against eager float32 (also
-after in-place weight changes), DDPM's graph reproducible from its generators and continuing the default CUDA stream without
-them, and several models' graphs replayed side by side on their own streams. Each check is a (name, passed, detail) row.
+"""Checks of predict()'s CUDA-graph paths on a GPU (``scripts/check_gpu_predict.py``; the CPU test suite cannot run
+them): graph against eager DDIM actions, the bf16-weight and fused-kernel graphs against eager float32 (also after
+in-place weight changes), DDPM's graph reproducible from its generators and continuing the default CUDA stream
+without them, and several models' graphs replayed side by side on their own streams. Each check is a (name, passed,
+detail) row.
 """
 
 from __future__ import annotations
