@@ -8,11 +8,6 @@ a subprocess with ``TRITON_INTERPRET=1`` set before Triton is first imported.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,6 +16,7 @@ from torch import nn
 from rf_dp_agents.model.groupnorm import FastGroupNorm
 from rf_dp_agents.model.norm_pool import FastGroupNormReluMaxPool
 from rf_dp_agents.model.resnet import ResNet18
+from triton_interpreted import run_interpreted
 
 SCRIPT = r"""
 import json
@@ -90,11 +86,7 @@ print(json.dumps(results))
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_interpreted(SCRIPT)
 
 
 @pytest.mark.parametrize("name", ["odd_9x13", "even_8x12"])

@@ -10,16 +10,14 @@ Triton is first imported.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
 from rf_dp_agents.model.unet_fused import fused_unet_available, group_norm_mish, im2col
+from triton_interpreted import run_interpreted
 
 SCRIPT = r"""
 import json
@@ -107,11 +105,7 @@ print(json.dumps(results))
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict:
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_interpreted(SCRIPT)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
