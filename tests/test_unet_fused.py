@@ -75,6 +75,12 @@ with torch.no_grad():
 results["gn_plain"] = rel(plain, base.reshape(-1, 24))
 results["gn_film"] = rel(filmed, (base * film[:, None, :24] + film[:, None, 24:]).reshape(-1, 24))
 results["gn_residual"] = rel(res, base.reshape(-1, 24) + residual)
+for k, pad in ((5, 2), (3, 1)):  # written straight into the next convolution's windows
+    with torch.no_grad():
+        windowed = group_norm_mish(x.reshape(-1, 24), batch, norm, film=film, windows=(k, pad))
+    want, _ = im2col((filmed,), batch, 37, k, 1, pad)
+    results[f"gn_windows_{k}"] = {"shape": list(windowed.shape), "ref_shape": list(want.shape),
+                                  "gap": (windowed - want).abs().max().item()}
 
 # the whole U-Net
 for name, (dims, horizon, groups, kernel) in {"pow2": ((32, 64, 128), 16, 8, 5),
@@ -129,6 +135,13 @@ def test_group_norm_mish_matches_pytorch(interpreted: dict, key: str) -> None:
     assert interpreted[key] < 1e-5
 
 
+@pytest.mark.parametrize("k", [5, 3])
+def test_group_norm_mish_writes_the_next_convolutions_windows(interpreted: dict, k: int) -> None:
+    out = interpreted[f"gn_windows_{k}"]
+    assert out["shape"] == out["ref_shape"]
+    assert out["gap"] == 0.0
+
+
 @pytest.mark.parametrize("name", ["pow2", "odd_groups"])
 def test_fused_unet_matches_the_unet(interpreted: dict, name: str) -> None:
     out = interpreted[f"unet_{name}"]
@@ -147,6 +160,8 @@ def test_bad_input_names_the_shape_at_fault() -> None:
         group_norm_mish(torch.zeros(6, 8), 2, norm, film=torch.zeros(2, 8))
     with pytest.raises(ValueError, match="GroupNorm of 8 channels"):
         group_norm_mish(torch.zeros(6, 4), 2, norm)
+    with pytest.raises(ValueError, match=r"windows need an odd kernel_size .* got \(4, 1\)"):
+        group_norm_mish(torch.zeros(6, 8), 2, norm, windows=(4, 1))
 
 
 def test_policy_takes_the_fused_path_only_where_its_kernels_run() -> None:

@@ -7,7 +7,7 @@ sequence ``(B, T, A)`` already is one, so nothing is transposed on the way in or
 gather (:func:`im2col`, padding and the up path's channel concatenation included) and one matrix multiply with the
 weight read in place as ``(Cout, Cin * K)``, its bias added by cuBLAS; each GroupNorm -> Mish (-> FiLM, or -> the
 residual added) is one kernel (:func:`group_norm_mish`); a transposed convolution is one matrix multiply and one
-overlap-add (:func:`col2im`). A residual block is six or seven launches where the eager U-Net takes about twenty,
+overlap-add (:func:`col2im`). A residual block is five or six launches where the eager U-Net takes about twenty,
 and no TorchDynamo or Inductor is imported, traced or compiled: a later process captures its graph in about the time
 the plain U-Net takes (README, Training and inference speed).
 
@@ -106,10 +106,14 @@ def col2im(
 
 def group_norm_mish(
     x: torch.Tensor, batch: int, norm: nn.GroupNorm, film: torch.Tensor | None = None,
-    residual: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None, windows: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """``mish(group_norm(x))``, then ``* film[:, :C] + film[:, C:]`` and ``+ residual`` where given, for ``x``
-    ``(batch * L, C)``; ``film`` is ``(batch, 2 * C)`` with contiguous rows, ``residual`` like ``x``."""
+    ``(batch * L, C)``; ``film`` is ``(batch, 2 * C)`` with contiguous rows, ``residual`` like ``x``.
+
+    ``windows`` ``(kernel_size, padding)``: return the result already gathered into the windows of a stride-1
+    convolution, ``im2col((result,), batch, L, kernel_size, 1, padding)``, without the ``(batch * L, C)`` matrix
+    (``2 * padding == kernel_size - 1``, so there is one window per position)."""
     rows, channels = x.shape
     _check_rows("group_norm_mish input", x, rows)
     if rows % batch or channels != norm.num_channels or norm.weight is None:
@@ -120,13 +124,17 @@ def group_norm_mish(
                          f"{tuple(film.shape)} with strides {film.stride()}")
     if residual is not None:
         _check_rows("group_norm_mish residual", residual, rows)
+    kernel_size, padding = (0, 0) if windows is None else windows
+    if windows is not None and (kernel_size < 1 or 2 * padding != kernel_size - 1):
+        raise ValueError(f"group_norm_mish windows need an odd kernel_size and padding (kernel_size - 1) / 2, got "
+                         f"{windows}")
     group_channels = channels // norm.num_groups
-    out = torch.empty_like(x)
+    out = torch.empty((rows, channels * max(kernel_size, 1)), dtype=x.dtype, device=x.device)
     _kernels(_interpreting()).group_norm_mish[(batch, norm.num_groups)](
         x, norm.weight, norm.bias, x if film is None else film, x if residual is None else residual, out,
         rows // batch, channels, 0 if film is None else film.stride(0), norm.eps,
         CG=group_channels, BLOCK_L=_BLOCK_L, BLOCK_CG=_next_pow2(group_channels),
-        HAS_FILM=film is not None, HAS_RES=residual is not None,
+        HAS_FILM=film is not None, HAS_RES=residual is not None, COLS_K=kernel_size, COLS_PAD=padding,
     )
     return out
 
@@ -156,15 +164,15 @@ class FusedUnet(nn.Module):
         conv, norm = block.blocks[0][0], block.blocks[0][1]
         projected = isinstance(block.residual_conv, nn.Conv1d)
         cols, mid = im2col(sources, batch, length, conv.kernel_size[0], 1, conv.padding[0], center=projected)
-        hidden = group_norm_mish(F.linear(cols, conv.weight.view(conv.out_channels, -1), conv.bias), batch, norm,
-                                 film=film)
+        second = block.blocks[1][0]
+        cols = group_norm_mish(F.linear(cols, conv.weight.view(conv.out_channels, -1), conv.bias), batch, norm,
+                               film=film, windows=(second.kernel_size[0], second.padding[0]))
         if projected:
             rc = block.residual_conv
             residual = F.linear(mid, rc.weight.view(rc.out_channels, -1), rc.bias)
         else:
             residual = sources[0]
-        conv, norm = block.blocks[1][0], block.blocks[1][1]
-        cols, _ = im2col((hidden,), batch, length, conv.kernel_size[0], 1, conv.padding[0])
+        conv, norm = second, block.blocks[1][1]
         out = F.linear(cols, conv.weight.view(conv.out_channels, -1), conv.bias)
         return group_norm_mish(out, batch, norm, residual=residual)
 

@@ -7,7 +7,8 @@ Activations are ``(B * L, C)`` row-major matrices (a sequence position per row, 
   ``c * K + k``); optionally also the centre tap's ``(B * L, C)`` matrix (the concatenated input itself).
 * ``col2im``: the overlap-add of a transposed convolution's ``(B * L, Cout * K)`` products, plus its bias.
 * ``group_norm_mish``: GroupNorm (two passes over a (sample, group) tile: mean, then centred variance), affine,
-  Mish, then optionally FiLM (``y * scale + shift``) and a residual added, in one kernel.
+  Mish, then optionally FiLM (``y * scale + shift``) and a residual added, in one kernel; its output is written either
+  as a ``(B * L, C)`` matrix or directly as the windows of a stride-1 convolution that reads it (``im2col``'s layout).
 
 Triton is imported on first use through :func:`rf_dp_agents.model.groupnorm_kernels.import_triton`; arithmetic is
 fp32 whatever the tensors' dtype.
@@ -117,6 +118,8 @@ def _group_norm_mish_kernel(
     BLOCK_CG: tl.constexpr,
     HAS_FILM: tl.constexpr,
     HAS_RES: tl.constexpr,
+    COLS_K: tl.constexpr,
+    COLS_PAD: tl.constexpr,
 ):
     b = tl.program_id(0)
     g = tl.program_id(1)
@@ -156,7 +159,19 @@ def _group_norm_mish_kernel(
             y = y * film_scale[None, :] + film_shift[None, :]
         if HAS_RES:
             y += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+        y = y.to(out_ptr.dtype.element_ty)
+        if COLS_K == 0:
+            tl.store(out_ptr + offs, y, mask=mask)
+        else:  # the next convolution's windows: row l is tap k of window l - k + pad; taps off the sequence are 0
+            for k in tl.static_range(COLS_K):
+                window = rows - k + COLS_PAD
+                inside = mask & ((window >= 0) & (window < L))[:, None]
+                col = c[None, :] * COLS_K + k
+                tl.store(out_ptr + (b * L + window).to(tl.int64)[:, None] * (C * COLS_K) + col, y, mask=inside)
+                source = rows + k - COLS_PAD
+                outside = mask & ((source < 0) | (source >= L))[:, None]
+                tl.store(out_ptr + (b * L + rows).to(tl.int64)[:, None] * (C * COLS_K) + col,
+                         tl.zeros_like(y), mask=outside)
 
 
 @functools.lru_cache(maxsize=None)
