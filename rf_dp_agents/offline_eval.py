@@ -32,7 +32,7 @@ SPLITS = ("val", "train")
 class SamplerSpec:
     """A sampler and its number of denoising steps, written ``name:steps`` (``ddim:10``), with ``:bf16`` when
     the U-Net runs from bfloat16 weights in CUDA graphs (``ddpm:10:bf16``) or ``:fused`` when it runs through the
-    fused Triton kernels in CUDA graphs (``ddpm:10:fused``)."""
+    fused Triton kernels in CUDA graphs (``ddpm:10:fused``), or both (``ddpm:10:bf16:fused``)."""
 
     name: str
     steps: int
@@ -41,14 +41,15 @@ class SamplerSpec:
 
     @classmethod
     def parse(cls, text: str) -> "SamplerSpec":
-        """Parse ``name:steps[:bf16|:fused]``; a clear error for anything else."""
+        """Parse ``name:steps[:bf16][:fused]``; a clear error for anything else."""
         name, _, rest = text.partition(":")
         steps, _, suffix = rest.partition(":")
+        flags = suffix.split(":") if suffix else []
         if (name not in ("ddpm", "ddim", "dpmsolver") or not steps.isdigit() or int(steps) <= 0
-                or suffix not in ("", "bf16", "fused")):
-            raise ValueError(f"sampler spec {text!r}: expected ddpm|ddim|dpmsolver:<steps>[:bf16|:fused], "
+                or flags not in ([], ["bf16"], ["fused"], ["bf16", "fused"])):
+            raise ValueError(f"sampler spec {text!r}: expected ddpm|ddim|dpmsolver:<steps>[:bf16][:fused], "
                              f"e.g. ddim:10")
-        return cls(name, int(steps), suffix == "bf16", suffix == "fused")
+        return cls(name, int(steps), "bf16" in flags, "fused" in flags)
 
     @property
     def graphs_only(self) -> bool:
@@ -56,7 +57,7 @@ class SamplerSpec:
         return self.bf16 or self.fused
 
     def __str__(self) -> str:
-        return f"{self.name}:{self.steps}" + (":bf16" if self.bf16 else ":fused" if self.fused else "")
+        return f"{self.name}:{self.steps}" + (":bf16" if self.bf16 else "") + (":fused" if self.fused else "")
 
 
 def run_settings(run_or_checkpoint: Path) -> dict:

@@ -221,7 +221,7 @@ def test_bf16_unet_follows_the_float32_weights():
     model = DiffusionPolicy(small_config())
     keys = set(model.state_dict())
     model.bf16_graphs = True
-    model._bf16_unets[torch.device("cpu")] = Bf16Unet(model.noise_pred_net)
+    model._bf16_unets[torch.device("cpu"), False] = Bf16Unet(model.noise_pred_net)
     assert set(model.state_dict()) == keys
 
 

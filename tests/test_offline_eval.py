@@ -116,6 +116,10 @@ def test_bad_input(run_dir: Path, tmp_path: Path) -> None:
     assert str(SamplerSpec.parse("ddpm:10:bf16")) == "ddpm:10:bf16" and not SamplerSpec.parse("ddpm:10").bf16
     assert SamplerSpec.parse("ddim:5:fused") == SamplerSpec("ddim", 5, fused=True)
     assert str(SamplerSpec.parse("ddim:5:fused")) == "ddim:5:fused"
+    assert SamplerSpec.parse("ddim:5:bf16:fused") == SamplerSpec("ddim", 5, bf16=True, fused=True)
+    assert str(SamplerSpec.parse("ddim:5:bf16:fused")) == "ddim:5:bf16:fused"
+    with pytest.raises(ValueError, match="expected"):
+        SamplerSpec.parse("ddim:5:fused:bf16")
     with pytest.raises(ValueError, match="ddim:2:bf16, ddim:2:fused run in CUDA graphs only; the model is on cpu"):
         action_errors(run_dir, [SamplerSpec("ddim", 2), SamplerSpec("ddim", 2, bf16=True),
                                 SamplerSpec("ddim", 2, fused=True)], device="cpu")

@@ -105,6 +105,22 @@ for name, (dims, horizon, groups, kernel) in {"pow2": ((32, 64, 128), 16, 8, 5),
         moved = rel(before, unet(x, steps, cond))
     results[f"unet_{name}"] = {"own": own, "table": table, "after": after, "moved": moved,
                                "shape": list(fused(x, steps, cond).shape)}
+
+# the bf16 copy of the weights (bf16_graphs) run through the kernels: near float32, refreshed after in-place changes
+from rf_dp_agents.model.graphed import Bf16Unet
+torch.manual_seed(2)
+unet = ConditionalUnet1D(4, 6, 16, (16, 32)).eval()
+bf16 = Bf16Unet(unet, fused=True)
+x, cond, steps = torch.randn(2, 8, 4, generator=gen), torch.randn(2, 6, generator=gen), torch.tensor([9, 3])
+with torch.no_grad():
+    want = unet(x, steps[0], cond)
+    got = bf16(x, steps[0], cond)
+    for param in unet.parameters():
+        param.mul_(1.5)
+    bf16.refresh()
+    after = rel(bf16(x, steps[0], cond), unet(x, steps[0], cond))
+results["bf16"] = {"rel": rel(got, want), "after": after, "dtype": str(got.dtype),
+                   "params": len(list(bf16.parameters())), "plain_params": len(list(Bf16Unet(unet).parameters()))}
 print(json.dumps(results))
 """
 
@@ -148,6 +164,13 @@ def test_fused_unet_matches_the_unet(interpreted: dict, name: str) -> None:
     assert out["own"] < 1e-4 and out["table"] < 1e-4
     # it reads the U-Net's weights in place: after they change, it follows them
     assert out["after"] < 1e-4 and out["moved"] > 1e-2
+
+
+def test_bf16_copy_runs_through_the_kernels(interpreted: dict) -> None:
+    out = interpreted["bf16"]
+    assert out["dtype"] == "torch.float32"
+    assert 0 < out["rel"] <= 0.05 and out["after"] <= 0.05  # bf16 rounding: close, not equal
+    assert out["params"] == out["plain_params"]  # the kernels hold no weights of their own
 
 
 def test_bad_input_names_the_shape_at_fault() -> None:

@@ -70,18 +70,20 @@ def check_config(name: str, cfg: ModelConfig, args: PredictCheckArgs) -> list[tu
                             f"max gap {gap:.2e} (actions up to {eager.abs().max().item():.2f})"))
         if not model.compile_graphs:
             results.append((f"{name}: torch.compile of the U-Net", False, "failed; the plain graph was used"))
-        results.append(check_in_place(name, model, obs, eager, args.bf16_atol, "bf16_graphs"))
-        results.append(check_in_place(name, model, obs, eager, args.atol, "fused_graphs"))
+        results.append(check_in_place(name, model, obs, eager, args.bf16_atol, ("bf16_graphs",)))
+        results.append(check_in_place(name, model, obs, eager, args.atol, ("fused_graphs",)))
+        results.append(check_in_place(name, model, obs, eager, args.bf16_atol, ("bf16_graphs", "fused_graphs")))
     return results
 
 
 def check_in_place(name: str, model: DiffusionPolicy, obs: dict[str, torch.Tensor], eager: torch.Tensor,
-                   atol: float, switch: str = "bf16_graphs") -> tuple[str, bool, str]:
-    """The graph with ``switch`` on (``bf16_graphs``: from a bf16 copy of the weights; ``fused_graphs``: through the
-    fused kernels) against eager float32, before and after the U-Net's weights change in place."""
+                   atol: float, switches: tuple[str, ...] = ("bf16_graphs",)) -> tuple[str, bool, str]:
+    """The graph with ``switches`` on (``bf16_graphs``: from a bf16 copy of the weights; ``fused_graphs``: through
+    the fused kernels) against eager float32, before and after the U-Net's weights change in place."""
     batch = eager.shape[0]
     model.cuda_graphs = True
-    setattr(model, switch, True)
+    for switch in switches:
+        setattr(model, switch, True)
     graphed = model.predict_action(obs, generator=generators(batch))
     with torch.no_grad():
         for p in model.noise_pred_net.parameters():
@@ -93,11 +95,13 @@ def check_in_place(name: str, model: DiffusionPolicy, obs: dict[str, torch.Tenso
     with torch.no_grad():
         for p in model.noise_pred_net.parameters():
             p.div_(0.9)
-    setattr(model, switch, False)
+    for switch in switches:
+        setattr(model, switch, False)
     gap, gap_after = (graphed - eager).abs().max().item(), (graphed_after - eager_after).abs().max().item()
     moved = (eager_after - eager).abs().max().item()
     ok = gap <= atol and gap_after <= atol and moved > 2 * atol
-    label = "bf16-weight graph" if switch == "bf16_graphs" else "fused-kernel graph"
+    names = {"bf16_graphs": "bf16-weight", "fused_graphs": "fused-kernel"}
+    label = " ".join(names[switch] for switch in switches) + " graph"
     return (f"{name}, DDIM, batch {batch}: {label} near eager float32, follows in-place weight changes",
             ok, f"max gap {gap:.2e}; after scaling the U-Net's weights by 0.9 {gap_after:.2e} "
                 f"(the actions moved {moved:.2e})")

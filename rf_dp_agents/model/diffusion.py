@@ -123,12 +123,12 @@ class DiffusionPolicy(nn.Module):
         """Run the U-Net in sampling graphs from a bfloat16 copy of its weights (``graphed.Bf16Unet``, one copy
         per device shared by the graphs, refreshed at every replay; FiLM conditioning, scheduler and encoder stay
         float32). Actions differ from float32 sampling by bf16 rounding (README, Training and inference speed)."""
-        self._bf16_unets: dict[torch.device, Bf16Unet] = {}  # a dict, so the copy stays out of the state dict
+        self._bf16_unets: dict[tuple[torch.device, bool], Bf16Unet] = {}  # a dict: the copy stays out of the state dict
         self.fused_graphs = False
         """Run the U-Net in sampling graphs through ``unet_fused.FusedUnet`` (Triton GroupNorm-Mish-FiLM kernels and
         cuBLAS matrix multiplies on the U-Net's own weights) instead of torch.compile: no TorchDynamo or Inductor
         in the process, so a graph is ready in seconds. Where Triton is missing the graph takes the next choice
-        (``compile_graphs``, then the plain U-Net). Not combined with ``bf16_graphs``, which takes precedence."""
+        (``compile_graphs``, then the plain U-Net). With ``bf16_graphs`` the kernels run the bf16 copy."""
         self.graph_tf32 = True
         """Compile and capture the sampling graphs with TF32 matmuls and convolutions allowed inside them only
         (``graph_setup.tf32_scope``): the graphs run in TF32 whatever the process's global flags, which are left
@@ -295,9 +295,9 @@ class DiffusionPolicy(nn.Module):
                 self.own_graph_generators, None if stream is None else stream.cuda_stream, self.uses_fused_unet())
 
     def uses_fused_unet(self) -> bool:
-        """Whether sampling graphs run the U-Net through :class:`FusedUnet` (``fused_graphs``, no bf16 weights,
-        Triton available for the device)."""
-        return self.fused_graphs and not self.bf16_graphs and fused_unet_available(self.device)
+        """Whether sampling graphs run the U-Net through :class:`FusedUnet` (``fused_graphs``, Triton available for
+        the device)."""
+        return self.fused_graphs and fused_unet_available(self.device)
 
     def compiles_unet(self) -> bool:
         """Whether building a sampling graph compiles the U-Net with torch.compile."""
@@ -338,15 +338,15 @@ class DiffusionPolicy(nn.Module):
             if announce:  # a compilation is announced at WARNING, so it shows without any logging configuration
                 log.log(logging.WARNING if self.compiles_unet() else logging.INFO,
                         graph_build_message([size], self.compiles_unet()))
-            bf16 = None
+            bf16, fused = None, self.uses_fused_unet()
             if self.bf16_graphs:
-                if self.device not in self._bf16_unets:
-                    self._bf16_unets[self.device] = Bf16Unet(self.noise_pred_net)
-                bf16 = self._bf16_unets[self.device]
+                if (self.device, fused) not in self._bf16_unets:
+                    self._bf16_unets[self.device, fused] = Bf16Unet(self.noise_pred_net, fused=fused)
+                bf16 = self._bf16_unets[self.device, fused]
             try:
                 graph = GraphedSampler(self, size, make_scheduler(self.config, self.config.sampler), steps,
                                        compile_unet=self.compiles_unet(), bf16_unet=bf16, tf32=self.graph_tf32,
-                                       unet=FusedUnet(self.noise_pred_net) if self.uses_fused_unet() else None,
+                                       unet=FusedUnet(self.noise_pred_net) if fused and bf16 is None else None,
                                        own_generator=self.own_graph_generators,
                                        capture_stream=self.graph_capture_stream)
             except Exception as exc:  # torch.compile needs Triton and a C compiler; the plain graph does not

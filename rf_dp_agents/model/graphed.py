@@ -4,7 +4,7 @@ A :class:`GraphedSampler` is built for one batch size, scheduler and step count 
 compiled with torch.compile first, its Inductor kernels then captured like any others; ``bf16_unet``: a
 :class:`Bf16Unet` of the policy's U-Net to run instead, its bf16 weights refreshed at the start of each replay;
 ``unet``: any module with the U-Net's contract to run instead, a :class:`~rf_dp_agents.model.unet_fused.FusedUnet`
-for one).
+for one; a :class:`Bf16Unet` can itself run its copy through a ``FusedUnet``).
 Its inputs (uint8 images, raw state, the initial noise) are copied into static buffers; one ``replay`` runs the
 encoder, every U-Net call and every scheduler update with no Python in between. The initial noise is drawn outside the
 graph, so a caller's generators still decide it; DDPM's per-step noise comes from the default CUDA generator inside
@@ -34,6 +34,7 @@ from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.model.graph_setup import tf32_scope
 from rf_dp_agents.model.schedulers import Scheduler
 from rf_dp_agents.model.unet import ConditionalUnet1D
+from rf_dp_agents.model.unet_fused import FusedUnet
 
 
 COMPILED_UNETS = 64
@@ -64,10 +65,14 @@ class Bf16Unet(nn.Module):
     so each replay sees weights updated in place since (an EMA model's, for instance).
     """
 
-    def __init__(self, unet: ConditionalUnet1D) -> None:
+    def __init__(self, unet: ConditionalUnet1D, fused: bool = False) -> None:
         super().__init__()
         self.unet = unet
         self.bf16_net = copy.deepcopy(unet).to(torch.bfloat16)
+        self.fused = bool(fused)
+        """Run the bf16 copy through :class:`~rf_dp_agents.model.unet_fused.FusedUnet`'s kernels instead of its own
+        forward."""
+        self._runner = (FusedUnet(self.bf16_net) if fused else self.bf16_net,)  # a tuple: not a second submodule
         pairs = [(d, s) for d, s in zip(self.bf16_net.state_dict().values(), unet.state_dict().values())
                  if s.is_floating_point()]
         self._dst, self._src = [d for d, _ in pairs], [s for _, s in pairs]
@@ -87,7 +92,8 @@ class Bf16Unet(nn.Module):
         """Same contract as :meth:`ConditionalUnet1D.forward`; float32 in and out."""
         film = self.unet.step_film(timestep, global_cond) if film is None else film
         films = [f.to(torch.bfloat16) for f in film]
-        return self.bf16_net(sample.to(torch.bfloat16), timestep, global_cond.to(torch.bfloat16), film=films).float()
+        net = self._runner[0]
+        return net(sample.to(torch.bfloat16), timestep, global_cond.to(torch.bfloat16), film=films).float()
 
 
 class SamplingModel(Protocol):
