@@ -29,6 +29,9 @@ from rf_dp_agents.model.unet_fused import FusedUnet, col2im, group_norm_mish, im
 
 results = {}
 gen = torch.Generator().manual_seed(0)
+_empty, _empty_like = torch.empty, torch.empty_like
+torch.empty = lambda *a, **k: _empty(*a, **k).fill_(float("nan"))  # what a kernel leaves unwritten shows as NaN
+torch.empty_like = lambda *a, **k: _empty_like(*a, **k).fill_(float("nan"))
 
 
 def rel(a, b):
@@ -69,18 +72,23 @@ film = torch.randn(3, batch, 48, generator=gen)[1]  # a row of a FiLM table: row
 residual = torch.randn(batch * 37, 24, generator=gen)
 base = F.mish(F.group_norm(x.transpose(1, 2), 4, norm.weight, norm.bias, norm.eps)).transpose(1, 2)
 with torch.no_grad():
-    plain = group_norm_mish(x.reshape(-1, 24), batch, norm)
-    filmed = group_norm_mish(x.reshape(-1, 24), batch, norm, film=film)
-    res = group_norm_mish(x.reshape(-1, 24), batch, norm, residual=residual)
+    plain, none = group_norm_mish(x.reshape(-1, 24), batch, norm)
+    filmed, _ = group_norm_mish(x.reshape(-1, 24), batch, norm, film=film)
+    res, _ = group_norm_mish(x.reshape(-1, 24), batch, norm, residual=residual)
+results["gn_no_windows"] = none is None
 results["gn_plain"] = rel(plain, base.reshape(-1, 24))
 results["gn_film"] = rel(filmed, (base * film[:, None, :24] + film[:, None, 24:]).reshape(-1, 24))
 results["gn_residual"] = rel(res, base.reshape(-1, 24) + residual)
-for k, pad in ((5, 2), (3, 1)):  # written straight into the next convolution's windows
+for k, stride, pad in ((5, 1, 2), (3, 1, 1), (3, 2, 1), (4, 3, 0)):  # written into the next convolution's windows
     with torch.no_grad():
-        windowed = group_norm_mish(x.reshape(-1, 24), batch, norm, film=film, windows=(k, pad))
-    want, _ = im2col((filmed,), batch, 37, k, 1, pad)
-    results[f"gn_windows_{k}"] = {"shape": list(windowed.shape), "ref_shape": list(want.shape),
-                                  "gap": (windowed - want).abs().max().item()}
+        both, windowed = group_norm_mish(x.reshape(-1, 24), batch, norm, film=film, windows=(k, stride, pad))
+        alone, only = group_norm_mish(x.reshape(-1, 24), batch, norm, film=film, windows=(k, stride, pad),
+                                      keep_plain=False)
+    want, _ = im2col((filmed,), batch, 37, k, stride, pad)
+    results[f"gn_windows_{k}_{stride}"] = {
+        "shape": list(windowed.shape), "ref_shape": list(want.shape), "gap": (windowed - want).abs().max().item(),
+        "gap_alone": (only - want).abs().max().item(), "plain_gap": (both - filmed).abs().max().item(),
+        "alone_is_none": alone is None}
 
 # the whole U-Net
 for name, (dims, horizon, groups, kernel) in {"pow2": ((32, 64, 128), 16, 8, 5),
@@ -149,13 +157,15 @@ def test_col2im_matches_conv_transpose1d(interpreted: dict, name: str) -> None:
 @pytest.mark.parametrize("key", ["gn_plain", "gn_film", "gn_residual"])
 def test_group_norm_mish_matches_pytorch(interpreted: dict, key: str) -> None:
     assert interpreted[key] < 1e-5
+    assert interpreted["gn_no_windows"]
 
 
-@pytest.mark.parametrize("k", [5, 3])
-def test_group_norm_mish_writes_the_next_convolutions_windows(interpreted: dict, k: int) -> None:
-    out = interpreted[f"gn_windows_{k}"]
+@pytest.mark.parametrize("windows", ["5_1", "3_1", "3_2", "4_3"])
+def test_group_norm_mish_writes_the_next_convolutions_windows(interpreted: dict, windows: str) -> None:
+    out = interpreted[f"gn_windows_{windows}"]
     assert out["shape"] == out["ref_shape"]
-    assert out["gap"] == 0.0
+    assert out["gap"] == 0.0 and out["gap_alone"] == 0.0
+    assert out["plain_gap"] == 0.0 and out["alone_is_none"]
 
 
 @pytest.mark.parametrize("name", ["pow2", "odd_groups"])
@@ -183,8 +193,10 @@ def test_bad_input_names_the_shape_at_fault() -> None:
         group_norm_mish(torch.zeros(6, 8), 2, norm, film=torch.zeros(2, 8))
     with pytest.raises(ValueError, match="GroupNorm of 8 channels"):
         group_norm_mish(torch.zeros(6, 4), 2, norm)
-    with pytest.raises(ValueError, match=r"windows need an odd kernel_size .* got \(4, 1\)"):
-        group_norm_mish(torch.zeros(6, 8), 2, norm, windows=(4, 1))
+    with pytest.raises(ValueError, match=r"windows \(3, 1, 3\) \(kernel_size, stride, padding\) need 1 to 3"):
+        group_norm_mish(torch.zeros(6, 8), 2, norm, windows=(3, 1, 3))
+    with pytest.raises(ValueError, match="needs windows, keep_plain or both"):
+        group_norm_mish(torch.zeros(6, 8), 2, norm, keep_plain=False)
 
 
 def test_policy_takes_the_fused_path_only_where_its_kernels_run() -> None:

@@ -3,11 +3,14 @@ torch.compile.
 
 A :class:`FusedUnet` runs a :class:`~rf_dp_agents.model.unet.ConditionalUnet1D`'s own weights (no copy, so weights
 changed in place are seen at the next call) with its activations held as ``(B * L, C)`` matrices: the action
-sequence ``(B, T, A)`` already is one, so nothing is transposed on the way in or out. Each convolution is one window
-gather (:func:`im2col`, padding and the up path's channel concatenation included) and one matrix multiply with the
-weight read in place as ``(Cout, Cin * K)``, its bias added by cuBLAS; each GroupNorm -> Mish (-> FiLM, or -> the
-residual added) is one kernel (:func:`group_norm_mish`); a transposed convolution is one matrix multiply and one
-overlap-add (:func:`col2im`). A residual block is five or six launches where the eager U-Net takes about twenty,
+sequence ``(B, T, A)`` already is one, so nothing is transposed on the way in or out. Each convolution is one matrix
+multiply with the weight read in place as ``(Cout, Cin * K)``, its bias added by cuBLAS, over the windows of its
+input; each GroupNorm -> Mish (-> FiLM, or -> the residual added) is one kernel (:func:`group_norm_mish`), which
+writes its result straight into the windows of the convolution that reads it next (and as a matrix too where the
+result is also a skip, a residual or the input of a residual convolution). Only inputs that come from a matrix
+multiply or a concatenation (the up path's skips) are gathered by a kernel of their own (:func:`im2col`). A
+transposed convolution is one matrix multiply and one overlap-add (:func:`col2im`). A residual block is four to six
+launches where the eager U-Net takes about twenty,
 and no TorchDynamo or Inductor is imported, traced or compiled: a later process captures its graph in about the time
 the plain U-Net takes (README, Training and inference speed).
 
@@ -104,16 +107,26 @@ def col2im(
     return out
 
 
+Windows = tuple[int, int, int]
+"""``(kernel_size, stride, padding)`` of the convolution whose input windows a GroupNorm kernel writes."""
+
+
+def window_spec(conv: nn.Conv1d) -> Windows:
+    """The :data:`Windows` of ``conv``."""
+    return conv.kernel_size[0], conv.stride[0], conv.padding[0]
+
+
 def group_norm_mish(
     x: torch.Tensor, batch: int, norm: nn.GroupNorm, film: torch.Tensor | None = None,
-    residual: torch.Tensor | None = None, windows: tuple[int, int] | None = None,
-) -> torch.Tensor:
+    residual: torch.Tensor | None = None, windows: Windows | None = None, keep_plain: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``mish(group_norm(x))``, then ``* film[:, :C] + film[:, C:]`` and ``+ residual`` where given, for ``x``
     ``(batch * L, C)``; ``film`` is ``(batch, 2 * C)`` with contiguous rows, ``residual`` like ``x``.
 
-    ``windows`` ``(kernel_size, padding)``: return the result already gathered into the windows of a stride-1
-    convolution, ``im2col((result,), batch, L, kernel_size, 1, padding)``, without the ``(batch * L, C)`` matrix
-    (``2 * padding == kernel_size - 1``, so there is one window per position)."""
+    Returns ``(plain, cols)``: the ``(batch * L, C)`` result (None when not ``keep_plain``) and, for ``windows``
+    ``(kernel_size, stride, padding)``, the result already gathered into that convolution's windows,
+    ``im2col((plain,), batch, L, kernel_size, stride, padding)`` (None without ``windows``). The convolution may
+    not have more windows than ``L``."""
     rows, channels = x.shape
     _check_rows("group_norm_mish input", x, rows)
     if rows % batch or channels != norm.num_channels or norm.weight is None:
@@ -124,19 +137,28 @@ def group_norm_mish(
                          f"{tuple(film.shape)} with strides {film.stride()}")
     if residual is not None:
         _check_rows("group_norm_mish residual", residual, rows)
-    kernel_size, padding = (0, 0) if windows is None else windows
-    if windows is not None and (kernel_size < 1 or 2 * padding != kernel_size - 1):
-        raise ValueError(f"group_norm_mish windows need an odd kernel_size and padding (kernel_size - 1) / 2, got "
-                         f"{windows}")
+    if windows is None and not keep_plain:
+        raise ValueError("group_norm_mish needs windows, keep_plain or both")
+    length = rows // batch
+    kernel_size, stride, padding = (0, 1, 0) if windows is None else windows
+    l_cols = (length + 2 * padding - kernel_size) // stride + 1 if windows is not None else 0
+    if windows is not None and (kernel_size < 1 or stride < 1 or not 0 <= padding < kernel_size
+                                or not 1 <= l_cols <= length):
+        raise ValueError(f"group_norm_mish windows {windows} (kernel_size, stride, padding) need 1 to {length} "
+                         f"windows over {length} positions and 0 <= padding < kernel_size, got {l_cols}")
+    plain = torch.empty_like(x) if keep_plain else None
+    cols = (torch.empty((batch * l_cols, channels * kernel_size), dtype=x.dtype, device=x.device)
+            if windows is not None else None)
     group_channels = channels // norm.num_groups
-    out = torch.empty((rows, channels * max(kernel_size, 1)), dtype=x.dtype, device=x.device)
     _kernels(_interpreting()).group_norm_mish[(batch, norm.num_groups)](
-        x, norm.weight, norm.bias, x if film is None else film, x if residual is None else residual, out,
-        rows // batch, channels, 0 if film is None else film.stride(0), norm.eps,
+        x, norm.weight, norm.bias, x if film is None else film, x if residual is None else residual,
+        x if plain is None else plain, x if cols is None else cols,
+        length, l_cols, channels, 0 if film is None else film.stride(0), norm.eps,
         CG=group_channels, BLOCK_L=_BLOCK_L, BLOCK_CG=_next_pow2(group_channels),
-        HAS_FILM=film is not None, HAS_RES=residual is not None, COLS_K=kernel_size, COLS_PAD=padding,
+        HAS_FILM=film is not None, HAS_RES=residual is not None, PLAIN=keep_plain,
+        COLS_K=kernel_size, COLS_STRIDE=stride, COLS_PAD=padding,
     )
-    return out
+    return plain, cols
 
 
 def triton_cdiv(a: int, b: int) -> int:
@@ -152,29 +174,36 @@ class FusedUnet(nn.Module):
         super().__init__()
         self.unet = unet
 
-    def _conv_block(self, block: Conv1dBlock, sources: Sequence[torch.Tensor], batch: int, length: int,
-                    film: torch.Tensor | None = None) -> torch.Tensor:
+    def _conv_block(self, block: Conv1dBlock, sources: Sequence[torch.Tensor], batch: int,
+                    length: int) -> torch.Tensor:
         conv, norm = block[0], block[1]
-        cols, _ = im2col(sources, batch, length, conv.kernel_size[0], 1, conv.padding[0])
-        out = F.linear(cols, conv.weight.view(conv.out_channels, -1), conv.bias)
-        return group_norm_mish(out, batch, norm, film=film)
+        cols, _ = im2col(sources, batch, length, *window_spec(conv))
+        plain, _ = group_norm_mish(F.linear(cols, conv.weight.view(conv.out_channels, -1), conv.bias), batch, norm)
+        return plain
 
-    def _residual_block(self, block: ConditionalResidualBlock1D, sources: Sequence[torch.Tensor], batch: int,
-                        length: int, film: torch.Tensor) -> torch.Tensor:
+    def _residual_block(
+        self, block: ConditionalResidualBlock1D, sources: Sequence[torch.Tensor], batch: int, length: int,
+        film: torch.Tensor, cols: torch.Tensor | None = None, windows: Windows | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The block's output ``(batch * length, C)`` and, for ``windows``, the next convolution's windows of it.
+        ``cols``: the windows of ``sources`` for the first convolution, already written by the previous kernel."""
         conv, norm = block.blocks[0][0], block.blocks[0][1]
         projected = isinstance(block.residual_conv, nn.Conv1d)
-        cols, mid = im2col(sources, batch, length, conv.kernel_size[0], 1, conv.padding[0], center=projected)
+        mid = None
+        if cols is None:  # the centre tap is the input itself: only a concatenation needs it written out
+            cols, mid = im2col(sources, batch, length, *window_spec(conv), center=projected and len(sources) > 1)
         second = block.blocks[1][0]
-        cols = group_norm_mish(F.linear(cols, conv.weight.view(conv.out_channels, -1), conv.bias), batch, norm,
-                               film=film, windows=(second.kernel_size[0], second.padding[0]))
+        _, cols = group_norm_mish(F.linear(cols, conv.weight.view(conv.out_channels, -1), conv.bias), batch, norm,
+                                  film=film, windows=window_spec(second), keep_plain=False)
         if projected:
             rc = block.residual_conv
-            residual = F.linear(mid, rc.weight.view(rc.out_channels, -1), rc.bias)
+            residual = F.linear(sources[0] if mid is None else mid, rc.weight.view(rc.out_channels, -1), rc.bias)
         else:
             residual = sources[0]
-        conv, norm = second, block.blocks[1][1]
-        out = F.linear(cols, conv.weight.view(conv.out_channels, -1), conv.bias)
-        return group_norm_mish(out, batch, norm, residual=residual)
+        out = F.linear(cols, second.weight.view(second.out_channels, -1), second.bias)
+        plain, cols = group_norm_mish(out, batch, block.blocks[1][1], residual=residual, windows=windows)
+        assert plain is not None
+        return plain, cols
 
     def forward(
         self,
@@ -193,19 +222,24 @@ class FusedUnet(nn.Module):
         batch, length, action_dim = sample.shape
         x = sample.reshape(batch * length, action_dim).contiguous()
         skips = []
-        for res1, res2, down in unet.down_modules:
-            x = self._residual_block(res1, (x,), batch, length, next(films))
-            x = self._residual_block(res2, (x,), batch, length, next(films))
+        cols = None  # windows of x for the next convolution, when the kernel that wrote x also wrote them
+        for i, (res1, res2, down) in enumerate(unet.down_modules):
+            ahead = down if isinstance(down, nn.Conv1d) else unet.mid_modules[0].blocks[0][0]
+            x, cols = self._residual_block(res1, (x,), batch, length, next(films),
+                                           windows=window_spec(res2.blocks[0][0]))
+            x, cols = self._residual_block(res2, (x,), batch, length, next(films), cols, window_spec(ahead))
             skips.append(x)
             if isinstance(down, nn.Conv1d):
-                cols, _ = im2col((x,), batch, length, down.kernel_size[0], down.stride[0], down.padding[0])
                 x = F.linear(cols, down.weight.view(down.out_channels, -1), down.bias)
-                length = x.shape[0] // batch
-        for mid in unet.mid_modules:
-            x = self._residual_block(mid, (x,), batch, length, next(films))
+                length, cols = x.shape[0] // batch, None
+        mids = list(unet.mid_modules)
+        for j, mid in enumerate(mids):
+            ahead = window_spec(mids[j + 1].blocks[0][0]) if j + 1 < len(mids) else None
+            x, cols = self._residual_block(mid, (x,), batch, length, next(films), cols, ahead)
         for res1, res2, up in unet.up_modules:
-            x = self._residual_block(res1, (x, skips.pop()), batch, length, next(films))
-            x = self._residual_block(res2, (x,), batch, length, next(films))
+            x, cols = self._residual_block(res1, (x, skips.pop()), batch, length, next(films),
+                                           windows=window_spec(res2.blocks[0][0]))
+            x, _ = self._residual_block(res2, (x,), batch, length, next(films), cols)
             products = x @ up.weight.view(up.in_channels, -1)
             x = col2im(products, up.bias, batch, length, up.out_channels, up.kernel_size[0], up.stride[0],
                        up.padding[0])
@@ -216,4 +250,5 @@ class FusedUnet(nn.Module):
         return x.view(batch, length, proj.out_channels)
 
 
-__all__ = ["FusedUnet", "col2im", "fused_unet_available", "group_norm_mish", "im2col", "triton_cdiv"]
+__all__ = ["FusedUnet", "Windows", "col2im", "fused_unet_available", "group_norm_mish", "im2col", "triton_cdiv",
+           "window_spec"]

@@ -7,8 +7,8 @@ Activations are ``(B * L, C)`` row-major matrices (a sequence position per row, 
   ``c * K + k``); optionally also the centre tap's ``(B * L, C)`` matrix (the concatenated input itself).
 * ``col2im``: the overlap-add of a transposed convolution's ``(B * L, Cout * K)`` products, plus its bias.
 * ``group_norm_mish``: GroupNorm (two passes over a (sample, group) tile: mean, then centred variance), affine,
-  Mish, then optionally FiLM (``y * scale + shift``) and a residual added, in one kernel; its output is written either
-  as a ``(B * L, C)`` matrix or directly as the windows of a stride-1 convolution that reads it (``im2col``'s layout).
+  Mish, then optionally FiLM (``y * scale + shift``) and a residual added, in one kernel; its output is written as a
+  ``(B * L, C)`` matrix, as the windows of a convolution that reads it (``im2col``'s layout), or both.
 
 Triton is imported on first use through :func:`rf_dp_agents.model.groupnorm_kernels.import_triton`; arithmetic is
 fp32 whatever the tensors' dtype.
@@ -109,7 +109,9 @@ def _group_norm_mish_kernel(
     film_ptr,
     res_ptr,
     out_ptr,
+    cols_ptr,
     L,
+    L_cols,
     C,
     film_row,
     eps,
@@ -118,7 +120,9 @@ def _group_norm_mish_kernel(
     BLOCK_CG: tl.constexpr,
     HAS_FILM: tl.constexpr,
     HAS_RES: tl.constexpr,
+    PLAIN: tl.constexpr,
     COLS_K: tl.constexpr,
+    COLS_STRIDE: tl.constexpr,
     COLS_PAD: tl.constexpr,
 ):
     b = tl.program_id(0)
@@ -160,18 +164,21 @@ def _group_norm_mish_kernel(
         if HAS_RES:
             y += tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         y = y.to(out_ptr.dtype.element_ty)
-        if COLS_K == 0:
+        if PLAIN:
             tl.store(out_ptr + offs, y, mask=mask)
-        else:  # the next convolution's windows: row l is tap k of window l - k + pad; taps off the sequence are 0
-            for k in tl.static_range(COLS_K):
-                window = rows - k + COLS_PAD
-                inside = mask & ((window >= 0) & (window < L))[:, None]
-                col = c[None, :] * COLS_K + k
-                tl.store(out_ptr + (b * L + window).to(tl.int64)[:, None] * (C * COLS_K) + col, y, mask=inside)
-                source = rows + k - COLS_PAD
-                outside = mask & ((source < 0) | (source >= L))[:, None]
-                tl.store(out_ptr + (b * L + rows).to(tl.int64)[:, None] * (C * COLS_K) + col,
-                         tl.zeros_like(y), mask=outside)
+        # the windows of a convolution that reads the result: row l is tap k of window (l - k + pad) / stride where
+        # that divides; window w's taps that fall off the sequence are 0 (rows here also stand for windows w < L_cols)
+        for k in tl.static_range(COLS_K):
+            shifted = rows - k + COLS_PAD
+            window = tl.where(shifted >= 0, shifted, 0) // COLS_STRIDE
+            hit = (shifted >= 0) & (shifted % COLS_STRIDE == 0) & (window < L_cols)
+            col = c[None, :] * COLS_K + k
+            tl.store(cols_ptr + (b * L_cols + window).to(tl.int64)[:, None] * (C * COLS_K) + col, y,
+                     mask=mask & hit[:, None])
+            source = rows * COLS_STRIDE + k - COLS_PAD
+            off = (rows < L_cols) & ((source < 0) | (source >= L))
+            tl.store(cols_ptr + (b * L_cols + rows).to(tl.int64)[:, None] * (C * COLS_K) + col, tl.zeros_like(y),
+                     mask=off[:, None] & cg_mask[None, :])
 
 
 @functools.lru_cache(maxsize=None)
@@ -190,7 +197,7 @@ def kernels(interpret: bool) -> SimpleNamespace:
     Lengths and channel counts are not specialised on, so one compiled kernel serves every layer of a U-Net."""
     if not import_triton():
         raise RuntimeError("the fused U-Net kernels need the triton package")
-    runtime = ("L_in", "L_out", "C1", "C2", "C", "L", "film_row")
+    runtime = ("L_in", "L_out", "C1", "C2", "C", "L", "L_cols", "film_row")
 
     def jit(fn: Any) -> Any:
         names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
