@@ -119,6 +119,9 @@ def test_graph_build_message_says_what_and_how_long() -> None:
         "compiling the sampling graph for batch 1 (10-20 s on first use, less with a warm compile cache)...")
     assert graph_build_message([1, 2, 4], True).startswith("compiling the sampling graphs for batches 1, 2, 4 (10-20 s each")
     assert graph_build_message([8], False) == "capturing the sampling graph for batch 8..."
+    assert graph_build_message([1], False, fused=True) == (
+        "capturing the sampling graph for batch 1 with the fused U-Net kernels (Triton compiles them on first use and "
+        "keeps them in its cache)...")
 
 
 def _flags() -> tuple:

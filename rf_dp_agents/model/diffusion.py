@@ -303,6 +303,13 @@ class DiffusionPolicy(nn.Module):
         """Whether building a sampling graph compiles the U-Net with torch.compile."""
         return self.compile_graphs and not self.uses_fused_unet()
 
+    def _announce_build(self, sizes: Sequence[int]) -> None:
+        """Log the one line that says graphs are being built: at WARNING where the build compiles something (so it
+        shows without any logging configuration), at INFO for a plain capture."""
+        compiling, fused = self.compiles_unet(), self.uses_fused_unet()
+        log.log(logging.WARNING if compiling or fused else logging.INFO,
+                graph_build_message(sizes, compiling, fused))
+
     def has_graph(self, size: int, steps: int | None = None) -> bool:
         """Whether the sampling graph for batch ``size`` (and ``steps``, default the config's) is already built."""
         steps = self.config.num_inference_steps if steps is None else int(steps)
@@ -321,8 +328,7 @@ class DiffusionPolicy(nn.Module):
             return []
         todo = [size for size in dict.fromkeys(int(b) for b in batch_sizes) if not self.has_graph(size, steps)]
         if todo:
-            log.log(logging.WARNING if self.compiles_unet() else logging.INFO,
-                    graph_build_message(todo, self.compiles_unet()))
+            self._announce_build(todo)
         for size in todo:
             self._graphed(size, steps, announce=False)
         return todo
@@ -335,9 +341,8 @@ class DiffusionPolicy(nn.Module):
                 self.encoders.to(memory_format=torch.channels_last)
             if len(self._graphs) >= MAX_CUDA_GRAPHS:
                 self._graphs.pop(next(iter(self._graphs)))
-            if announce:  # a compilation is announced at WARNING, so it shows without any logging configuration
-                log.log(logging.WARNING if self.compiles_unet() else logging.INFO,
-                        graph_build_message([size], self.compiles_unet()))
+            if announce:
+                self._announce_build([size])
             bf16, fused = None, self.uses_fused_unet()
             if self.bf16_graphs:
                 if (self.device, fused) not in self._bf16_unets:

@@ -100,15 +100,18 @@ def _torch_default_cache_dir() -> str | None:
     return os.path.abspath(default_cache_dir())
 
 
-def graph_build_message(batch_sizes: Sequence[int], compiling: bool) -> str:
-    """The line logged before sampling graphs are built for ``batch_sizes``."""
+def graph_build_message(batch_sizes: Sequence[int], compiling: bool, fused: bool = False) -> str:
+    """The line logged before sampling graphs are built for ``batch_sizes`` (``compiling``: the U-Net compiled with
+    torch.compile; ``fused``: run through the fused U-Net kernels)."""
     sizes = ", ".join(str(int(b)) for b in batch_sizes)
     plural = "s" if len(batch_sizes) > 1 else ""
     if compiling:
         each = " each" if len(batch_sizes) > 1 else ""
         return (f"compiling the sampling graph{plural} for batch{'es' if plural else ''} {sizes} "
                 f"(10-20 s{each} on first use, less with a warm compile cache)...")
-    return f"capturing the sampling graph{plural} for batch{'es' if plural else ''} {sizes}..."
+    how = (" with the fused U-Net kernels (Triton compiles them on first use and keeps them in its cache)"
+           if fused else "")
+    return f"capturing the sampling graph{plural} for batch{'es' if plural else ''} {sizes}{how}..."
 
 
 __all__ = [
