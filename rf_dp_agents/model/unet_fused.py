@@ -221,9 +221,9 @@ class FusedUnet(nn.Module):
         films = iter(film)
         batch, length, action_dim = sample.shape
         x = sample.reshape(batch * length, action_dim).contiguous()
-        skips = []
+        skips: list[torch.Tensor] = []
         cols = None  # windows of x for the next convolution, when the kernel that wrote x also wrote them
-        for i, (res1, res2, down) in enumerate(unet.down_modules):
+        for res1, res2, down in unet.down_modules:
             ahead = down if isinstance(down, nn.Conv1d) else unet.mid_modules[0].blocks[0][0]
             x, cols = self._residual_block(res1, (x,), batch, length, next(films),
                                            windows=window_spec(res2.blocks[0][0]))
