@@ -27,8 +27,8 @@ from rf_dp_agents.model.schedulers import (
     Scheduler,
     randn_tensor,
 )
-from rf_dp_agents.model.unet_fused import FusedUnet, fused_unet_available
 from rf_dp_agents.model.unet import ConditionalUnet1D
+from rf_dp_agents.model.unet_fused import FusedUnet, fused_unet_available
 from rf_dp_agents.model.vision import FEATURE_DIM, ResNet18Encoder
 
 log = logging.getLogger(__name__)

@@ -62,17 +62,16 @@ class Bf16Unet(nn.Module):
     bf16 activations; the FiLM conditioning and the output stay float32, so the scheduler's update is unchanged.
 
     :meth:`refresh` copies the float32 weights into the bf16 copy. A sampling graph calls it inside the capture,
-    so each replay sees weights updated in place since (an EMA model's, for instance).
+    so each replay sees weights updated in place since (an EMA model's, for instance). ``fused``: the bf16 copy runs
+    through :class:`~rf_dp_agents.model.unet_fused.FusedUnet`'s kernels instead of its own forward.
     """
 
     def __init__(self, unet: ConditionalUnet1D, fused: bool = False) -> None:
         super().__init__()
         self.unet = unet
         self.bf16_net = copy.deepcopy(unet).to(torch.bfloat16)
-        self.fused = bool(fused)
-        """Run the bf16 copy through :class:`~rf_dp_agents.model.unet_fused.FusedUnet`'s kernels instead of its own
-        forward."""
-        self._runner = (FusedUnet(self.bf16_net) if fused else self.bf16_net,)  # a tuple: not a second submodule
+        # held in a tuple, so not registered as a second submodule
+        self._runner = (FusedUnet(self.bf16_net) if fused else self.bf16_net,)
         pairs = [(d, s) for d, s in zip(self.bf16_net.state_dict().values(), unet.state_dict().values())
                  if s.is_floating_point()]
         self._dst, self._src = [d for d, _ in pairs], [s for _, s in pairs]

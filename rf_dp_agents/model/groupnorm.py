@@ -24,7 +24,6 @@ tensors through Triton's interpreter.
 from __future__ import annotations
 
 import functools
-import os
 from typing import Any, Sequence
 
 import torch
@@ -32,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from rf_dp_agents.model.groupnorm_kernels import import_triton, kernels as _kernels
+from rf_dp_agents.model.groupnorm_kernels import import_triton, interpreting, kernels as _kernels, next_pow2
 
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _MAX_CHANNELS = 4096
@@ -50,17 +49,9 @@ _APPLY_WARPS = 8
 _REDUCE_WARPS = 4
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 @functools.lru_cache(maxsize=None)
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _next_pow2(value: int) -> int:
-    return 1 << max(0, int(value) - 1).bit_length()
 
 
 def _groups_supported(channels: int, num_groups: int) -> bool:
@@ -76,7 +67,7 @@ def _layout_supported(x: torch.Tensor) -> bool:
     _, c, h, w = x.shape
     if c > _MAX_CHANNELS or c * h * w >= 2**31:
         return False
-    block_c = _next_pow2(c)
+    block_c = next_pow2(c)
     block_hw = max(1, _TILE_ELEMENTS // block_c)
     return -(-h * w // block_hw) <= _MAX_GRID_Y and x.is_contiguous(memory_format=torch.channels_last)
 
@@ -87,7 +78,7 @@ def triton_group_norm_available(x: torch.Tensor, num_groups: int | None = None) 
     True for a 4-D channels_last-contiguous bf16/fp16/fp32 CUDA tensor when Triton imports; with
     ``TRITON_INTERPRET=1`` also for such a CPU tensor (Triton's interpreter runs the kernels).
     """
-    if not (x.device.type == "cuda" or (x.device.type == "cpu" and _interpreting())):
+    if not (x.device.type == "cuda" or (x.device.type == "cpu" and interpreting())):
         return False
     if not _layout_supported(x):
         return False
@@ -135,10 +126,10 @@ def group_norm_nhwc_forward(
     """The forward kernels alone (no autograd, inputs as :func:`group_norm_nhwc` checks them): ``(y, mean, rstd)``,
     the statistics ``(N, G)`` fp32. Deterministic: the same ``x`` gives the same ``y`` bit for bit, so a backward
     may recompute ``y``."""
-    kernels = _kernels(_interpreting())
+    kernels = _kernels(interpreting())
     n, c, h, w = x.shape
     hw, cg, g = h * w, c // num_groups, num_groups
-    block_c = _next_pow2(c)
+    block_c = next_pow2(c)
     block_g = block_c // cg
     block_r = max(1, _REDUCE_TILE_ELEMENTS // block_c)
     rows_per_chunk, n_chunks = _reduction_chunks(n, hw, block_r, x.device)
@@ -158,8 +149,6 @@ def group_norm_nhwc_forward(
         HAS_W=weight is not None, HAS_B=bias is not None, RELU=relu, num_warps=_APPLY_WARPS,
     )
     return y, mean, rstd
-
-
 
 
 class _GroupNormNHWC(torch.autograd.Function):
@@ -204,11 +193,11 @@ def group_norm_nhwc_grads(
     if not (need_dx or need_dw or need_db):
         return None, None, None
     dy = dy.contiguous(memory_format=torch.channels_last)
-    kernels = _kernels(_interpreting())
+    kernels = _kernels(interpreting())
     n, c, h, w = x.shape
     g = mean.shape[1]
     hw, cg = h * w, c // g
-    block_c = _next_pow2(c)
+    block_c = next_pow2(c)
     block_r = max(1, _REDUCE_TILE_ELEMENTS // block_c)
     rows_per_chunk, n_chunks = _reduction_chunks(n, hw, block_r, x.device)
     w_arg = weight if weight is not None else mean
@@ -250,11 +239,15 @@ def group_norm_nhwc(
     two; the result has ``x``'s shape, dtype and layout. Differentiable in ``x``, ``weight`` and ``bias``.
     """
     _check_inputs(x, num_groups)
-    if weight is not None:
-        weight = weight.contiguous()
-    if bias is not None:
-        bias = bias.contiguous()
+    weight, bias = contiguous_affine(weight, bias)
     return _GroupNormNHWC.apply(x, weight, bias, int(num_groups), float(eps), bool(relu))
+
+
+def contiguous_affine(
+    weight: torch.Tensor | None, bias: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``weight`` and ``bias`` made contiguous, as the kernels read them (None stays None)."""
+    return (None if weight is None else weight.contiguous()), (None if bias is None else bias.contiguous())
 
 
 class FastGroupNorm(nn.GroupNorm):
@@ -278,9 +271,13 @@ class FastGroupNorm(nn.GroupNorm):
         super().__init__(num_groups, num_channels, eps, affine, device, dtype)
         self.relu = relu
 
+    def uses_triton(self, input: torch.Tensor) -> bool:
+        """Whether :meth:`forward` runs the Triton kernels on ``input``: never under torch.compile, where Inductor
+        generates its own fused GroupNorm from ``F.group_norm``."""
+        return not torch.compiler.is_compiling() and triton_group_norm_available(input, self.num_groups)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        # Under torch.compile, Inductor generates its own fused GroupNorm from F.group_norm.
-        if not torch.compiler.is_compiling() and triton_group_norm_available(input, self.num_groups):
+        if self.uses_triton(input):
             return group_norm_nhwc(input, self.num_groups, self.weight, self.bias, self.eps, self.relu)
         out = F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
         return F.relu(out) if self.relu else out
@@ -289,5 +286,5 @@ class FastGroupNorm(nn.GroupNorm):
         return super().extra_repr() + (", relu=True" if self.relu else "")
 
 
-__all__ = ["FastGroupNorm", "group_norm_nhwc", "group_norm_nhwc_forward", "group_norm_nhwc_grads",
+__all__ = ["FastGroupNorm", "contiguous_affine", "group_norm_nhwc", "group_norm_nhwc_forward", "group_norm_nhwc_grads",
            "triton_group_norm_available"]

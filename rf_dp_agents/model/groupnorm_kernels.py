@@ -9,11 +9,22 @@ wrapped with ``triton.jit`` by :func:`kernels`. Each kernel reads an ``(N, C, H,
 from __future__ import annotations
 
 import functools
+import os
 from types import SimpleNamespace
 from typing import Any
 
 triton: Any = None
 tl: Any = None
+
+
+def interpreting() -> bool:
+    """Whether Triton runs its kernels through the interpreter (``TRITON_INTERPRET=1``, CPU tensors allowed)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def next_pow2(value: int) -> int:
+    """The smallest power of two >= ``value`` (1 for ``value`` <= 1): a Triton block size."""
+    return 1 << max(0, int(value) - 1).bit_length()
 
 
 def _fwd_stats_kernel(
@@ -274,4 +285,4 @@ def kernels(interpret: bool) -> SimpleNamespace:
     )
 
 
-__all__ = ["import_triton", "kernels"]
+__all__ = ["import_triton", "interpreting", "kernels", "next_pow2"]

@@ -22,9 +22,9 @@ from torch.autograd.function import once_differentiable
 
 from rf_dp_agents.model.groupnorm import (
     FastGroupNorm,
+    contiguous_affine,
     group_norm_nhwc_forward,
     group_norm_nhwc_grads,
-    triton_group_norm_available,
 )
 
 Pool = tuple[int, int, int]
@@ -91,9 +91,8 @@ class FastGroupNormReluMaxPool(FastGroupNorm):
         self.pool: Pool = (int(kernel_size), int(stride), int(padding))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not torch.compiler.is_compiling() and triton_group_norm_available(input, self.num_groups):
-            weight = self.weight.contiguous() if self.weight is not None else None
-            bias = self.bias.contiguous() if self.bias is not None else None
+        if self.uses_triton(input):
+            weight, bias = contiguous_affine(self.weight, self.bias)
             return _GroupNormReluMaxPool.apply(input, weight, bias, int(self.num_groups), float(self.eps), self.pool)
         k, s, p = self.pool
         return F.max_pool2d(super().forward(input), k, s, p)

@@ -20,7 +20,6 @@ The kernels (:mod:`rf_dp_agents.model.unet_kernels`) need Triton and a CUDA tens
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rf_dp_agents.model.unet import ConditionalResidualBlock1D, ConditionalUnet1D, Conv1dBlock
+from rf_dp_agents.model.groupnorm_kernels import interpreting, next_pow2
 from rf_dp_agents.model.unet_kernels import import_triton, kernels as _kernels
 
 _BLOCK_L = 16
@@ -36,18 +36,10 @@ _BLOCK_C = 128
 """Channels per program of the window gather and the overlap-add."""
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _next_pow2(value: int) -> int:
-    return 1 << max(0, int(value) - 1).bit_length()
-
-
 def fused_unet_available(device: torch.device | str) -> bool:
     """Whether :class:`FusedUnet` can run on ``device``: Triton installed and a CUDA device (or any device under
     Triton's interpreter)."""
-    return (torch.device(device).type == "cuda" or _interpreting()) and import_triton()
+    return (torch.device(device).type == "cuda" or interpreting()) and import_triton()
 
 
 def _check_rows(name: str, x: torch.Tensor, rows: int) -> None:
@@ -79,7 +71,7 @@ def im2col(
     cols = torch.empty((batch * l_out, (c1 + c2) * kernel_size), dtype=x1.dtype, device=x1.device)
     mid = torch.empty((batch * l_out, c1 + c2), dtype=x1.dtype, device=x1.device) if center else cols
     grid = (batch, triton_cdiv(l_out, _BLOCK_L), triton_cdiv(c1 + c2, _BLOCK_C))
-    _kernels(_interpreting()).im2col[grid](
+    _kernels(interpreting()).im2col[grid](
         x1, x2, cols, mid, length, l_out, c1, c2,
         K=kernel_size, STRIDE=stride, PAD=padding, BLOCK_L=_BLOCK_L, BLOCK_C=_BLOCK_C,
         HAS_X2=len(sources) == 2, CENTER=center,
@@ -100,7 +92,7 @@ def col2im(
     l_out = (length - 1) * stride - 2 * padding + kernel_size
     out = torch.empty((batch * l_out, channels), dtype=cols.dtype, device=cols.device)
     grid = (batch, triton_cdiv(l_out, _BLOCK_L), triton_cdiv(channels, _BLOCK_C))
-    _kernels(_interpreting()).col2im[grid](
+    _kernels(interpreting()).col2im[grid](
         cols, cols if bias is None else bias, out, length, l_out, channels,
         K=kernel_size, STRIDE=stride, PAD=padding, BLOCK_L=_BLOCK_L, BLOCK_C=_BLOCK_C, HAS_BIAS=bias is not None,
     )
@@ -150,11 +142,11 @@ def group_norm_mish(
     cols = (torch.empty((batch * l_cols, channels * kernel_size), dtype=x.dtype, device=x.device)
             if windows is not None else None)
     group_channels = channels // norm.num_groups
-    _kernels(_interpreting()).group_norm_mish[(batch, norm.num_groups)](
+    _kernels(interpreting()).group_norm_mish[(batch, norm.num_groups)](
         x, norm.weight, norm.bias, x if film is None else film, x if residual is None else residual,
         x if plain is None else plain, x if cols is None else cols,
         length, l_cols, channels, 0 if film is None else film.stride(0), norm.eps,
-        CG=group_channels, BLOCK_L=_BLOCK_L, BLOCK_CG=_next_pow2(group_channels),
+        CG=group_channels, BLOCK_L=_BLOCK_L, BLOCK_CG=next_pow2(group_channels),
         HAS_FILM=film is not None, HAS_RES=residual is not None, PLAIN=keep_plain,
         COLS_K=kernel_size, COLS_STRIDE=stride, COLS_PAD=padding,
     )

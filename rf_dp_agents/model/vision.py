@@ -65,16 +65,21 @@ def crop_images(images: torch.Tensor, crop_shape: tuple[int, int], random: bool)
     return torch.gather(out, 3, cols)
 
 
+def _groups(channels: int) -> int:
+    """GroupNorm groups for ``channels``: one per 16 channels."""
+    return max(1, channels // 16)
+
+
 class ResNet18Encoder(nn.Module):
     """uint8 images ``(N, C, H, W)`` -> features ``(N, 512)`` with a GroupNorm ResNet18 trunk."""
 
     def __init__(self, in_channels: int = 3, crop_shape: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.backbone = ResNet18(
-            norm=lambda channels: FastGroupNorm(max(1, channels // 16), channels),
+            norm=lambda channels: FastGroupNorm(_groups(channels), channels),
             in_channels=in_channels,
-            norm_relu=lambda channels: FastGroupNorm(max(1, channels // 16), channels, relu=True),
-            stem_norm=lambda channels: FastGroupNormReluMaxPool(max(1, channels // 16), channels),
+            norm_relu=lambda channels: FastGroupNorm(_groups(channels), channels, relu=True),
+            stem_norm=lambda channels: FastGroupNormReluMaxPool(_groups(channels), channels),
         )
         self.crop_shape = tuple(crop_shape) if crop_shape is not None else None
 
