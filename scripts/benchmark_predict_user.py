@@ -48,7 +48,6 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import pstats  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -62,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("checkpoint", nargs="?", type=Path, help="checkpoint or training run directory (or --synthetic)")
     p.add_argument("--synthetic", choices=["seed", "tiny"], help="time a randomly initialised checkpoint instead: "
                    "'seed' = the default ModelConfig (240x320 camera, U-Net 256/512/1024), 'tiny' = a CPU smoke size")
-    p.add_argument("--samplers", nargs="+", default=["ddim:10", "ddpm:10", "ddpm:100"],
+    p.add_argument("--samplers", nargs="+",
                    help="name:steps[:bf16][:fused] per measurement (default: ddim:10 ddpm:10 ddpm:100)")
     p.add_argument("--repeats", type=int, default=100, help="chunks timed per process (default 100)")
     p.add_argument("--device", default="auto", help="torch device passed to load_policy (default auto)")
@@ -205,19 +204,6 @@ def _compile_times(top: int = 12) -> dict[str, float]:
     return dict(sorted(pairs, key=lambda kv: -kv[1])[:top])
 
 
-def synthetic_checkpoint(kind: str, folder: Path) -> Path:
-    """A randomly initialised checkpoint of the default (``seed``) or tiny config (the timing ignores weights)."""
-    import torch
-
-    from rf_dp_agents.checkpoint import save_checkpoint
-    from rf_dp_agents.config import ModelConfig, tiny_model_config
-    from rf_dp_agents.model import DiffusionPolicy
-
-    torch.manual_seed(0)
-    config = ModelConfig() if kind == "seed" else tiny_model_config(image_shape=(3, 48, 64))
-    return save_checkpoint(folder / f"synthetic-{kind}", DiffusionPolicy(config))
-
-
 def main() -> int:
     args = parse_args()
     if args.child is not None:
@@ -226,47 +212,22 @@ def main() -> int:
     if (args.checkpoint is None) == (args.synthetic is None):
         print("error: give a checkpoint directory or --synthetic seed|tiny (not both)", file=sys.stderr)
         return 2
+    from rf_dp_agents.bench.predict_user import (USER_SAMPLERS, ChildFailed, child_env, run_user_path,
+                                                  synthetic_checkpoint)
+
     work = Path(tempfile.mkdtemp(prefix="predict-user-"))
     ckpt = args.checkpoint or synthetic_checkpoint(args.synthetic, work)
-    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
-    if args.fresh_cache:  # TorchInductor's caches and Triton's own (the encoder's and fused U-Net's kernels)
-        env["RF_DP_COMPILE_CACHE"] = str(work / "compile-cache")
-        env["TRITON_CACHE_DIR"] = str(work / "triton-cache")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    if args.bytecode_cache is not None:
-        env["PYTHONPYCACHEPREFIX"] = str(args.bytecode_cache.expanduser().resolve())
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = child_env(ROOT, work, args.fresh_cache, args.bytecode_cache)
     passthrough = ["--repeats", str(args.repeats), "--device", args.device, "--profile-first", str(args.profile_first)]
     switches = {"--warmup": args.warmup, "--no-graph-tf32": args.no_graph_tf32,
                 "--no-compile-graphs": args.no_compile_graphs}
     passthrough += [flag for flag, on in switches.items() if on]
-    rows = []
-    for spec in args.samplers:
-        for run in ("first process", "second process"):
-            cmd = [sys.executable, str(Path(__file__).resolve()), str(ckpt), "--child", spec, *passthrough]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(out.stderr[-4000:], file=sys.stderr)
-                return out.returncode
-            row = json.loads(out.stdout.strip().splitlines()[-1]) | {"process": run}
-            rows.append(row)
-            print(f"{row['sampler']:>12} {run:>14}: chunk {row['chunk_ms_median']:.2f} ms (p90 {row['chunk_ms_p90']:.2f}),"
-                  f" all calls {row['predict_ms_mean_all_calls']:.2f} ms, model only {row['model_only_ms_median']:.2f} ms;"
-                  f" load_policy {row['load_policy_s']:.1f} s, first predict {row['first_predict_s']:.1f} s,"
-                  f" load_policy->first action {row['load_policy_to_first_action_s']:.1f} s;"
-                  f" flags unchanged {row['global_flags_unchanged']}; log {row['log_lines']}", flush=True)
-            src, first = row["compiled_from_source"]["process"], row["compiled_from_source"]["first_predict"]
-            print(f"{'':>28}modules compiled from source: {src['modules']} ({src['seconds']:.2f} s), "
-                  f"{first['modules']} of them in the first predict ({first['seconds']:.2f} s)", flush=True)
-            for name, parts in row["graph_build_s"].items():
-                print(f"{'':>28}graph {name}: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()), flush=True)
-            if row["compile_times_s"]:
-                print(f"{'':>28}TorchDynamo: " + ", ".join(f"{k} {v:.2f} s" for k, v in
-                                                          list(row["compile_times_s"].items())[:6]), flush=True)
-            for kind, top in (row["first_predict_profile"] or {}).items():
-                print(f"{'':>28}first predict, by {kind} time:", flush=True)
-                for seconds, calls, where in top:
-                    print(f"{'':>30}{seconds:8.2f} s {calls:>8} {where}", flush=True)
+    try:
+        rows = run_user_path(Path(__file__).resolve(), ckpt, args.samplers or USER_SAMPLERS, passthrough, env,
+                             report=lambda line: print(line, flush=True))
+    except ChildFailed as exc:
+        print(exc, file=sys.stderr)
+        return exc.returncode or 1
     doc = {"checkpoint": str(args.checkpoint or f"synthetic {args.synthetic}"), "fresh_cache": args.fresh_cache,
            "bytecode_cache": args.bytecode_cache is not None,
            "warmup": args.warmup, "graph_tf32": not args.no_graph_tf32, "rows": rows}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rf_dp_agents.bench import report
+from rf_dp_agents.bench.predict_user import user_figures
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,6 +59,47 @@ def test_goals_are_judged_from_the_results() -> None:
         "- peak GPU memory <= 4 GiB: 5.0 GiB (3.0 GiB without the GPU-resident dataset), not met",
         "- predict() <= 5 ms per chunk at batch 1: 4.50 ms (DDPM-10), met",
     ]
+
+
+def _user_row(sampler: str, process: str, chunk: float, first_action: float) -> dict:
+    return {"sampler": sampler, "process": process, "chunk_ms_median": chunk, "model_only_ms_median": chunk - 0.5,
+            "load_policy_to_first_action_s": first_action}
+
+
+USER_ROWS = [_user_row("ddim:10", "first process", 6.0, 20.0), _user_row("ddim:10", "second process", 6.4, 5.5),
+             _user_row("ddpm:10", "first process", 5.2, 21.0), _user_row("ddpm:10", "second process", 4.9, 2.5),
+             _user_row("ddpm:100", "first process", 1.0, 9.0), _user_row("ddpm:100", "second process", 1.0, 1.0)]
+
+
+def test_the_user_path_is_judged_before_the_graph_alone() -> None:
+    """The predict goal quotes predict() through load_policy (the larger of two processes' medians), the start-up
+    goal the fastest later process among 10-step samplers; 100-step samplers judge neither."""
+    res = {"training": {},
+           "predict": [{"sampler": "ddpm", "steps": 10, "batch": 1, "cuda_graph_ms": 4.5}],
+           "predict_user": {"rows": USER_ROWS}}
+    assert report.target_lines(res) == [
+        "- predict() through load_policy <= 5 ms per chunk at batch 1 (default flags): 5.20 ms (DDPM-10; the graph "
+        "alone 4.50 ms), not met",
+        "- a later process's first action <= 3 s after load_policy: 2.5 s (DDPM-10), met",
+    ]
+    figures = user_figures(USER_ROWS)
+    assert figures["ddim:10"] == {"chunk_ms": 6.4, "model_only_ms": 5.9, "first_action_first_s": 20.0,
+                                  "first_action_later_s": 5.5}
+
+
+def test_the_user_path_is_printed_beside_the_graph_figure() -> None:
+    row = {"eager_ms": 50.0, "cuda_graph_ms": 4.5, "cuda_graph_fp32_ms": 8.0, "cuda_graph_no_compile_ms": 9.0,
+           "previous_default_ms": 17.0}
+    res = {"date": "2026-12-07", "gpu": "GPU", "torch": "2", "batch_size": 64, "n_windows": 10, "training": {},
+           "predict": [{"sampler": "ddpm", "steps": 10, "batch": 1, **row},
+                       {"sampler": "ddpm", "steps": 10, "batch": 32, **row}],
+           "predict_user": {"rows": USER_ROWS}}
+    table = report.render_table(res, "r.json")
+    assert "| default vs previous | user path: predict() via load_policy |\n" in table
+    assert "| 4.50 ms | 8.00 ms | 9.00 ms | 17.00 ms | 3.78x | 5.20 ms |\n" in table  # batch 1: the user figure
+    assert "| 17.00 ms | 3.78x | |\n" in table  # batch 32: none
+    assert ("DDPM-10 5.20 ms per chunk (the model alone 4.70 ms), first action 21.0 s after `load_policy` in a "
+            "first process on empty compile caches and 2.5 s in a later one") in table
 
 
 def test_curve_agreement() -> None:

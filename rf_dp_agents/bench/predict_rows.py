@@ -1,9 +1,12 @@
 """predict() rows of the GPU benchmark: milliseconds per action chunk under each setting of
-:data:`PREDICT_SETTINGS`, at batch 1 and 32, for DDPM-100, DDPM-10 and DDIM-10.
+:data:`PREDICT_SETTINGS`, at batch 1 and 32, for DDPM-100, DDPM-10 and DDIM-10; and the same samplers through the
+user's path (:func:`user_path`: fresh processes, ``load_policy``, PyTorch's default flags, numpy in and out).
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -65,4 +68,26 @@ def predict_latency(args: BenchmarkArgs, dataset: SequenceDataset, device: torch
     return rows
 
 
-__all__ = ["PREDICT_SETTINGS", "predict_latency"]
+def user_path(args: BenchmarkArgs, root: Path, device: str = "cuda") -> dict[str, Any]:
+    """predict() as users call it (:mod:`~rf_dp_agents.bench.predict_user`): two fresh processes per sampler of
+    ``USER_SAMPLERS`` on a randomly initialised seed-config checkpoint, from empty compile caches, with a bytecode
+    cache as a pip install has; ``{"error": ...}`` when a process fails (the benchmark's other parts still count)."""
+    from rf_dp_agents.bench.predict_user import (USER_SAMPLERS, ChildFailed, child_env, run_user_path,
+                                                 synthetic_checkpoint)
+
+    work = Path(tempfile.mkdtemp(prefix="predict-user-"))
+    doc: dict[str, Any] = {"samplers": list(USER_SAMPLERS), "fresh_cache": True, "bytecode_cache": True,
+                           "repeats": args.user_repeats}
+    try:
+        checkpoint = synthetic_checkpoint("seed", work)
+        env = child_env(root, work, fresh_cache=True, bytecode_cache=work / "pycache")
+        doc["rows"] = run_user_path(root / "scripts" / "benchmark_predict_user.py", checkpoint, USER_SAMPLERS,
+                                    ["--repeats", str(args.user_repeats), "--device", device], env,
+                                    report=lambda line: print(f"  {line}", flush=True))
+    except ChildFailed as exc:
+        doc["error"] = str(exc)[-2000:]
+        print(f"  user path failed: {exc}", flush=True)
+    return doc
+
+
+__all__ = ["PREDICT_SETTINGS", "predict_latency", "user_path"]

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from rf_dp_agents.bench.predict_user import user_figures
+
 
 README_START, README_END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 
@@ -90,22 +92,29 @@ def render_table(res: dict[str, Any], source: str) -> str:
         lines += ["", f"300 epochs at the default trainer's rate: {300 * epoch_s / 60:.1f} minutes of steps "
                       f"({epoch_s:.1f} s per epoch; the seed reports 240 s per epoch on one GPU)."]
     rows = res.get("predict", [])
+    users = user_figures(res.get("predict_user", {}).get("rows", []))
     if rows and "previous_default_ms" in rows[0]:
         fused = "cuda_graph_fused_ms" in rows[0]
         lines += ["", "| predict() per chunk | batch | eager | CUDA graph (default) | default, TF32 off | CUDA graph, "
                       "U-Net not compiled | " + ("CUDA graph, fused U-Net kernels | " if fused else "")
-                      + "previous default (plain CUDA graph, cuDNN) | default vs previous |",
-                  "|---|---|---|---|---|---|---|---|" + ("---|" if fused else "")]
+                      + "previous default (plain CUDA graph, cuDNN) | default vs previous |"
+                      + (" user path: predict() via load_policy |" if users else ""),
+                  "|---|---|---|---|---|---|---|---|" + ("---|" if fused else "") + ("---|" if users else "")]
         for row in rows:
+            user = users.get(f"{row['sampler']}:{row['steps']}") if row["batch"] == 1 else None
             lines.append(f"| {row['sampler'].upper()}-{row['steps']} | {row['batch']} | {row['eager_ms']:.1f} ms | "
                          f"{row['cuda_graph_ms']:.2f} ms | {row['cuda_graph_fp32_ms']:.2f} ms | "
                          f"{row['cuda_graph_no_compile_ms']:.2f} ms | "
                          + (f"{row['cuda_graph_fused_ms']:.2f} ms | " if fused else "")
                          + f"{row['previous_default_ms']:.2f} ms | "
-                         f"{row['previous_default_ms'] / row['cuda_graph_ms']:.2f}x |")
+                         f"{row['previous_default_ms'] / row['cuda_graph_ms']:.2f}x |"
+                         + ((f" {user['chunk_ms']:.2f} ms |" if user else " |") if users else ""))
         lines += ["", "The default CUDA graph replays the encoder (channels_last) and every denoising step of the "
                       "torch.compile'd U-Net, whose convolutions run as matrix multiplies, with every step's FiLM "
-                      "conditioning computed before the loop."]
+                      "conditioning computed before the loop. The graph columns time `predict_action` in the "
+                      "benchmark's process with TF32 switched on globally."]
+        if users:
+            lines += ["", user_path_text(users)]
     elif rows:  # results written before the predict levers
         compiled = any("cuda_graph_compiled_ms" in row for row in rows)
         lines += ["", "| predict() per chunk | batch | eager | CUDA graph (default) | CUDA graph, TF32 off |"
@@ -122,10 +131,32 @@ def render_table(res: dict[str, Any], source: str) -> str:
     return "\n".join(lines)
 
 
-TARGETS = {"samples_per_s": 8000.0, "vs_eager_dataloader": 4.0, "peak_gpu_mem_gib": 4.0, "predict_ms": 5.0}
+TARGETS = {"samples_per_s": 8000.0, "vs_eager_dataloader": 4.0, "peak_gpu_mem_gib": 4.0, "predict_ms": 5.0,
+           "later_first_action_s": 3.0}
 """The GPU speed goals at the seed config: training samples/s at batch 64, the default trainer over the plain
 eager DataLoader step in the same run, peak GPU memory of the default step (GiB), predict() ms per chunk at
-batch 1."""
+batch 1 (through ``load_policy`` where the results have the user path, else the graph alone), and seconds from
+``load_policy`` to the first action in a later process."""
+
+
+def _spec_name(spec: str) -> str:
+    """``ddpm:10`` -> ``DDPM-10`` (suffixes such as ``:fused`` kept)."""
+    name, steps, *rest = spec.split(":")
+    return f"{name.upper()}-{steps}" + "".join(f" {r}" for r in rest)
+
+
+def user_path_text(users: dict[str, dict[str, float]]) -> str:
+    """The paragraph under the predict table that words the user path's figures (:func:`user_figures`)."""
+    parts = []
+    for spec, f in users.items():
+        text = f"{_spec_name(spec)} {f['chunk_ms']:.2f} ms per chunk (the model alone {f['model_only_ms']:.2f} ms)"
+        if "first_action_first_s" in f and "first_action_later_s" in f:
+            text += (f", first action {f['first_action_first_s']:.1f} s after `load_policy` in a first process on "
+                     f"empty compile caches and {f['first_action_later_s']:.1f} s in a later one")
+        parts.append(text)
+    return ("User path (`benchmark_predict_user.py`, run by the benchmark): a fresh process per figure, PyTorch's "
+            "default flags, numpy in and out through `load_policy` at batch 1, two processes per sampler (the "
+            "larger of their medians over the chunks each computed): " + "; ".join(parts) + ".")
 
 
 def target_lines(res: dict[str, Any]) -> list[str]:
@@ -149,7 +180,20 @@ def target_lines(res: dict[str, Any]) -> list[str]:
         line(f"peak GPU memory <= {TARGETS['peak_gpu_mem_gib']:.0f} GiB", f"{mem:.1f} GiB{step}",
              mem <= TARGETS["peak_gpu_mem_gib"])
     batch1 = [row for row in res.get("predict", []) if row["batch"] == 1 and row["steps"] <= 10]
-    if batch1:
+    users = {spec: f for spec, f in user_figures(res.get("predict_user", {}).get("rows", [])).items()
+             if int(spec.split(":")[1]) <= 10}
+    if users:
+        spec, best = min(users.items(), key=lambda kv: kv[1]["chunk_ms"])
+        graph = next((row["cuda_graph_ms"] for row in batch1 if f"{row['sampler']}:{row['steps']}" == spec), None)
+        alone = f"; the graph alone {graph:.2f} ms" if graph is not None else ""
+        line(f"predict() through load_policy <= {TARGETS['predict_ms']:.0f} ms per chunk at batch 1 (default flags)",
+             f"{best['chunk_ms']:.2f} ms ({_spec_name(spec)}{alone})", best["chunk_ms"] <= TARGETS["predict_ms"])
+        later = [(f["first_action_later_s"], s) for s, f in users.items() if "first_action_later_s" in f]
+        if later:
+            seconds, spec = min(later)
+            line(f"a later process's first action <= {TARGETS['later_first_action_s']:.0f} s after load_policy",
+                 f"{seconds:.1f} s ({_spec_name(spec)})", seconds <= TARGETS["later_first_action_s"])
+    elif batch1:
         best = min(batch1, key=lambda row: row["cuda_graph_ms"])
         line(f"predict() <= {TARGETS['predict_ms']:.0f} ms per chunk at batch 1",
              f"{best['cuda_graph_ms']:.2f} ms ({best['sampler'].upper()}-{best['steps']})",
@@ -179,5 +223,5 @@ def update_readme(res: dict[str, Any], source: str, readme: Path) -> None:
 
 __all__ = [
     "BASELINES", "README_END", "README_START", "TARGETS", "curve_agreement", "readme_source", "render_table",
-    "speed_ratios", "target_lines", "update_readme",
+    "speed_ratios", "target_lines", "update_readme", "user_path_text",
 ]

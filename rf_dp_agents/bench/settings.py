@@ -36,6 +36,12 @@ class BenchmarkArgs:
     """End-to-end trainer rows to run (names of TRAINER_ROWS)."""
     predict_repeats: int = 20
     """Timed predict() calls per setting."""
+    user_path: bool = True
+    """Also time predict() as users call it beside the graph rows: fresh processes through ``load_policy`` with
+    PyTorch's default flags, numpy in and out, at batch 1 (``scripts/benchmark_predict_user.py`` on a randomly
+    initialised seed-config checkpoint, empty compile caches, a bytecode cache as a pip install has)."""
+    user_repeats: int = 100
+    """Chunks timed per user-path process."""
     lerobot: bool = True
     """Include lerobot's DiffusionPolicy when it imports."""
     lerobot_tf32: bool = False
@@ -46,7 +52,8 @@ class BenchmarkArgs:
     """Measure each speed lever (channels_last, bf16, CUDA graph, torch.compile) and profile the eager step."""
     only: str | None = None
     """Run one part only: 'trainer' (the end-to-end trainer rows, written to --out), 'lerobot' (lerobot's step
-    alone, no dataset, written to --out), 'levers', 'predict' or 'profile'."""
+    alone, no dataset, written to --out), 'levers', 'predict' (the predict() rows and the user path, written to
+    --out, then a kernel profile of DDIM-10) or 'profile'."""
     out: Path | None = None
     """Results JSON (default benchmarks/results/<date>-<gpu>.json)."""
     readme_from: Path | None = None

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from rf_dp_agents.bench.peers import eager_dataloader, lerobot_step
-from rf_dp_agents.bench.predict_rows import predict_latency
+from rf_dp_agents.bench.predict_rows import predict_latency, user_path
 from rf_dp_agents.bench.report import curve_agreement, render_table, speed_ratios, update_readme
 from rf_dp_agents.bench.settings import BenchmarkArgs
 from rf_dp_agents.bench.timing import build_policy, timed
@@ -68,6 +68,10 @@ def main(args: BenchmarkArgs, root: Path) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
         res["predict"] = predict_latency(args, gpu_ds, device)
+        if args.user_path:
+            res["predict_user"] = user_path(args, root)
+        gpu = torch.cuda.get_device_name().split()[-1].lower()
+        _write_json(res, args.out or root / "benchmarks" / "results" / f"{res['date']}-{gpu}-predict.json")
         from torch.profiler import ProfilerActivity, profile
 
         policy = build_policy(device, gpu_ds, sampler="ddim", num_inference_steps=10).eval()
@@ -130,6 +134,10 @@ def main(args: BenchmarkArgs, root: Path) -> None:
     print("predict latency ...", flush=True)
     res["predict"] = predict_latency(args, gpu_ds, device)
     save()
+    if args.user_path:
+        print("predict() as users call it (fresh processes, load_policy, default flags) ...", flush=True)
+        res["predict_user"] = user_path(args, root)
+        save()
     if args.lerobot:
         print("lerobot ...", flush=True)
         try:
