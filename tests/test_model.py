@@ -296,6 +296,34 @@ def test_denoise_runs_the_given_net_once_per_step(sampler: str):
     assert torch.equal(via_wrapper, direct)
 
 
+def test_denoise_casts_the_film_tables_once_for_a_bf16_unet():
+    """A Bf16Unet's FiLM rows arrive in bf16 (the tables cast once before the loop, not per block and step) and
+    the sample equals the one from float32 rows cast inside the net: the same rounding, done once."""
+    from rf_dp_agents.model.graphed import Bf16Unet
+
+    config = small_config(sampler="ddpm", num_inference_steps=4)
+    model = DiffusionPolicy(config).eval()
+    obs = obs_of(make_batch(config, batch=2))
+    scheduler = make_scheduler(config, "ddpm")
+    scheduler.set_timesteps(4)
+    noise = torch.randn(2, config.pred_horizon, config.action_dim, generator=torch.Generator().manual_seed(0))
+    bf16 = Bf16Unet(model.noise_pred_net)
+    seen: list[set[torch.dtype]] = []
+
+    def spy(sample, t, cond, film=None):
+        seen.append({f.dtype for f in film})
+        return bf16(sample, t, cond, film=film)
+
+    spy.film_dtype = bf16.film_dtype  # what denoise reads off the net it is given
+    with torch.no_grad():
+        cond = model.encode_obs(obs)
+        once = model.denoise(cond, noise, scheduler, scheduler.timesteps, torch.Generator().manual_seed(1), net=spy)
+        assert seen == [{torch.bfloat16}] * 4
+        per_step = model.denoise(cond, noise, scheduler, scheduler.timesteps, torch.Generator().manual_seed(1),
+                                 net=lambda sample, t, c, film=None: bf16(sample, t, c, film=film))
+    assert torch.equal(once, per_step)
+
+
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmsolver"])
 def test_predict_action_clips_unnormalizes_and_respects_step_override(sampler):
     config = small_config(sampler=sampler, num_inference_steps=4)

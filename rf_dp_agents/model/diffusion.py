@@ -277,12 +277,16 @@ class DiffusionPolicy(nn.Module):
 
         ``net`` replaces ``self.noise_pred_net`` (e.g. a compiled wrapper of it). The FiLM conditioning of every
         step is computed up front in one batch (:meth:`ConditionalUnet1D.film_tables`) when ``film_tables`` is set
-        and steps x batch is at most ``FILM_TABLE_ROWS``."""
+        and steps x batch is at most ``FILM_TABLE_ROWS``, and cast once to ``net.film_dtype`` where ``net`` has
+        one (:class:`~rf_dp_agents.model.graphed.Bf16Unet`)."""
         net = self.noise_pred_net if net is None else net
         sample = noise * scheduler.init_noise_sigma
         tables = None
         if self.film_tables and len(timesteps_dev) * cond.shape[0] <= FILM_TABLE_ROWS:
             tables = self.noise_pred_net.film_tables(timesteps_dev, cond)  # float32 whatever net runs in
+            film_dtype = getattr(net, "film_dtype", None)  # a Bf16Unet's: one cast here instead of one per step
+            if film_dtype is not None:
+                tables = [table.to(film_dtype) for table in tables]
         for i, t in enumerate(scheduler.timesteps):
             film = None if tables is None else [table[i] for table in tables]
             model_out = net(sample, timesteps_dev[i], cond, film=film)

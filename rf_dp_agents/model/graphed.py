@@ -66,6 +66,10 @@ class Bf16Unet(nn.Module):
     through :class:`~rf_dp_agents.model.unet_fused.FusedUnet`'s kernels instead of its own forward.
     """
 
+    film_dtype = torch.bfloat16
+    """The dtype :meth:`forward` takes FiLM rows in: a sampling loop casts its FiLM tables to it once
+    (``DiffusionPolicy.denoise``), so that no denoising step launches a cast per residual block."""
+
     def __init__(self, unet: ConditionalUnet1D, fused: bool = False) -> None:
         super().__init__()
         self.unet = unet
@@ -88,11 +92,13 @@ class Bf16Unet(nn.Module):
         global_cond: torch.Tensor,
         film: Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Same contract as :meth:`ConditionalUnet1D.forward`; float32 in and out."""
+        """Same contract as :meth:`ConditionalUnet1D.forward`; float32 in and out (FiLM rows float32 or already
+        ``film_dtype``: those are not cast again)."""
         film = self.unet.step_film(timestep, global_cond) if film is None else film
-        films = [f.to(torch.bfloat16) for f in film]
+        films = [f.to(torch.bfloat16) for f in film]  # no copy for rows already in bf16
         net = self._runner[0]
-        return net(sample.to(torch.bfloat16), timestep, global_cond.to(torch.bfloat16), film=films).float()
+        # with its FiLM given, the bf16 net never reads global_cond: it is passed on as it is, not cast each step
+        return net(sample.to(torch.bfloat16), timestep, global_cond, film=films).float()
 
 
 class SamplingModel(Protocol):
