@@ -46,7 +46,7 @@ def main(args: BenchmarkArgs, root: Path) -> None:
         torch.backends.cuda.matmul.allow_tf32 = args.lerobot_tf32
         res["training"]["lerobot"] = lerobot_step(args, device, args.image_hw) | {"tf32": args.lerobot_tf32}
         print("  lerobot:", res["training"]["lerobot"], flush=True)
-        _write_json(res, args.out or root / "benchmarks" / "results" / f"{res['date']}-lerobot.json")
+        _write_json(res, _results_file(args, root, res, "lerobot"))
         return
     if not args.data.exists():
         t0 = time.perf_counter()
@@ -70,8 +70,7 @@ def main(args: BenchmarkArgs, root: Path) -> None:
         res["predict"] = predict_latency(args, gpu_ds, device)
         if args.user_path:
             res["predict_user"] = user_path(args, root)
-        gpu = torch.cuda.get_device_name().split()[-1].lower()
-        _write_json(res, args.out or root / "benchmarks" / "results" / f"{res['date']}-{gpu}-predict.json")
+        _write_json(res, _results_file(args, root, res, f"{_gpu_word(res)}-predict"))
         from torch.profiler import ProfilerActivity, profile
 
         policy = build_policy(device, gpu_ds, sampler="ddim", num_inference_steps=10).eval()
@@ -87,8 +86,7 @@ def main(args: BenchmarkArgs, root: Path) -> None:
         torch.backends.cudnn.benchmark = True
         print(profile_step(args, gpu_ds, device, rows=40, fast=True), flush=True)
         return
-    gpu = torch.cuda.get_device_name().split()[-1].lower()
-    out = args.out or root / "benchmarks" / "results" / f"{res['date']}-{gpu}.json"
+    out = _results_file(args, root, res, _gpu_word(res))
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:
@@ -150,6 +148,16 @@ def main(args: BenchmarkArgs, root: Path) -> None:
     save()
     print(render_table(res, str(out)))
     print(f"wrote {out}")
+
+
+def _gpu_word(res: dict[str, Any]) -> str:
+    """The GPU's model in a results file name: the last word of its device name (``NVIDIA H200`` -> ``h200``)."""
+    return res["gpu"].split()[-1].lower()
+
+
+def _results_file(args: BenchmarkArgs, root: Path, res: dict[str, Any], name: str) -> Path:
+    """``--out``, else ``benchmarks/results/<date>-<name>.json`` under ``root``."""
+    return args.out or root / "benchmarks" / "results" / f"{res['date']}-{name}.json"
 
 
 def _write_json(doc: dict[str, Any], out: Path) -> None:

@@ -95,7 +95,7 @@ class Bf16Unet(nn.Module):
         """Same contract as :meth:`ConditionalUnet1D.forward`; float32 in and out (FiLM rows float32 or already
         ``film_dtype``: those are not cast again)."""
         film = self.unet.step_film(timestep, global_cond) if film is None else film
-        films = [f.to(torch.bfloat16) for f in film]  # no copy for rows already in bf16
+        films = [f.to(self.film_dtype) for f in film]  # no copy for rows already in film_dtype
         net = self._runner[0]
         # with its FiLM given, the bf16 net never reads global_cond: it is passed on as it is, not cast each step
         return net(sample.to(torch.bfloat16), timestep, global_cond, film=films).float()
