@@ -6,9 +6,9 @@ executed part ``pred[:, To-1 : To-1+Ta]`` against the recorded actions, in raw u
 and the same noise seeds tells whether a faster sampler loses accuracy, without a simulator. The held-out
 (``val``) windows measure the policy; the ``train`` windows, which a trained model fits closely, isolate the
 sampler's own error from the model's generalisation error. A ``:bf16`` suffix samples through CUDA graphs that
-run the U-Net from bfloat16 weights (``DiffusionPolicy.bf16_graphs``), a ``:fused`` suffix through graphs that run
-it with the fused Triton kernels (``DiffusionPolicy.fused_graphs``), so their cost in accuracy is measured the same
-way.
+run the U-Net from bfloat16 weights (``DiffusionPolicy.bf16_graphs``); ``:fused`` and ``:compiled`` choose graphs
+that run it with the fused Triton kernels (``DiffusionPolicy.fused_graphs``, the default on CUDA) or compiled by
+torch.compile, so their cost in accuracy is measured the same way.
 """
 
 from __future__ import annotations
@@ -31,33 +31,43 @@ SPLITS = ("val", "train")
 @dataclass(frozen=True)
 class SamplerSpec:
     """A sampler and its number of denoising steps, written ``name:steps`` (``ddim:10``), with ``:bf16`` when
-    the U-Net runs from bfloat16 weights in CUDA graphs (``ddpm:10:bf16``) or ``:fused`` when it runs through the
-    fused Triton kernels in CUDA graphs (``ddpm:10:fused``), or both (``ddpm:10:bf16:fused``)."""
+    the U-Net runs from bfloat16 weights in CUDA graphs (``ddpm:10:bf16``), and ``:fused`` or ``:compiled`` to name
+    how the graphs run the U-Net: through the fused Triton kernels (``ddpm:10:fused``, also the library's default)
+    or compiled by torch.compile (``ddpm:10:compiled``); ``ddpm:10:bf16:fused`` combines them."""
 
     name: str
     steps: int
     bf16: bool = False
     fused: bool = False
+    compiled: bool = False
 
     @classmethod
     def parse(cls, text: str) -> "SamplerSpec":
-        """Parse ``name:steps[:bf16][:fused]``; a clear error for anything else."""
+        """Parse ``name:steps[:bf16][:fused|:compiled]``; a clear error for anything else."""
         name, _, rest = text.partition(":")
         steps, _, suffix = rest.partition(":")
         flags = suffix.split(":") if suffix else []
+        unet = flags[1:] if flags[:1] == ["bf16"] else flags
         if (name not in ("ddpm", "ddim", "dpmsolver") or not steps.isdigit() or int(steps) <= 0
-                or flags not in ([], ["bf16"], ["fused"], ["bf16", "fused"])):
-            raise ValueError(f"sampler spec {text!r}: expected ddpm|ddim|dpmsolver:<steps>[:bf16][:fused], "
+                or unet not in ([], ["fused"], ["compiled"])):
+            raise ValueError(f"sampler spec {text!r}: expected ddpm|ddim|dpmsolver:<steps>[:bf16][:fused|:compiled], "
                              f"e.g. ddim:10")
-        return cls(name, int(steps), "bf16" in flags, "fused" in flags)
+        return cls(name, int(steps), "bf16" in flags, "fused" in flags, "compiled" in flags)
 
     @property
     def graphs_only(self) -> bool:
-        """Whether the spec samples through CUDA graphs only (``:bf16`` or ``:fused``)."""
-        return self.bf16 or self.fused
+        """Whether the spec samples through CUDA graphs only (``:bf16``, ``:fused`` or ``:compiled``)."""
+        return self.bf16 or self.fused or self.compiled
+
+    @property
+    def fused_graphs(self) -> bool | None:
+        """The model's ``fused_graphs`` switch the spec asks for: True for ``:fused``, False for ``:compiled``, None
+        (the model's own setting) otherwise."""
+        return True if self.fused else False if self.compiled else None
 
     def __str__(self) -> str:
-        return f"{self.name}:{self.steps}" + (":bf16" if self.bf16 else "") + (":fused" if self.fused else "")
+        unet = ":fused" if self.fused else ":compiled" if self.compiled else ""
+        return f"{self.name}:{self.steps}" + (":bf16" if self.bf16 else "") + unet
 
 
 def run_settings(run_or_checkpoint: Path) -> dict:
@@ -126,9 +136,11 @@ def action_errors(
     # every spec checked (as load_policy checks them) before any sampling starts
     configs = [sampling_config(cfg, spec.name, spec.steps, source=str(ckpt / CONFIG_NAME)) for spec in samplers]
     results = {}
+    default_fused = model.fused_graphs
     for spec, config in zip(samplers, configs):
         model.config = config
-        model.bf16_graphs, model.fused_graphs = spec.bf16, spec.fused
+        model.bf16_graphs = spec.bf16
+        model.fused_graphs = default_fused if spec.fused_graphs is None else spec.fused_graphs
         sq = ab = 0.0
         count = 0
         for lo in range(0, n, batch_size):

@@ -62,14 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic", choices=["seed", "tiny"], help="time a randomly initialised checkpoint instead: "
                    "'seed' = the default ModelConfig (240x320 camera, U-Net 256/512/1024), 'tiny' = a CPU smoke size")
     p.add_argument("--samplers", nargs="+",
-                   help="name:steps[:bf16][:fused] per measurement (default: ddim:10 ddpm:10 ddpm:100)")
+                   help="name:steps[:bf16][:fused|:compiled] per measurement (default: ddim:10 ddpm:10 ddpm:100)")
     p.add_argument("--repeats", type=int, default=100, help="chunks timed per process (default 100)")
     p.add_argument("--device", default="auto", help="torch device passed to load_policy (default auto)")
     p.add_argument("--warmup", action="store_true", help="call policy.warmup((1,)) after load_policy (timed apart)")
     p.add_argument("--no-graph-tf32", action="store_true", help="load_policy(graph_tf32=False): graphs use the "
                    "process's (default) flags, the figure users got before the graphs chose their own precision")
-    p.add_argument("--no-compile-graphs", action="store_true", help="load_policy(compile_graphs=False): the sampling "
-                   "graph captures the plain U-Net (no torch.compile; faster start-up, slower chunks)")
+    p.add_argument("--no-compile-graphs", action="store_true", help="load_policy(compile_graphs=False): where the fused "
+                   "kernels are off (:compiled) or unavailable, the graph captures the plain U-Net (no torch.compile)")
     p.add_argument("--profile-first", type=int, default=0, metavar="N", help="profile the first predict() with "
                    "cProfile and keep its N costliest functions by cumulative and by own time")
     p.add_argument("--fresh-cache", action="store_true",
@@ -103,7 +103,7 @@ def child(spec_text: str, args: argparse.Namespace) -> dict:
     spec = SamplerSpec.parse(spec_text)
     t0 = time.perf_counter()
     policy = load_policy(args.checkpoint, device=args.device, sampler=spec.name, num_inference_steps=spec.steps,
-                         bf16_graphs=spec.bf16 or None, fused_graphs=spec.fused or None,
+                         bf16_graphs=spec.bf16 or None, fused_graphs=spec.fused_graphs,
                          graph_tf32=False if args.no_graph_tf32 else None,
                          compile_graphs=False if args.no_compile_graphs else None)
     t_load = time.perf_counter() - t0

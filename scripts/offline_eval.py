@@ -27,8 +27,8 @@ class Args:
     """Training run directory (best/ is used, else last/) or a checkpoint directory inside one."""
     samplers: list[str] = field(default_factory=lambda: ["ddpm:100", "ddpm:10", "ddim:10"])
     """Samplers to compare, as name:steps, or name:steps:bf16 for the U-Net run from bfloat16 weights in CUDA
-    graphs, name:steps:fused for it run through the fused Triton kernels in CUDA graphs, name:steps:bf16:fused for
-    both (a CUDA device only)."""
+    graphs; a :fused or :compiled suffix runs the U-Net in CUDA graphs through the fused Triton kernels (the default
+    on CUDA) or compiled by torch.compile (name:steps:bf16:compiled combines them; a CUDA device only)."""
     split: Literal["val", "train"] = "val"
     """Windows to evaluate: the held-out episodes (val) or the training episodes (train, where the model fits
     closely, so the differences between samplers are the samplers' own)."""

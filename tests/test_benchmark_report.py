@@ -102,6 +102,18 @@ def test_the_user_path_is_printed_beside_the_graph_figure() -> None:
             "first process on empty compile caches and 2.5 s in a later one") in table
 
 
+def test_the_fused_default_is_named_and_compared_with_the_previous_default() -> None:
+    row = {"eager_ms": 50.0, "cuda_graph_ms": 6.0, "cuda_graph_fp32_ms": 8.0, "cuda_graph_no_compile_ms": 9.0,
+           "cuda_graph_fused_ms": 4.25, "previous_default_ms": 17.0}
+    res = {"date": "2026-12-08", "gpu": "GPU", "torch": "2", "batch_size": 64, "n_windows": 10, "training": {},
+           "predict": [{"sampler": "ddpm", "steps": 10, "batch": 1, **row}], "predict_default": "cuda_graph_fused_ms"}
+    table = report.render_table(res, "r.json")
+    assert "| CUDA graph, compiled U-Net | compiled U-Net, TF32 off |" in table
+    assert "| CUDA graph, fused U-Net kernels (default) |" in table and "CUDA graph (default)" not in table
+    assert "| 4.25 ms | 17.00 ms | 4.00x |\n" in table  # previous default over the fused default
+    assert "predict() <= 5 ms per chunk at batch 1: 4.25 ms (DDPM-10)" in table
+
+
 def test_curve_agreement() -> None:
     same = report.curve_agreement([1.0, 0.8, 0.6, 0.4], [1.0, 0.8, 0.6, 0.4], window=2)
     assert same["max_rel_gap"] == 0.0 and same["fast_means"] == pytest.approx([0.9, 0.5])

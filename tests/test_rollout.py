@@ -193,13 +193,13 @@ def test_agent_policies_take_the_sampling_overrides(tmp_path: Path, tiny_checkpo
     paths = [tiny_checkpoint(tmp_path / f"agent{i}", image_hw=IMAGE_HW, seed=i) for i in range(2)]
     default = load_agent_policies(RolloutConfig(task=TASK, device="cpu"), paths)
     assert [(p.model.compile_graphs, p.model.fused_graphs, p.model.bf16_graphs) for p in default] == [
-        (True, False, False)] * 2
+        (True, True, False)] * 2
     cfg = RolloutConfig(task=TASK, device="cpu", sampler="ddim", num_inference_steps=3, compile_graphs=False,
-                        fused_graphs=True, bf16_graphs=True)
+                        fused_graphs=False, bf16_graphs=True)
     policies = load_agent_policies(cfg, paths)
     got = [(p.config.sampler, p.config.num_inference_steps, p.model.compile_graphs, p.model.fused_graphs,
             p.model.bf16_graphs) for p in policies]
-    assert got == [("ddim", 3, False, True, True)] * 2
+    assert got == [("ddim", 3, False, False, True)] * 2
 
 
 def test_cli_reports_missing_checkpoint(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ def check_config(name: str, cfg: ModelConfig, args: PredictCheckArgs) -> list[tu
     torch.manual_seed(0)
     model = DiffusionPolicy(cfg).cuda().eval()
     model.graph_tf32 = False  # the graphs' own TF32 would differ from the float32 eager reference by more than atol
+    model.fused_graphs = False  # the plain and compiled graphs first; the fused kernels (the default) after them
     for batch in args.batch_sizes:
         obs = observations(cfg, batch)
         model.cuda_graphs = False

@@ -49,8 +49,12 @@ class OverlapArgs:
     """Sampler of every policy."""
     steps: int = 10
     """Denoising steps."""
+    fused_graphs: bool = False
+    """Run the U-Net in the sampling graphs through the fused Triton kernels (the policy's default; off here by
+    default, so the figures compare with the earlier runs of plain graphs)."""
     compile_graphs: bool = False
-    """Capture the torch.compile'd U-Net in the sampling graphs (10-20 s per batch size and model to build)."""
+    """Without the fused kernels, capture the torch.compile'd U-Net in the sampling graphs (10-20 s per batch size
+    and model to build)."""
     device: str = "cuda"
     """Torch device of the models."""
     repeats: int = 2
@@ -75,7 +79,7 @@ def run_trial(args: OverlapArgs, overlap: bool) -> dict[str, Any]:
     for agent in range(args.agents):
         torch.manual_seed(agent)
         model = DiffusionPolicy(cfg).to(args.device).eval()
-        model.compile_graphs = args.compile_graphs
+        model.fused_graphs, model.compile_graphs = args.fused_graphs, args.compile_graphs
         models.append(model)
     server = InferenceServer(models, args.workers, multiprocessing.get_context("spawn"), overlap=overlap)
     for model in models:  # after the server set each model's graph options
@@ -125,6 +129,7 @@ def run_parent(args: OverlapArgs, script: Path) -> dict[str, Any]:
     base = [sys.executable, str(script), "--agents", str(args.agents), "--workers", str(args.workers),
             "--rounds", str(args.rounds), "--env-ms", str(args.env_ms), "--config", args.config,
             "--sampler", args.sampler, "--steps", str(args.steps), "--device", args.device,
+            "--fused-graphs" if args.fused_graphs else "--no-fused-graphs",
             "--compile-graphs" if args.compile_graphs else "--no-compile-graphs"]
     for k in range(args.repeats):
         for mode in ("off", "on"):

@@ -18,17 +18,21 @@ from rf_dp_agents.data import SequenceDataset
 
 PREDICT_SETTINGS: dict[str, dict[str, bool]] = {
     "eager_ms": {"cuda_graphs": False},
-    "cuda_graph_ms": {},
-    "cuda_graph_no_compile_ms": {"compile_graphs": False},
+    "cuda_graph_ms": {"fused_graphs": False},
+    "cuda_graph_no_compile_ms": {"fused_graphs": False, "compile_graphs": False},
     "cuda_graph_fused_ms": {"fused_graphs": True},
-    "cuda_graph_fp32_ms": {"tf32": False},
-    "previous_default_ms": {"compile_graphs": False, "channels_last_graphs": False, "film_tables": False,
-                            "matmul": False},
+    "cuda_graph_fp32_ms": {"fused_graphs": False, "tf32": False},
+    "previous_default_ms": {"fused_graphs": False, "compile_graphs": False, "channels_last_graphs": False,
+                            "film_tables": False, "matmul": False},
 }
-"""predict() columns: the policy's default on CUDA (CUDA graph of the compiled U-Net, matmul convolutions, FiLM
-tables, channels_last encoder, TF32) with one setting changed (``cuda_graph_fused_ms``: the U-Net through the fused
-Triton kernels instead of torch.compile), and ``previous_default_ms``: a plain CUDA graph
-of the cuDNN convolutions with per-step FiLM and an NCHW encoder (the default before these levers)."""
+"""predict() columns: the CUDA graph of the torch.compile'd U-Net (matmul convolutions, FiLM tables, channels_last
+encoder, TF32; the policy's default before the fused kernels) with one setting changed (``cuda_graph_fused_ms``:
+the U-Net through the fused Triton kernels instead of torch.compile, the policy's default now:
+:data:`PREDICT_DEFAULT`), and ``previous_default_ms``: a plain CUDA graph of the cuDNN convolutions with per-step
+FiLM and an NCHW encoder (the default before these levers)."""
+PREDICT_DEFAULT = "cuda_graph_fused_ms"
+"""The column that times the policy's default predict path on CUDA (recorded in the results as
+``predict_default``)."""
 
 
 def predict_latency(args: BenchmarkArgs, dataset: SequenceDataset, device: torch.device) -> list[dict[str, Any]]:
@@ -90,4 +94,4 @@ def user_path(args: BenchmarkArgs, root: Path, device: str = "cuda") -> dict[str
     return doc
 
 
-__all__ = ["PREDICT_SETTINGS", "predict_latency", "user_path"]
+__all__ = ["PREDICT_DEFAULT", "PREDICT_SETTINGS", "predict_latency", "user_path"]

@@ -95,8 +95,12 @@ def render_table(res: dict[str, Any], source: str) -> str:
     users = user_figures(res.get("predict_user", {}).get("rows", []))
     if rows and "previous_default_ms" in rows[0]:
         fused = "cuda_graph_fused_ms" in rows[0]
-        lines += ["", "| predict() per chunk | batch | eager | CUDA graph (default) | default, TF32 off | CUDA graph, "
-                      "U-Net not compiled | " + ("CUDA graph, fused U-Net kernels | " if fused else "")
+        default = res.get("predict_default", "cuda_graph_ms")
+        compiled = ("CUDA graph (default) | default, TF32 off" if default == "cuda_graph_ms"
+                    else "CUDA graph, compiled U-Net | compiled U-Net, TF32 off")
+        fused_label = "CUDA graph, fused U-Net kernels" + (" (default)" if default == "cuda_graph_fused_ms" else "")
+        lines += ["", f"| predict() per chunk | batch | eager | {compiled} | CUDA graph, "
+                      "U-Net not compiled | " + (f"{fused_label} | " if fused else "")
                       + "previous default (plain CUDA graph, cuDNN) | default vs previous |"
                       + (" user path: predict() via load_policy |" if users else ""),
                   "|---|---|---|---|---|---|---|---|" + ("---|" if fused else "") + ("---|" if users else "")]
@@ -107,10 +111,12 @@ def render_table(res: dict[str, Any], source: str) -> str:
                          f"{row['cuda_graph_no_compile_ms']:.2f} ms | "
                          + (f"{row['cuda_graph_fused_ms']:.2f} ms | " if fused else "")
                          + f"{row['previous_default_ms']:.2f} ms | "
-                         f"{row['previous_default_ms'] / row['cuda_graph_ms']:.2f}x |"
+                         f"{row['previous_default_ms'] / row[default]:.2f}x |"
                          + ((f" {user['chunk_ms']:.2f} ms |" if user else " |") if users else ""))
-        lines += ["", "The default CUDA graph replays the encoder (channels_last) and every denoising step of the "
-                      "torch.compile'd U-Net, whose convolutions run as matrix multiplies, with every step's FiLM "
+        unet = ("torch.compile'd U-Net" if default == "cuda_graph_ms"
+                else "U-Net through the fused Triton kernels (GroupNorm, Mish and FiLM in one kernel per block)")
+        lines += ["", f"The default CUDA graph replays the encoder (channels_last) and every denoising step of the "
+                      f"{unet}, whose convolutions run as matrix multiplies, with every step's FiLM "
                       "conditioning computed before the loop. The graph columns time `predict_action` in the "
                       "benchmark's process with TF32 switched on globally."]
         if users:
@@ -184,11 +190,12 @@ def target_lines(res: dict[str, Any]) -> list[str]:
             line(f"peak GPU memory <= {TARGETS['peak_gpu_mem_gib']:.0f} GiB", f"{mem:.1f} GiB",
                  mem <= TARGETS["peak_gpu_mem_gib"])
     batch1 = [row for row in res.get("predict", []) if row["batch"] == 1 and row["steps"] <= 10]
+    default = res.get("predict_default", "cuda_graph_ms")  # the column of the policy's default graph
     users = {spec: f for spec, f in user_figures(res.get("predict_user", {}).get("rows", [])).items()
              if int(spec.split(":")[1]) <= 10}
     if users:
         spec, best = min(users.items(), key=lambda kv: kv[1]["chunk_ms"])
-        graph = next((row["cuda_graph_ms"] for row in batch1 if f"{row['sampler']}:{row['steps']}" == spec), None)
+        graph = next((row[default] for row in batch1 if f"{row['sampler']}:{row['steps']}" == spec), None)
         alone = f"; the graph alone {graph:.2f} ms" if graph is not None else ""
         line(f"predict() through load_policy <= {TARGETS['predict_ms']:.0f} ms per chunk at batch 1 (default flags)",
              f"{best['chunk_ms']:.2f} ms ({_spec_name(spec)}{alone})", best["chunk_ms"] <= TARGETS["predict_ms"])
@@ -198,10 +205,10 @@ def target_lines(res: dict[str, Any]) -> list[str]:
             line(f"a later process's first action <= {TARGETS['later_first_action_s']:.0f} s after load_policy",
                  f"{seconds:.1f} s ({_spec_name(spec)})", seconds <= TARGETS["later_first_action_s"])
     elif batch1:
-        best = min(batch1, key=lambda row: row["cuda_graph_ms"])
+        best = min(batch1, key=lambda row: row[default])
         line(f"predict() <= {TARGETS['predict_ms']:.0f} ms per chunk at batch 1",
-             f"{best['cuda_graph_ms']:.2f} ms ({best['sampler'].upper()}-{best['steps']})",
-             best["cuda_graph_ms"] <= TARGETS["predict_ms"])
+             f"{best[default]:.2f} ms ({best['sampler'].upper()}-{best['steps']})",
+             best[default] <= TARGETS["predict_ms"])
     return lines
 
 

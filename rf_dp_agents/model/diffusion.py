@@ -113,9 +113,10 @@ class DiffusionPolicy(nn.Module):
         """On CUDA, sample through a captured CUDA graph per (batch size, sampler, steps): encoder and the whole
         denoising loop in one replay (README, Training and inference speed)."""
         self.compile_graphs = True
-        """Compile the U-Net with torch.compile (Inductor kernels: GroupNorm, Mish, FiLM and the convolutions'
-        unfolds fused) before a CUDA graph captures it. Each new batch size costs one compilation (10-20 s);
-        when compilation fails the graph captures the plain U-Net and this turns False."""
+        """Where the fused kernels are off or unavailable (``fused_graphs``), compile the U-Net with torch.compile
+        (Inductor kernels: GroupNorm, Mish, FiLM and the convolutions' unfolds fused) before a CUDA graph captures
+        it. Each new batch size costs one compilation (10-20 s); when compilation fails the graph captures the
+        plain U-Net and this turns False."""
         self.channels_last_graphs = True
         """Hold the image encoder channels_last (cuDNN's native layout, Triton GroupNorm) from the first CUDA graph
         capture on; the state dict is unchanged."""
@@ -124,10 +125,11 @@ class DiffusionPolicy(nn.Module):
         per device shared by the graphs, refreshed at every replay; FiLM conditioning, scheduler and encoder stay
         float32). Actions differ from float32 sampling by bf16 rounding (README, Training and inference speed)."""
         self._bf16_unets: dict[tuple[torch.device, bool], Bf16Unet] = {}  # a dict: the copy stays out of the state dict
-        self.fused_graphs = False
+        self.fused_graphs = True
         """Run the U-Net in sampling graphs through ``unet_fused.FusedUnet`` (Triton GroupNorm-Mish-FiLM kernels and
         cuBLAS matrix multiplies on the U-Net's own weights) instead of torch.compile: no TorchDynamo or Inductor
-        in the process, so a graph is ready in seconds. Where Triton is missing the graph takes the next choice
+        in the process, so a graph is ready in seconds (the default; ``scripts/check_gpu_predict.py`` holds its
+        actions to eager float32 sampling's). Where Triton is missing the graph takes the next choice
         (``compile_graphs``, then the plain U-Net). With ``bf16_graphs`` the kernels run the bf16 copy."""
         self.graph_tf32 = True
         """Compile and capture the sampling graphs with TF32 matmuls and convolutions allowed inside them only

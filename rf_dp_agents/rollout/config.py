@@ -83,12 +83,13 @@ class RolloutConfig:
     device: str = "auto"
     """Torch device of the policies: auto (cuda if available), cpu, cuda, cuda:1..."""
     compile_graphs: bool = True
-    """On CUDA, capture the torch.compile'd U-Net in the sampling CUDA graphs (3.3x faster per chunk at batch 1
-    on an H200: README); each new batch size costs 10-20 s of compilation at its first call, so
-    --no-compile-graphs suits short rollouts."""
-    fused_graphs: bool = False
+    """On CUDA with --no-fused-graphs (or without Triton), capture the torch.compile'd U-Net in the sampling CUDA
+    graphs (3.3x faster per chunk at batch 1 than the plain U-Net on an H200: README); each new batch size costs
+    10-20 s of compilation at its first call."""
+    fused_graphs: bool = True
     """On CUDA, run the U-Net in the sampling graphs through the fused Triton kernels instead of torch.compile
-    (no compilation: a graph is ready in seconds; README, Training and inference speed)."""
+    (no compilation: a graph is ready in seconds; README, Training and inference speed). --no-fused-graphs
+    compiles the U-Net with torch.compile instead."""
     graph_tf32: bool = True
     """On CUDA, compile and capture the sampling graphs with TF32 matmuls and convolutions allowed inside them only
     (the process's global precision flags are left as they are)."""
