@@ -43,6 +43,12 @@ BASELINES = {"eager_dataloader": "vs eager DataLoader", "trainer_no_compile": "v
 """Rows the ratio column can be taken against, in order of preference (the first one the results hold)."""
 
 
+def default_column(res: dict[str, Any]) -> str:
+    """The predict() column that timed the policy's default graph (results before the fused default name none: the
+    compiled U-Net's)."""
+    return res.get("predict_default", "cuda_graph_ms")
+
+
 def render_table(res: dict[str, Any], source: str) -> str:
     """Markdown performance tables of one results JSON (``source``: its path, named in the first line)."""
     tr = res["training"]
@@ -95,7 +101,7 @@ def render_table(res: dict[str, Any], source: str) -> str:
     users = user_figures(res.get("predict_user", {}).get("rows", []))
     if rows and "previous_default_ms" in rows[0]:
         fused = "cuda_graph_fused_ms" in rows[0]
-        default = res.get("predict_default", "cuda_graph_ms")
+        default = default_column(res)
         compiled = ("CUDA graph (default) | default, TF32 off" if default == "cuda_graph_ms"
                     else "CUDA graph, compiled U-Net | compiled U-Net, TF32 off")
         fused_label = "CUDA graph, fused U-Net kernels" + (" (default)" if default == "cuda_graph_fused_ms" else "")
@@ -190,7 +196,7 @@ def target_lines(res: dict[str, Any]) -> list[str]:
             line(f"peak GPU memory <= {TARGETS['peak_gpu_mem_gib']:.0f} GiB", f"{mem:.1f} GiB",
                  mem <= TARGETS["peak_gpu_mem_gib"])
     batch1 = [row for row in res.get("predict", []) if row["batch"] == 1 and row["steps"] <= 10]
-    default = res.get("predict_default", "cuda_graph_ms")  # the column of the policy's default graph
+    default = default_column(res)
     users = {spec: f for spec, f in user_figures(res.get("predict_user", {}).get("rows", [])).items()
              if int(spec.split(":")[1]) <= 10}
     if users:
@@ -233,6 +239,6 @@ def update_readme(res: dict[str, Any], source: str, readme: Path) -> None:
 
 
 __all__ = [
-    "BASELINES", "README_END", "README_START", "TARGETS", "curve_agreement", "readme_source", "render_table",
+    "BASELINES", "README_END", "README_START", "TARGETS", "curve_agreement", "default_column", "readme_source", "render_table",
     "speed_ratios", "target_lines", "update_readme", "user_path_text",
 ]
