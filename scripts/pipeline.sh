@@ -16,7 +16,7 @@
 # first N episodes, 0 none; default all), NUM_ENVS (env worker processes of each rollout), ROLLOUT_PARALLEL=1 (the samplers'
 # rollouts side by side, each with NUM_ENVS workers, logs in OUT_DIR/rollout_<name>.log), CAMERAS (cameras recorded
 # in the demos, e.g. "head_camera_agent0 head_camera_agent1"; default all of the task's), ROLLOUT_ARGS (more
-# rollout.py options, e.g. "--no-compile-graphs"), ROLLOUT_UNTIL (a time in seconds since the epoch after which no
+# rollout.py options, e.g. "--execute-steps 6"), ROLLOUT_UNTIL (a time in seconds since the epoch after which no
 # rollout episode starts: each rollout gets --max-minutes up to it, e.g. the end of a machine booking), ARCHITECTURE
 # (local-separate, the default; global-separate, local-shared, global-shared: README, Multi-agent architectures) and INCLUDE_GLOBAL_CAMERA=1 (the global camera
 # beside each policy's own cameras), both given to conversion, from which training and rollout take them.
