@@ -38,8 +38,9 @@ class SamplerSpec:
     name: str
     steps: int
     bf16: bool = False
-    fused: bool = False
-    compiled: bool = False
+    fused: bool | None = None
+    """The model's ``fused_graphs`` switch: True for ``:fused``, False for ``:compiled``, None (no suffix) keeps
+    the model's own setting."""
 
     @classmethod
     def parse(cls, text: str) -> "SamplerSpec":
@@ -52,21 +53,15 @@ class SamplerSpec:
                 or unet not in ([], ["fused"], ["compiled"])):
             raise ValueError(f"sampler spec {text!r}: expected ddpm|ddim|dpmsolver:<steps>[:bf16][:fused|:compiled], "
                              f"e.g. ddim:10")
-        return cls(name, int(steps), "bf16" in flags, "fused" in flags, "compiled" in flags)
+        return cls(name, int(steps), "bf16" in flags, unet == ["fused"] if unet else None)
 
     @property
     def graphs_only(self) -> bool:
         """Whether the spec samples through CUDA graphs only (``:bf16``, ``:fused`` or ``:compiled``)."""
-        return self.bf16 or self.fused or self.compiled
-
-    @property
-    def fused_graphs(self) -> bool | None:
-        """The model's ``fused_graphs`` switch the spec asks for: True for ``:fused``, False for ``:compiled``, None
-        (the model's own setting) otherwise."""
-        return True if self.fused else False if self.compiled else None
+        return self.bf16 or self.fused is not None
 
     def __str__(self) -> str:
-        unet = ":fused" if self.fused else ":compiled" if self.compiled else ""
+        unet = {True: ":fused", False: ":compiled", None: ""}[self.fused]
         return f"{self.name}:{self.steps}" + (":bf16" if self.bf16 else "") + unet
 
 
@@ -140,7 +135,7 @@ def action_errors(
     for spec, config in zip(samplers, configs):
         model.config = config
         model.bf16_graphs = spec.bf16
-        model.fused_graphs = default_fused if spec.fused_graphs is None else spec.fused_graphs
+        model.fused_graphs = default_fused if spec.fused is None else spec.fused
         sq = ab = 0.0
         count = 0
         for lo in range(0, n, batch_size):

@@ -103,7 +103,7 @@ def child(spec_text: str, args: argparse.Namespace) -> dict:
     spec = SamplerSpec.parse(spec_text)
     t0 = time.perf_counter()
     policy = load_policy(args.checkpoint, device=args.device, sampler=spec.name, num_inference_steps=spec.steps,
-                         bf16_graphs=spec.bf16 or None, fused_graphs=spec.fused_graphs,
+                         bf16_graphs=spec.bf16 or None, fused_graphs=spec.fused,
                          graph_tf32=False if args.no_graph_tf32 else None,
                          compile_graphs=False if args.no_compile_graphs else None)
     t_load = time.perf_counter() - t0

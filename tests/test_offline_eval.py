@@ -122,14 +122,14 @@ def test_bad_input(run_dir: Path, tmp_path: Path) -> None:
         SamplerSpec.parse("ddim:5:fused:bf16")
     with pytest.raises(ValueError, match="expected"):
         SamplerSpec.parse("ddim:5:fused:compiled")
-    assert SamplerSpec.parse("ddim:5:bf16:compiled") == SamplerSpec("ddim", 5, bf16=True, compiled=True)
+    assert SamplerSpec.parse("ddim:5:bf16:compiled") == SamplerSpec("ddim", 5, bf16=True, fused=False)
     assert str(SamplerSpec.parse("ddim:5:bf16:compiled")) == "ddim:5:bf16:compiled"
-    assert [SamplerSpec.parse(text).fused_graphs for text in ("ddim:5", "ddim:5:fused", "ddim:5:compiled")] == [
+    assert [SamplerSpec.parse(text).fused for text in ("ddim:5", "ddim:5:fused", "ddim:5:compiled")] == [
         None, True, False]  # None keeps the model's own setting
     with pytest.raises(ValueError, match="ddim:2:bf16, ddim:2:fused, ddim:2:compiled run in CUDA graphs only; "
                                          "the model is on cpu"):
         action_errors(run_dir, [SamplerSpec("ddim", 2), SamplerSpec("ddim", 2, bf16=True),
-                                SamplerSpec("ddim", 2, fused=True), SamplerSpec("ddim", 2, compiled=True)],
+                                SamplerSpec("ddim", 2, fused=True), SamplerSpec("ddim", 2, fused=False)],
                       device="cpu")
     lonely = tmp_path / "ckpt"
     shutil.copytree((run_dir / "best").resolve(), lonely)

@@ -72,6 +72,11 @@ def predict_latency(args: BenchmarkArgs, dataset: SequenceDataset, device: torch
     return rows
 
 
+def predict_results(args: BenchmarkArgs, dataset: SequenceDataset, device: torch.device) -> dict[str, Any]:
+    """The results' predict() part: the rows of :func:`predict_latency` and the column of the policy's default."""
+    return {"predict": predict_latency(args, dataset, device), "predict_default": PREDICT_DEFAULT}
+
+
 def user_path(args: BenchmarkArgs, root: Path, device: str = "cuda") -> dict[str, Any]:
     """predict() as users call it (:mod:`~rf_dp_agents.bench.predict_user`): two fresh processes per sampler of
     ``USER_SAMPLERS`` on a randomly initialised seed-config checkpoint, from empty compile caches, with a bytecode
@@ -94,4 +99,4 @@ def user_path(args: BenchmarkArgs, root: Path, device: str = "cuda") -> dict[str
     return doc
 
 
-__all__ = ["PREDICT_DEFAULT", "PREDICT_SETTINGS", "predict_latency", "user_path"]
+__all__ = ["PREDICT_DEFAULT", "PREDICT_SETTINGS", "predict_latency", "predict_results", "user_path"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from rf_dp_agents.bench.peers import eager_dataloader, lerobot_step
-from rf_dp_agents.bench.predict_rows import PREDICT_DEFAULT, predict_latency, user_path
+from rf_dp_agents.bench.predict_rows import predict_results, user_path
 from rf_dp_agents.bench.report import curve_agreement, render_table, speed_ratios, update_readme
 from rf_dp_agents.bench.settings import BenchmarkArgs
 from rf_dp_agents.bench.timing import build_policy, timed
@@ -67,7 +67,7 @@ def main(args: BenchmarkArgs, root: Path) -> None:
     if args.only == "predict":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-        res["predict"], res["predict_default"] = predict_latency(args, gpu_ds, device), PREDICT_DEFAULT
+        res.update(predict_results(args, gpu_ds, device))
         if args.user_path:
             res["predict_user"] = user_path(args, root)
         _write_json(res, _results_file(args, root, res, f"{_gpu_word(res)}-predict"))
@@ -130,7 +130,7 @@ def main(args: BenchmarkArgs, root: Path) -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     print("predict latency ...", flush=True)
-    res["predict"], res["predict_default"] = predict_latency(args, gpu_ds, device), PREDICT_DEFAULT
+    res.update(predict_results(args, gpu_ds, device))
     save()
     if args.user_path:
         print("predict() as users call it (fresh processes, load_policy, default flags) ...", flush=True)
