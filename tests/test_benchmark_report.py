@@ -68,12 +68,14 @@ def _user_row(sampler: str, process: str, chunk: float, first_action: float) -> 
 
 USER_ROWS = [_user_row("ddim:10", "first process", 6.0, 20.0), _user_row("ddim:10", "second process", 6.4, 5.5),
              _user_row("ddpm:10", "first process", 5.2, 21.0), _user_row("ddpm:10", "second process", 4.9, 2.5),
-             _user_row("ddpm:100", "first process", 1.0, 9.0), _user_row("ddpm:100", "second process", 1.0, 1.0)]
+             _user_row("ddpm:100", "first process", 1.0, 9.0), _user_row("ddpm:100", "second process", 1.0, 1.0),
+             _user_row("ddpm:10:bf16", "first process", 4.0, 9.0), _user_row("ddpm:10:bf16", "second process", 4.0, 1.5)]
 
 
 def test_the_user_path_is_judged_before_the_graph_alone() -> None:
     """The predict goal quotes predict() through load_policy (the larger of two processes' medians), the start-up
-    goal the fastest later process among 10-step samplers; 100-step samplers judge neither."""
+    goal the fastest later process among 10-step samplers; 100-step samplers and opt-in settings (``:bf16``) judge
+    neither."""
     res = {"training": {},
            "predict": [{"sampler": "ddpm", "steps": 10, "batch": 1, "cuda_graph_ms": 4.5}],
            "predict_user": {"rows": USER_ROWS}}

@@ -15,8 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-USER_SAMPLERS = ("ddim:10", "ddpm:10", "ddpm:100")
-"""Samplers timed by default, as ``name:steps`` specs (``offline_eval.SamplerSpec``)."""
+USER_SAMPLERS = ("ddim:10", "ddpm:10", "ddpm:100", "ddpm:10:compiled", "ddpm:10:bf16")
+"""Samplers timed by default, as ``name:steps`` specs (``offline_eval.SamplerSpec``): the defaults, then DDPM-10
+through the previous default (the torch.compile'd U-Net) and with the opt-in bfloat16 weights beside them."""
 
 RUNS = ("first process", "second process")
 """The two processes per sampler, in order, on the same compile caches."""

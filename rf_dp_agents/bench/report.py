@@ -198,7 +198,7 @@ def target_lines(res: dict[str, Any]) -> list[str]:
     batch1 = [row for row in res.get("predict", []) if row["batch"] == 1 and row["steps"] <= 10]
     default = default_column(res)
     users = {spec: f for spec, f in user_figures(res.get("predict_user", {}).get("rows", [])).items()
-             if int(spec.split(":")[1]) <= 10}
+             if int(spec.split(":")[1]) <= 10 and spec.count(":") == 1}  # the defaults, not :bf16 or :compiled
     if users:
         spec, best = min(users.items(), key=lambda kv: kv[1]["chunk_ms"])
         graph = next((row[default] for row in batch1 if f"{row['sampler']}:{row['steps']}" == spec), None)
