@@ -40,15 +40,20 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     work = Path(tempfile.mkdtemp(prefix="peers-"))
+
+    def save(rows: list[dict]) -> None:
+        """Rows and summary so far to ``--output`` through a temporary name (a run cut short keeps its rows)."""
+        if args.output is not None:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.output.with_name(args.output.name + ".tmp")
+            doc = {"rows": rows, "summary": {str(k): v for k, v in summarize(rows).items()}}
+            tmp.write_text(json.dumps(doc, indent=2) + "\n")
+            os.replace(tmp, args.output)
+
     rows = run_peers(ROOT / "scripts" / "benchmark.py", args.peers, args.batch_sizes, args.repeats,
-                     args.data.resolve(), work)
-    summary = summarize(rows)
-    print(render(summary))
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.output.with_name(args.output.name + ".tmp")
-        tmp.write_text(json.dumps({"rows": rows, "summary": {str(k): v for k, v in summary.items()}}, indent=2) + "\n")
-        os.replace(tmp, args.output)
+                     args.data.resolve(), work, on_row=save)
+    print(render(summarize(rows)))
+    save(rows)
     return 0 if all("error" not in r for r in rows) else 1
 
 

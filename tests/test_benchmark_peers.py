@@ -70,8 +70,10 @@ def test_summary_gives_ranges_and_the_ratio_against_the_fastest_lerobot_setting(
 
 
 def test_a_failing_peer_is_reported_and_the_others_still_run(tmp_path: Path) -> None:
+    seen: list[list[str]] = []
     rows = run_peers(ROOT / "scripts" / "benchmark.py", ["lerobot", "lerobot_tf32"], [8], 1, tmp_path / "d.zarr",
-                     tmp_path / "work", timeout_s=300)
+                     tmp_path / "work", timeout_s=300, on_row=lambda so_far: seen.append([r["peer"] for r in so_far]))
     assert [r["peer"] for r in rows] == ["lerobot", "lerobot_tf32"]
+    assert seen == [["lerobot"], ["lerobot", "lerobot_tf32"]]  # the rows so far, after each run
     for row in rows:  # no GPU here: each process exits with the benchmark's own message
         assert "no CUDA device is visible" in row["error"]

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 PEERS: dict[str, list[str]] = {
     "rf_dp_agents": ["--only", "trainer", "--trainer-rows", "fast"],
@@ -54,9 +54,10 @@ def read_peer(peer: str, doc: dict[str, Any]) -> dict[str, Any]:
 
 def run_peers(
     script: Path, peers: Sequence[str], batch_sizes: Sequence[int], repeats: int, data: Path, work: Path,
-    timeout_s: float = 900.0,
+    timeout_s: float = 900.0, on_row: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every (batch size, trial, peer) in a fresh process; one row each, an ``error`` where a run failed."""
+    """Run every (batch size, trial, peer) in a fresh process; one row each, an ``error`` where a run failed.
+    ``on_row`` gets the rows so far after each run (to save them as they come)."""
     rows = []
     work.mkdir(parents=True, exist_ok=True)
     for batch in batch_sizes:
@@ -78,6 +79,8 @@ def run_peers(
                 shown = row.get("error", "")[-300:] if "error" in row else (
                     f"{row['samples_per_s']:,.0f} samples/s, peak {row['peak_gpu_mem_gib']:.2f} GiB")
                 print(f"batch {batch} trial {trial} {peer:>13}: {shown}", flush=True)
+                if on_row is not None:
+                    on_row(rows)
     return rows
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -35,9 +35,13 @@ PREDICT_DEFAULT = "cuda_graph_fused_ms"
 ``predict_default``)."""
 
 
-def predict_latency(args: BenchmarkArgs, dataset: SequenceDataset, device: torch.device) -> list[dict[str, Any]]:
+def predict_latency(
+    args: BenchmarkArgs, dataset: SequenceDataset, device: torch.device,
+    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Milliseconds per action chunk through ``predict_action`` (encoder + full denoising loop) for every
-    column of ``PREDICT_SETTINGS``; each setting on a fresh policy with the same weights."""
+    column of ``PREDICT_SETTINGS``; each setting on a fresh policy with the same weights. ``on_row`` gets the rows
+    so far after each (sampler, batch) row, so a caller can save them as they come."""
     from rf_dp_agents.model.unet import set_matmul_convolutions
 
     rows = []
@@ -69,12 +73,24 @@ def predict_latency(args: BenchmarkArgs, dataset: SequenceDataset, device: torch
                         row.setdefault("compiled", policy.compile_graphs)  # False when compilation failed
             rows.append(row)
             print(f"  predict {row}", flush=True)
+            if on_row is not None:
+                on_row(rows)
     return rows
 
 
-def predict_results(args: BenchmarkArgs, dataset: SequenceDataset, device: torch.device) -> dict[str, Any]:
-    """The results' predict() part: the rows of :func:`predict_latency` and the column of the policy's default."""
-    return {"predict": predict_latency(args, dataset, device), "predict_default": PREDICT_DEFAULT}
+def predict_results(
+    args: BenchmarkArgs, dataset: SequenceDataset, device: torch.device, res: dict[str, Any],
+    save: Callable[[], None],
+) -> None:
+    """The results' predict() part, into ``res``: the column of the policy's default, and the rows of
+    :func:`predict_latency`, calling ``save`` after each row (a run cut short keeps the rows it measured)."""
+    res["predict_default"] = PREDICT_DEFAULT
+
+    def keep(rows: list[dict[str, Any]]) -> None:
+        res["predict"] = list(rows)
+        save()
+
+    keep(predict_latency(args, dataset, device, on_row=keep))
 
 
 def user_path(args: BenchmarkArgs, root: Path, device: str = "cuda") -> dict[str, Any]:

@@ -67,10 +67,11 @@ def main(args: BenchmarkArgs, root: Path) -> None:
     if args.only == "predict":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-        res.update(predict_results(args, gpu_ds, device))
+        out = _results_file(args, root, res, f"{_gpu_word(res)}-predict")
+        predict_results(args, gpu_ds, device, res, save=lambda: _write_json(res, out))
         if args.user_path:
             res["predict_user"] = user_path(args, root)
-        _write_json(res, _results_file(args, root, res, f"{_gpu_word(res)}-predict"))
+            _write_json(res, out)
         from torch.profiler import ProfilerActivity, profile
 
         policy = build_policy(device, gpu_ds, sampler="ddim", num_inference_steps=10).eval()
@@ -130,8 +131,7 @@ def main(args: BenchmarkArgs, root: Path) -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     print("predict latency ...", flush=True)
-    res.update(predict_results(args, gpu_ds, device))
-    save()
+    predict_results(args, gpu_ds, device, res, save)
     if args.user_path:
         print("predict() as users call it (fresh processes, load_policy, default flags) ...", flush=True)
         res["predict_user"] = user_path(args, root)
