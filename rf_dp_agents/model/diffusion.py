@@ -127,9 +127,10 @@ class DiffusionPolicy(nn.Module):
         self._bf16_unets: dict[tuple[torch.device, bool], Bf16Unet] = {}  # a dict: the copy stays out of the state dict
         self.fused_graphs = True
         """Run the U-Net in sampling graphs through ``unet_fused.FusedUnet`` (Triton GroupNorm-Mish-FiLM kernels and
-        cuBLAS matrix multiplies on the U-Net's own weights) instead of torch.compile: no TorchDynamo or Inductor
-        in the process, so a graph is ready in seconds (the default; ``scripts/check_gpu_predict.py`` holds its
-        actions to eager float32 sampling's). Where Triton is missing the graph takes the next choice
+        cuBLAS matrix multiplies on the U-Net's own weights) instead of torch.compile, and each DDPM or DDIM update
+        as one kernel (``step_fused``): no TorchDynamo or Inductor in the process, so a graph is ready in seconds
+        (the default; ``scripts/check_gpu_predict.py`` holds its actions to eager float32 sampling's). Where
+        Triton is missing the graph takes the next choice
         (``compile_graphs``, then the plain U-Net). With ``bf16_graphs`` the kernels run the bf16 copy."""
         self.graph_tf32 = True
         """Compile and capture the sampling graphs with TF32 matmuls and convolutions allowed inside them only
@@ -359,7 +360,7 @@ class DiffusionPolicy(nn.Module):
                                        compile_unet=self.compiles_unet(), bf16_unet=bf16, tf32=self.graph_tf32,
                                        unet=FusedUnet(self.noise_pred_net) if fused and bf16 is None else None,
                                        own_generator=self.own_graph_generators,
-                                       capture_stream=self.graph_capture_stream)
+                                       capture_stream=self.graph_capture_stream, fused_step=fused)
             except Exception as exc:  # torch.compile needs Triton and a C compiler; the plain graph does not
                 if self.uses_fused_unet():
                     log.warning("the fused U-Net kernels failed (%s: %s); sampling graphs fall back to %s",

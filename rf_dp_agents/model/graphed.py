@@ -4,7 +4,8 @@ A :class:`GraphedSampler` is built for one batch size, scheduler and step count 
 compiled with torch.compile first, its Inductor kernels then captured like any others; ``bf16_unet``: a
 :class:`Bf16Unet` of the policy's U-Net to run instead, its bf16 weights refreshed at the start of each replay;
 ``unet``: any module with the U-Net's contract to run instead, a :class:`~rf_dp_agents.model.unet_fused.FusedUnet`
-for one; a :class:`Bf16Unet` can itself run its copy through a ``FusedUnet``).
+for one; a :class:`Bf16Unet` can itself run its copy through a ``FusedUnet``; ``fused_step``: a DDPM or DDIM update
+as one kernel per step, :class:`~rf_dp_agents.model.step_fused.FusedStepScheduler`).
 Its inputs (uint8 images, raw state, the initial noise) are copied into static buffers; one ``replay`` runs the
 encoder, every U-Net call and every scheduler update with no Python in between. The initial noise is drawn outside the
 graph, so a caller's generators still decide it; DDPM's per-step noise comes from the default CUDA generator inside
@@ -33,6 +34,7 @@ from torch import nn
 from rf_dp_agents.config import ModelConfig
 from rf_dp_agents.model.graph_setup import tf32_scope
 from rf_dp_agents.model.schedulers import Scheduler
+from rf_dp_agents.model.step_fused import FusedStepScheduler, fuses_step
 from rf_dp_agents.model.unet import ConditionalUnet1D
 from rf_dp_agents.model.unet_fused import FusedUnet
 
@@ -132,6 +134,7 @@ class GraphedSampler:
         tf32: bool = True,
         own_generator: bool = False,
         capture_stream: torch.cuda.Stream | None = None,
+        fused_step: bool = False,
     ):
         device = policy.device
         if device.type != "cuda":
@@ -152,7 +155,7 @@ class GraphedSampler:
         }
         self.static_obs[cfg.state_key] = torch.zeros((batch_size, to, cfg.state_dim), device=device)
         self.static_noise = torch.zeros((batch_size, cfg.pred_horizon, cfg.action_dim), device=device)
-        self.scheduler = scheduler
+        self.scheduler = FusedStepScheduler(scheduler) if fused_step and fuses_step(scheduler) else scheduler
         self.scheduler.set_timesteps(self.num_inference_steps)
         self.timesteps_dev = self.scheduler.timesteps.to(device)
         self.generator = torch.Generator(device=device) if own_generator else None

@@ -9,6 +9,8 @@ Activations are ``(B * L, C)`` row-major matrices (a sequence position per row, 
 * ``group_norm_mish``: GroupNorm (two passes over a (sample, group) tile: mean, then centred variance), affine,
   Mish, then optionally FiLM (``y * scale + shift``) and a residual added, in one kernel; its output is written as a
   ``(B * L, C)`` matrix, as the windows of a convolution that reads it (``im2col``'s layout), or both.
+* ``scheduler_step``: a DDPM or DDIM update, element-wise, from its per-timestep coefficients
+  (:mod:`rf_dp_agents.model.step_fused`).
 
 Triton is imported on first use through :func:`rf_dp_agents.model.groupnorm_kernels.import_triton`; arithmetic is
 fp32 whatever the tensors' dtype.
@@ -181,6 +183,35 @@ def _group_norm_mish_kernel(
                      mask=off[:, None] & cg_mask[None, :])
 
 
+def _scheduler_step_kernel(
+    sample_ptr,
+    output_ptr,
+    noise_ptr,
+    prev_ptr,
+    n,
+    p,
+    q,
+    c_x0,
+    c_sample,
+    c_output,
+    std,
+    BLOCK: tl.constexpr,
+    CLIP: tl.constexpr,
+    HAS_NOISE: tl.constexpr,
+):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < n
+    s = tl.load(sample_ptr + i, mask=mask, other=0.0).to(tl.float32)
+    e = tl.load(output_ptr + i, mask=mask, other=0.0).to(tl.float32)
+    x0 = p * s + q * e
+    if CLIP:
+        x0 = tl.minimum(tl.maximum(x0, -1.0), 1.0)
+    y = c_x0 * x0 + c_sample * s + c_output * e
+    if HAS_NOISE:
+        y += std * tl.load(noise_ptr + i, mask=mask, other=0.0).to(tl.float32)
+    tl.store(prev_ptr + i, y, mask=mask)
+
+
 @functools.lru_cache(maxsize=None)
 def import_triton() -> bool:
     """Import Triton into this module's globals (the kernels' ``tl``); False where it is not installed."""
@@ -197,7 +228,7 @@ def kernels(interpret: bool) -> SimpleNamespace:
     Lengths and channel counts are not specialised on, so one compiled kernel serves every layer of a U-Net."""
     if not import_triton():
         raise RuntimeError("the fused U-Net kernels need the triton package")
-    runtime = ("L_in", "L_out", "C1", "C2", "C", "L", "L_cols", "film_row")
+    runtime = ("L_in", "L_out", "C1", "C2", "C", "L", "L_cols", "film_row", "n")
 
     def jit(fn: Any) -> Any:
         names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
@@ -207,6 +238,7 @@ def kernels(interpret: bool) -> SimpleNamespace:
         im2col=jit(_im2col_kernel),
         col2im=jit(_col2im_kernel),
         group_norm_mish=jit(_group_norm_mish_kernel),
+        scheduler_step=jit(_scheduler_step_kernel),
     )
 
 
