@@ -5,6 +5,8 @@ and its errors."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -17,14 +19,17 @@ from triton_interpreted import run_interpreted
 SHAPE = (3, 16, 4)
 
 
+CASES = [{"sampler": sampler, "prediction_type": prediction_type, "clip_sample": clip, "beta_schedule": beta_schedule}
+         for sampler in ("ddpm", "ddim") for prediction_type in ("epsilon", "sample") for clip in (True, False)
+         for beta_schedule in BETA_SCHEDULES]
+"""Every scheduler configuration the fused update serves (100 training timesteps)."""
+
+
 def _schedulers():
-    for sampler in ("ddpm", "ddim"):
-        for prediction_type in ("epsilon", "sample"):
-            for clip in (True, False):
-                for beta_schedule in BETA_SCHEDULES:
-                    config = tiny_model_config(num_train_timesteps=100, beta_schedule=beta_schedule,
-                                               prediction_type=prediction_type, clip_sample=clip)
-                    yield f"{sampler}-{prediction_type}-{clip}-{beta_schedule}", config, sampler
+    for case in CASES:
+        case = dict(case)
+        sampler = case.pop("sampler")
+        yield f"{sampler}-{case}", tiny_model_config(num_train_timesteps=100, **case), sampler
 
 
 def _gap(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -60,8 +65,9 @@ import json
 import torch
 from rf_dp_agents.config import tiny_model_config
 from rf_dp_agents.model import DiffusionPolicy, make_scheduler
-from rf_dp_agents.model.schedulers import BETA_SCHEDULES
 from rf_dp_agents.model.step_fused import FusedStepScheduler
+
+CASES = %r
 
 
 def gap(a, b):
@@ -69,31 +75,28 @@ def gap(a, b):
 
 
 results = {"steps": {}}
-for sampler in ("ddpm", "ddim"):
-    for prediction_type in ("epsilon", "sample"):
-        for clip in (True, False):
-            for beta_schedule in BETA_SCHEDULES:
-                config = tiny_model_config(num_train_timesteps=100, beta_schedule=beta_schedule,
-                                           prediction_type=prediction_type, clip_sample=clip)
-                worst = 0.0
-                for steps in (1, 10, 100):
-                    for batch, rows in ((1, False), (3, False), (3, True)):
-                        plain, fused = make_scheduler(config, sampler), FusedStepScheduler(make_scheduler(config, sampler))
-                        plain.set_timesteps(steps)
-                        fused.set_timesteps(steps)
-                        assert torch.equal(plain.timesteps, fused.timesteps)
-                        seeds = [7 + r for r in range(batch)]
-                        gens = lambda: ([torch.Generator().manual_seed(s) for s in seeds] if rows
-                                        else torch.Generator().manual_seed(seeds[0]))
-                        g_plain, g_fused = gens(), gens()
-                        data = torch.Generator().manual_seed(steps * 10 + batch)
-                        a = b = 3 * torch.randn(batch, 16, 4, generator=data)
-                        for t in plain.timesteps:
-                            out = 2 * torch.randn(batch, 16, 4, generator=data)
-                            a = plain.step(out, t, a, generator=g_plain).prev_sample
-                            b = fused.step(out, t, b, generator=g_fused).prev_sample
-                            worst = max(worst, gap(b, a))
-                results["steps"][f"{sampler}-{prediction_type}-{clip}-{beta_schedule}"] = worst
+for i, case in enumerate(json.loads(CASES)):
+    sampler = case.pop("sampler")
+    config = tiny_model_config(num_train_timesteps=100, **case)
+    worst = 0.0
+    for steps in (1, 10, 100):
+        for batch, rows in ((1, False), (3, False), (3, True)):
+            plain, fused = make_scheduler(config, sampler), FusedStepScheduler(make_scheduler(config, sampler))
+            plain.set_timesteps(steps)
+            fused.set_timesteps(steps)
+            assert torch.equal(plain.timesteps, fused.timesteps)
+            seeds = [7 + r for r in range(batch)]
+            gens = lambda: ([torch.Generator().manual_seed(s) for s in seeds] if rows
+                            else torch.Generator().manual_seed(seeds[0]))
+            g_plain, g_fused = gens(), gens()
+            data = torch.Generator().manual_seed(steps * 10 + batch)
+            a = b = 3 * torch.randn(batch, 16, 4, generator=data)
+            for t in plain.timesteps:
+                out = 2 * torch.randn(batch, 16, 4, generator=data)
+                a = plain.step(out, t, a, generator=g_plain).prev_sample
+                b = fused.step(out, t, b, generator=g_fused).prev_sample
+                worst = max(worst, gap(b, a))
+    results["steps"][f"{sampler}-{case}"] = worst
 
 # the denoising loop a sampling graph runs, with the fused update and with the scheduler's (test_unet_fused checks
 # the fused U-Net)
@@ -122,8 +125,8 @@ print(json.dumps(results))
 def test_the_fused_update_runs_each_step_as_the_scheduler_does() -> None:
     """Step by step (1, 10 and 100 steps; batch 1 and 3; one generator or one per row) and over the policy's whole
     denoising loop, the kernel's samples equal the scheduler's to float32 rounding: DDPM's noise is the same draw."""
-    results = run_interpreted(SCRIPT)
-    assert len(results["steps"]) == 8 * len(BETA_SCHEDULES)
+    results = run_interpreted(SCRIPT % json.dumps(CASES))
+    assert len(results["steps"]) == len(CASES) == 8 * len(BETA_SCHEDULES)
     for name, worst in results["steps"].items():
         assert worst <= 1e-5, (name, worst)
     for sampler in ("ddpm", "ddim"):

@@ -1,7 +1,8 @@
 """Checks of predict()'s CUDA-graph paths on a GPU (``scripts/check_gpu_predict.py``; the CPU test suite cannot run
 them): graph against eager DDIM actions, the bf16-weight and fused-kernel graphs against eager float32 (also after
 in-place weight changes), DDPM's graph reproducible from its generators and continuing the default CUDA stream
-without them, and several models' graphs replayed side by side on their own streams. Each check is a (name, passed,
+without them, DDPM's fused graph against the plain one under the same generators, and several models' graphs
+replayed side by side on their own streams. Each check is a (name, passed,
 detail) row.
 """
 
@@ -121,6 +122,25 @@ def check_ddpm_seeds(cfg: ModelConfig) -> tuple[str, bool, str]:
             f"repeat equal: {same}, other seeds differ: {differs}")
 
 
+def check_ddpm_fused(cfg: ModelConfig, atol: float = 1e-3) -> tuple[str, bool, str]:
+    """DDPM through the fused graph (fused U-Net, each update one kernel) against the plain graph (the U-Net's own
+    forward, the scheduler's element-wise update) under the same generators: the same per-step noise, the same
+    actions within ``atol``."""
+    torch.manual_seed(0)
+    model = DiffusionPolicy(cfg).cuda().eval()
+    model.graph_tf32, model.compile_graphs = False, False
+    obs = observations(cfg, 2)
+    model.fused_graphs = False
+    plain = model.predict_action(obs, generator=generators(2))
+    model.fused_graphs = True
+    fused = model.predict_action(obs, generator=generators(2))
+    took = model.uses_fused_unet()
+    gap = (fused - plain).abs().max().item()
+    return ("DDPM graph: the fused kernels and updates equal the plain graph under the same generators",
+            took and gap <= atol, f"fused path taken: {took}, max gap {gap:.2e} (actions up to "
+                                  f"{plain.abs().max().item():.2f})")
+
+
 def check_ddpm_unseeded(cfg: ModelConfig) -> tuple[str, bool, str]:
     """DDPM through the graph without generators: it draws from the default CUDA generator's stream and moves it
     on, so two calls differ and reseeding the default generator repeats the first."""
@@ -199,10 +219,11 @@ def main(args: PredictCheckArgs) -> int:
     ddpm = tiny_model_config(image_shape=(3, 64, 64), sampler="ddpm", num_inference_steps=4)
     for check in (check_ddpm_seeds, check_ddpm_unseeded, check_graphs_side_by_side):
         report([check(ddpm)])
+    report([check_ddpm_fused(ddpm, args.atol)])
     if args.seed_config:  # the slowest group last
         report(check_config("seed config", ModelConfig(sampler="ddim", num_inference_steps=10), args))
     return 0 if all(ok for _, ok, _ in results) else 1
 
 
-__all__ = ["PredictCheckArgs", "check_in_place", "check_config", "check_ddpm_seeds", "check_ddpm_unseeded",
-           "check_graphs_side_by_side", "main"]
+__all__ = ["PredictCheckArgs", "check_in_place", "check_config", "check_ddpm_fused", "check_ddpm_seeds",
+           "check_ddpm_unseeded", "check_graphs_side_by_side", "main"]
