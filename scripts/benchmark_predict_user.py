@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic", choices=["seed", "tiny"], help="time a randomly initialised checkpoint instead: "
                    "'seed' = the default ModelConfig (240x320 camera, U-Net 256/512/1024), 'tiny' = a CPU smoke size")
     p.add_argument("--samplers", nargs="+",
-                   help="name:steps[:bf16][:fused|:compiled] per measurement (default: ddim:10 ddpm:10 ddpm:100)")
+                   help="name:steps[:bf16][:fused|:compiled] per measurement (default: ddim:10 ddpm:10 ddpm:100 "
+                   "ddpm:10:compiled ddpm:10:bf16, bench.predict_user.USER_SAMPLERS)")
     p.add_argument("--repeats", type=int, default=100, help="chunks timed per process (default 100)")
     p.add_argument("--device", default="auto", help="torch device passed to load_policy (default auto)")
     p.add_argument("--warmup", action="store_true", help="call policy.warmup((1,)) after load_policy (timed apart)")
