@@ -68,10 +68,10 @@ def main(args: BenchmarkArgs, root: Path) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
         out = _results_file(args, root, res, f"{_gpu_word(res)}-predict")
-        predict_results(args, gpu_ds, device, res, save=lambda: _write_json(res, out))
-        if args.user_path:
+        if args.user_path:  # first: the goals are judged on it, and a run cut short keeps it
             res["predict_user"] = user_path(args, root)
             _write_json(res, out)
+        predict_results(args, gpu_ds, device, res, save=lambda: _write_json(res, out))
         from torch.profiler import ProfilerActivity, profile
 
         policy = build_policy(device, gpu_ds, sampler="ddim", num_inference_steps=10).eval()
