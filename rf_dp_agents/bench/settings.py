@@ -52,7 +52,7 @@ class BenchmarkArgs:
     """Measure each speed lever (channels_last, bf16, CUDA graph, torch.compile) and profile the eager step."""
     only: str | None = None
     """Run one part only: 'trainer' (the end-to-end trainer rows, written to --out), 'lerobot' (lerobot's step
-    alone, no dataset, written to --out), 'levers', 'predict' (the predict() rows and the user path, written to
+    alone, no dataset, written to --out), 'levers', 'predict' (the user path, then the predict() rows, written to
     --out, then a kernel profile of DDIM-10) or 'profile'."""
     out: Path | None = None
     """Results JSON (default benchmarks/results/<date>-<gpu>.json)."""
