@@ -90,7 +90,7 @@ def predict_results(
         res["predict"] = list(rows)
         save()
 
-    keep(predict_latency(args, dataset, device, on_row=keep))
+    predict_latency(args, dataset, device, on_row=keep)  # every row is kept (and saved) as it comes
 
 
 def user_path(args: BenchmarkArgs, root: Path, device: str = "cuda") -> dict[str, Any]:

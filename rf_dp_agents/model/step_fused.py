@@ -24,6 +24,7 @@ import torch
 
 from rf_dp_agents.model.groupnorm_kernels import interpreting
 from rf_dp_agents.model.schedulers import DDIMScheduler, DDPMScheduler, Generators, SchedulerOutput, randn_tensor
+from rf_dp_agents.model.unet_fused import triton_cdiv
 from rf_dp_agents.model.unet_kernels import kernels as _kernels
 
 _BLOCK = 512
@@ -51,11 +52,15 @@ def fuses_step(scheduler: Any) -> bool:
     return isinstance(scheduler, (DDPMScheduler, DDIMScheduler))
 
 
+def _check_fuses(scheduler: Any) -> None:
+    if not fuses_step(scheduler):
+        raise TypeError(f"no fused update for {type(scheduler).__name__}; DDPMScheduler and DDIMScheduler have one")
+
+
 def step_coefficients(scheduler: DDPMScheduler | DDIMScheduler, timestep: int | torch.Tensor) -> StepCoefficients:
     """The coefficients of ``scheduler.step`` at ``timestep`` (timesteps already set for DDIM), from the scheduler's
     own float32 quantities in its order (so the kernel rounds as the scheduler does, not more exactly)."""
-    if not fuses_step(scheduler):
-        raise TypeError(f"no fused update for {type(scheduler).__name__}; DDPMScheduler and DDIMScheduler have one")
+    _check_fuses(scheduler)
     t = int(timestep)
     if isinstance(scheduler, DDPMScheduler):
         prev_t = int(scheduler.previous_timestep(timestep))
@@ -101,7 +106,7 @@ def fused_update(sample: torch.Tensor, output: torch.Tensor, co: StepCoefficient
     noise = None if noise is None else noise.contiguous()
     prev = torch.empty(sample.shape, dtype=torch.float32, device=sample.device)
     n = sample.numel()
-    _kernels(interpreting()).scheduler_step[(-(-n // _BLOCK),)](
+    _kernels(interpreting()).scheduler_step[(triton_cdiv(n, _BLOCK),)](
         sample, output, sample if noise is None else noise, prev, n,
         co.p, co.q, co.c_x0, co.c_sample, co.c_output, co.std,
         BLOCK=_BLOCK, CLIP=co.clip, HAS_NOISE=noise is not None,
@@ -114,9 +119,7 @@ class FusedStepScheduler:
     every other attribute are the scheduler's own."""
 
     def __init__(self, scheduler: DDPMScheduler | DDIMScheduler) -> None:
-        if not fuses_step(scheduler):
-            raise TypeError(f"no fused update for {type(scheduler).__name__}; DDPMScheduler and DDIMScheduler "
-                            "have one")
+        _check_fuses(scheduler)
         self.scheduler = scheduler
 
     def __getattr__(self, name: str) -> Any:
